@@ -1,0 +1,13 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(not(any(feature = "std", loom)), no_std)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+
+pub mod sync;
+#[cfg(feature = "std")]
+pub mod topology;
+
+

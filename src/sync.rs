@@ -1,0 +1,141 @@
+//! The one place where std, core or loom synchronisation primitives are chosen.
+//!
+//! Every concurrent file in noderep imports its atomics, `Arc`, `UnsafeCell`,
+//! threads and spin hints from here, never from `std::sync::atomic` or `loom`
+//! directly, so that the very same protocol code runs natively and under the
+//! loom model checker (`RUSTFLAGS="--cfg loom"`).
+//!
+//! # How it works
+//!
+//! Under `cfg(loom)` the items are loom's instrumented versions; otherwise
+//! they are `core`/`alloc` (and `std::thread` when the `std` feature is on).
+//! `UnsafeCell` always exposes loom's closure API (`with` / `with_mut`) so
+//! that loom can check every access for data races; natively the closures
+//! compile down to a raw pointer.
+//!
+//! [`Backoff`] is the single spin-wait helper: it spins with exponential
+//! `spin_loop` hints, then yields the CPU (with `std`), and under loom it
+//! yields at once so the model checker can schedule the thread we wait for.
+//!
+//! # Trade-offs
+//!
+//! Loom's atomics are bigger and slower; constants that size buffers shrink
+//! under `cfg(loom)` where they are defined (see `nr::config`), never here.
+
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+#[cfg(loom)]
+pub use loom::sync::Arc;
+
+#[cfg(not(loom))]
+pub(crate) use core::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+#[cfg(not(loom))]
+pub use alloc::sync::Arc;
+
+#[cfg(all(loom, feature = "std"))]
+#[allow(unused_imports)]
+pub(crate) use loom::thread;
+#[cfg(all(not(loom), feature = "std"))]
+#[allow(unused_imports)]
+pub(crate) use std::thread;
+
+#[allow(unused_imports)]
+pub(crate) use crossbeam_utils::CachePadded;
+
+/// An `UnsafeCell` with loom's closure-based access API.
+#[cfg(loom)]
+pub(crate) use loom::cell::UnsafeCell;
+
+/// An `UnsafeCell` with loom's closure-based access API.
+#[cfg(not(loom))]
+#[derive(Debug, Default)]
+#[repr(transparent)]
+pub(crate) struct UnsafeCell<T: ?Sized>(core::cell::UnsafeCell<T>);
+
+#[cfg(not(loom))]
+#[allow(dead_code)]
+impl<T> UnsafeCell<T> {
+    /// Wraps `value`.
+    pub(crate) const fn new(value: T) -> Self {
+        Self(core::cell::UnsafeCell::new(value))
+    }
+
+    /// Consumes the cell and returns the value.
+    pub(crate) fn into_inner(self) -> T {
+        self.0.into_inner()
+    }
+}
+
+#[cfg(not(loom))]
+#[allow(dead_code)]
+impl<T: ?Sized> UnsafeCell<T> {
+    /// Gives `f` a shared raw pointer to the value.
+    #[inline(always)]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        f(self.0.get())
+    }
+
+    /// Gives `f` an exclusive raw pointer to the value.
+    #[inline(always)]
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
+
+/// Spin-then-yield backoff: the only way noderep waits for another thread.
+///
+/// It spins with exponentially more `spin_loop` hints for the first few
+/// rounds (cheap when the other thread is about to finish), then yields the
+/// CPU to the scheduler (essential when threads outnumber cores: a waiter
+/// that only spins can occupy the very core the thread it waits for needs).
+/// Under loom every call yields so the model checker explores the other
+/// threads.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    step: u32,
+}
+
+impl Backoff {
+    /// Rounds that spin before the backoff starts yielding.
+    const SPIN_LIMIT: u32 = 6;
+
+    /// A fresh backoff, spinning first.
+    pub const fn new() -> Self {
+        Self { step: 0 }
+    }
+
+    /// Waits a little; longer on each call, up to a yield of the CPU.
+    #[inline]
+    pub fn snooze(&mut self) {
+        #[cfg(loom)]
+        {
+            loom::thread::yield_now();
+        }
+        #[cfg(not(loom))]
+        {
+            if self.step <= Self::SPIN_LIMIT {
+                for _ in 0..(1u32 << self.step) {
+                    core::hint::spin_loop();
+                }
+                self.step += 1;
+            } else {
+                #[cfg(feature = "std")]
+                std::thread::yield_now();
+                #[cfg(not(feature = "std"))]
+                for _ in 0..(1u32 << Self::SPIN_LIMIT) {
+                    core::hint::spin_loop();
+                }
+            }
+        }
+    }
+
+    /// True once the backoff has moved from spinning to yielding.
+    pub fn is_yielding(&self) -> bool {
+        self.step > Self::SPIN_LIMIT
+    }
+
+    /// Starts over with short spins (call after progress was made).
+    pub fn reset(&mut self) {
+        self.step = 0;
+    }
+}

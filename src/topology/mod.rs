@@ -1,0 +1,326 @@
+//! NUMA nodes and the cores on them: discovery, simulation, and placement.
+//!
+//! Node replication keeps one replica per NUMA node and the run-queue module
+//! keeps one queue per core, so both need to know which cores share a node.
+//! This module answers that and nothing else; it knows nothing about replicas.
+//!
+//! # How it works
+//!
+//! * [`Topology::detect`] honours the `NODEREP_TOPOLOGY` override first (for
+//!   example `NODEREP_TOPOLOGY=2x4`: two simulated nodes of four cores), then
+//!   reads Linux sysfs (`/sys/devices/system/node/node*/cpulist`) or, with the
+//!   `hwloc` feature, asks hwloc ([`Topology::from_hwloc`]). Where sysfs has
+//!   no node directory (containers, non-NUMA kernels) it falls back to one
+//!   node holding every online CPU.
+//! * [`Topology::simulated`] builds `nodes × cores_per_node` cores whose
+//!   operating-system CPUs wrap around the machine's real CPUs, so a
+//!   multi-node layout can be exercised on a one-node, two-core machine:
+//!   simulated core `i` runs on real CPU `i % online_cpus`.
+//! * [`current_cpu`] asks the kernel where the calling thread runs (getcpu),
+//!   and [`pin_to_cpu`] pins it (through `core_affinity`).
+//!
+//! # Trade-offs
+//!
+//! A simulated topology reproduces the *protocol* of a many-node machine
+//! (several replicas, a shared log, cross-replica helping), not its memory
+//! latencies: every simulated node shares the one real memory controller.
+//!
+//! # References
+//!
+//! Linux `Documentation/ABI/stable/sysfs-devices-node`; getcpu(2);
+//! get_mempolicy(2).
+
+mod cpulist;
+#[cfg(feature = "hwloc")]
+mod hwloc;
+mod placement;
+
+pub use cpulist::parse_cpulist;
+pub use placement::{current_cpu, node_of_address, pin_to_cpu, CpuLocation};
+
+use std::path::Path;
+use std::string::String;
+use std::vec::Vec;
+
+/// Environment variable that replaces detection with a simulated topology,
+/// written `NODESxCORES` (for example `2x1`).
+pub const TOPOLOGY_ENV: &str = "NODEREP_TOPOLOGY";
+
+/// What can go wrong while building a topology.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TopologyError {
+    /// A topology string was not of the form `NODESxCORES`.
+    #[error("unknown topology {given:?}: write it as NODESxCORES_PER_NODE, for example \"2x4\" for two nodes of four cores")]
+    BadSpec {
+        /// The string as given.
+        given: String,
+    },
+    /// Zero nodes or zero cores were asked for.
+    #[error("a topology needs at least one node and one core per node (got {nodes} nodes of {cores_per_node} cores)")]
+    Empty {
+        /// Nodes asked for.
+        nodes: usize,
+        /// Cores per node asked for.
+        cores_per_node: usize,
+    },
+    /// A sysfs cpulist could not be parsed.
+    #[error("cannot parse the CPU list {text:?} from {source_name}: expected ranges such as \"0-3,8\"")]
+    BadCpuList {
+        /// The text that failed.
+        text: String,
+        /// Where it came from.
+        source_name: String,
+    },
+    /// hwloc could not be used.
+    #[error("hwloc failed: {0}; build without the `hwloc` feature to read sysfs instead")]
+    Hwloc(String),
+    /// Pinning a thread failed.
+    #[error("cannot pin the thread to CPU {cpu}: it is not in this process's allowed CPU set (check taskset / cgroup cpusets)")]
+    Pin {
+        /// The operating-system CPU number.
+        cpu: usize,
+    },
+}
+
+/// One core: its index in the topology, its node and the OS CPU it runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Core {
+    /// Dense index of this core in [`Topology::cores`] (0..number of cores).
+    pub id: usize,
+    /// Dense index of its node in [`Topology::nodes`].
+    pub node: usize,
+    /// The operating-system CPU number threads are pinned to.
+    pub os_cpu: usize,
+}
+
+/// One NUMA node and its cores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// Dense index of the node (0..number of nodes).
+    pub id: usize,
+    /// The kernel's node number (equal to `id` for simulated topologies).
+    pub os_node: usize,
+    /// Its cores, in ascending core id.
+    pub cores: Vec<Core>,
+}
+
+/// Where a topology came from, so reports can say so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopologySource {
+    /// Linux sysfs node directories.
+    Sysfs,
+    /// hwloc (the `hwloc` feature).
+    Hwloc,
+    /// No node information: one node holding every online CPU.
+    SingleNodeFallback,
+    /// [`Topology::simulated`] or `NODEREP_TOPOLOGY`.
+    Simulated,
+}
+
+/// NUMA nodes and cores of a (real or simulated) machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    nodes: Vec<Node>,
+    cores: Vec<Core>,
+    source: TopologySource,
+}
+
+impl Topology {
+    /// The machine's topology: `NODEREP_TOPOLOGY` if set, else hwloc (with the
+    /// `hwloc` feature), else sysfs, else one node of every online CPU.
+    ///
+    /// Returns an error only when `NODEREP_TOPOLOGY` is set to something that
+    /// is not `NODESxCORES`.
+    pub fn detect() -> Result<Self, TopologyError> {
+        if let Ok(spec) = std::env::var(TOPOLOGY_ENV) {
+            return Self::parse_simulated(&spec);
+        }
+        #[cfg(feature = "hwloc")]
+        {
+            if let Ok(t) = Self::from_hwloc() {
+                return Ok(t);
+            }
+        }
+        Ok(Self::from_sysfs(Path::new("/sys/devices/system/node"))
+            .unwrap_or_else(|_| Self::single_node(online_cpus())))
+    }
+
+    /// Parses `"NODESxCORES"` (for example `"2x4"`) into a simulated topology.
+    pub fn parse_simulated(spec: &str) -> Result<Self, TopologyError> {
+        let bad = || TopologyError::BadSpec {
+            given: spec.into(),
+        };
+        let (n, c) = spec.trim().split_once(['x', 'X']).ok_or_else(bad)?;
+        let nodes = n.trim().parse::<usize>().map_err(|_| bad())?;
+        let cores = c.trim().parse::<usize>().map_err(|_| bad())?;
+        Self::simulated(nodes, cores)
+    }
+
+    /// `nodes` simulated nodes of `cores_per_node` cores each; simulated core
+    /// `i` runs on the `(i % n)`-th of the `n` online CPUs (see the module docs).
+    pub fn simulated(nodes: usize, cores_per_node: usize) -> Result<Self, TopologyError> {
+        if nodes == 0 || cores_per_node == 0 {
+            return Err(TopologyError::Empty {
+                nodes,
+                cores_per_node,
+            });
+        }
+        let real = online_cpus();
+        let layout = (0..nodes)
+            .map(|n| {
+                let cpus = (0..cores_per_node).map(|c| real[(n * cores_per_node + c) % real.len()]);
+                (n, cpus.collect())
+            })
+            .collect();
+        Ok(Self::from_layout(layout, TopologySource::Simulated))
+    }
+
+    /// One node holding the given OS CPUs.
+    pub fn single_node(os_cpus: Vec<usize>) -> Self {
+        Self::from_layout(vec![(0, os_cpus)], TopologySource::SingleNodeFallback)
+    }
+
+    /// Reads `node*/cpulist` below `root` (normally `/sys/devices/system/node`).
+    /// Nodes without CPUs (memory-only nodes) are left out.
+    pub fn from_sysfs(root: &Path) -> Result<Self, TopologyError> {
+        let mut layout: Vec<(usize, Vec<usize>)> = Vec::new();
+        let entries = std::fs::read_dir(root).map_err(|e| TopologyError::BadCpuList {
+            text: e.to_string(),
+            source_name: root.display().to_string(),
+        })?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(num) = name.to_str().and_then(|s| s.strip_prefix("node")) else {
+                continue;
+            };
+            let Ok(os_node) = num.parse::<usize>() else {
+                continue;
+            };
+            let path = entry.path().join("cpulist");
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let cpus = parse_cpulist(&text).map_err(|_| TopologyError::BadCpuList {
+                text: text.trim().into(),
+                source_name: path.display().to_string(),
+            })?;
+            if !cpus.is_empty() {
+                layout.push((os_node, cpus));
+            }
+        }
+        if layout.is_empty() {
+            return Err(TopologyError::BadCpuList {
+                text: String::new(),
+                source_name: format!("{} (no node with CPUs)", root.display()),
+            });
+        }
+        layout.sort();
+        Ok(Self::from_layout(layout, TopologySource::Sysfs))
+    }
+
+    /// Builds a topology from `(os_node, os_cpus)` pairs, numbering nodes and
+    /// cores densely in the given order.
+    pub(crate) fn from_layout(layout: Vec<(usize, Vec<usize>)>, source: TopologySource) -> Self {
+        let mut nodes = Vec::with_capacity(layout.len());
+        let mut cores = Vec::new();
+        for (id, (os_node, os_cpus)) in layout.into_iter().enumerate() {
+            let mut node_cores = Vec::with_capacity(os_cpus.len());
+            for os_cpu in os_cpus {
+                let core = Core {
+                    id: cores.len(),
+                    node: id,
+                    os_cpu,
+                };
+                cores.push(core);
+                node_cores.push(core);
+            }
+            nodes.push(Node {
+                id,
+                os_node,
+                cores: node_cores,
+            });
+        }
+        Self {
+            nodes,
+            cores,
+            source,
+        }
+    }
+
+    /// The nodes, in dense id order.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// Every core, in dense id order (node 0's cores first).
+    pub fn cores(&self) -> &[Core] {
+        &self.cores
+    }
+
+    /// Number of nodes.
+    pub fn num_nodes(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Number of cores.
+    pub fn num_cores(&self) -> usize {
+        self.cores.len()
+    }
+
+    /// Where this topology came from.
+    pub fn source(&self) -> TopologySource {
+        self.source
+    }
+
+    /// The dense node of an OS CPU, if the CPU belongs to this topology. In a
+    /// simulated topology several cores share an OS CPU; the first one wins.
+    pub fn node_of_os_cpu(&self, os_cpu: usize) -> Option<usize> {
+        self.cores.iter().find(|c| c.os_cpu == os_cpu).map(|c| c.node)
+    }
+
+    /// The core a thread running on `os_cpu` belongs to (first match).
+    pub fn core_of_os_cpu(&self, os_cpu: usize) -> Option<&Core> {
+        self.cores.iter().find(|c| c.os_cpu == os_cpu)
+    }
+
+    /// Cores ordered to fill one node before the next (`interleave == false`)
+    /// or round-robin across nodes (`interleave == true`), for thread placement.
+    pub fn placement_order(&self, interleave: bool) -> Vec<Core> {
+        if !interleave {
+            return self.cores.clone();
+        }
+        let widest = self.nodes.iter().map(|n| n.cores.len()).max().unwrap_or(0);
+        (0..widest)
+            .flat_map(|i| self.nodes.iter().filter_map(move |n| n.cores.get(i).copied()))
+            .collect()
+    }
+}
+
+impl core::fmt::Display for Topology {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{} node(s), {} core(s) ({:?})", self.nodes.len(), self.cores.len(), self.source)?;
+        for n in &self.nodes {
+            let cpus: Vec<String> = n.cores.iter().map(|c| c.os_cpu.to_string()).collect();
+            write!(f, "; node {} -> cpus [{}]", n.os_node, cpus.join(","))?;
+        }
+        Ok(())
+    }
+}
+
+/// The OS CPUs this process may run on (at least CPU 0).
+pub fn online_cpus() -> Vec<usize> {
+    let ids: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    if ids.is_empty() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (0..n).collect()
+    } else {
+        ids
+    }
+}
+
+#[cfg(test)]
+mod tests;

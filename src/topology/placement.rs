@@ -1,0 +1,66 @@
+//! Where a thread runs and where memory lives: getcpu, pinning, and the NUMA
+//! node of an address (get_mempolicy with `MPOL_F_NODE | MPOL_F_ADDR`).
+
+use super::TopologyError;
+
+/// The CPU and NUMA node the calling thread was running on when asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuLocation {
+    /// Operating-system CPU number.
+    pub cpu: usize,
+    /// The kernel's NUMA node number.
+    pub node: usize,
+}
+
+/// Asks the kernel where the calling thread runs (getcpu(2)). The answer can
+/// be stale as soon as it returns unless the thread is pinned.
+pub fn current_cpu() -> Option<CpuLocation> {
+    let mut cpu: libc::c_uint = 0;
+    let mut node: libc::c_uint = 0;
+    // SAFETY: getcpu writes two c_uints through the valid pointers we pass;
+    // the third argument (tcache) is unused by the kernel and may be null.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_getcpu,
+            &mut cpu as *mut libc::c_uint,
+            &mut node as *mut libc::c_uint,
+            core::ptr::null_mut::<libc::c_void>(),
+        )
+    };
+    (rc == 0).then_some(CpuLocation {
+        cpu: cpu as usize,
+        node: node as usize,
+    })
+}
+
+/// Pins the calling thread to the operating-system CPU `os_cpu`.
+pub fn pin_to_cpu(os_cpu: usize) -> Result<(), TopologyError> {
+    if core_affinity::set_for_current(core_affinity::CoreId { id: os_cpu }) {
+        Ok(())
+    } else {
+        Err(TopologyError::Pin { cpu: os_cpu })
+    }
+}
+
+/// The NUMA node holding the page at `addr` (get_mempolicy(2) with
+/// `MPOL_F_NODE | MPOL_F_ADDR`), or `None` where the kernel does not say
+/// (no NUMA support, or the page is not yet faulted in).
+pub fn node_of_address(addr: *const u8) -> Option<usize> {
+    const MPOL_F_NODE: libc::c_ulong = 1;
+    const MPOL_F_ADDR: libc::c_ulong = 2;
+    let mut node: libc::c_int = -1;
+    // SAFETY: get_mempolicy only writes one c_int through `node` (the mode
+    // pointer); with a null nodemask and maxnode 0 it writes nothing else, and
+    // `addr` is only used as a lookup key, never dereferenced by us.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_get_mempolicy,
+            &mut node as *mut libc::c_int,
+            core::ptr::null_mut::<libc::c_ulong>(),
+            0 as libc::c_ulong,
+            addr,
+            MPOL_F_NODE | MPOL_F_ADDR,
+        )
+    };
+    (rc == 0 && node >= 0).then_some(node as usize)
+}

@@ -1,0 +1,91 @@
+use super::*;
+
+#[test]
+fn cpulist_parses_ranges_singles_and_blanks() {
+    assert_eq!(parse_cpulist("0-3,8,10-11\n").unwrap(), vec![0, 1, 2, 3, 8, 10, 11]);
+    assert_eq!(parse_cpulist("5").unwrap(), vec![5]);
+    assert_eq!(parse_cpulist("\n").unwrap(), Vec::<usize>::new());
+    assert!(parse_cpulist("3-1").is_err());
+    assert!(parse_cpulist("a-b").is_err());
+}
+
+#[test]
+fn simulated_topology_numbers_nodes_and_cores_densely() {
+    let t = Topology::simulated(2, 3).unwrap();
+    assert_eq!(t.num_nodes(), 2);
+    assert_eq!(t.num_cores(), 6);
+    assert_eq!(t.source(), TopologySource::Simulated);
+    for (i, c) in t.cores().iter().enumerate() {
+        assert_eq!(c.id, i);
+        assert_eq!(c.node, i / 3);
+    }
+    let real = online_cpus().len();
+    assert!(t.cores().iter().all(|c| c.os_cpu < real.max(1) + 1024));
+}
+
+#[test]
+fn bad_specs_are_errors_that_say_what_to_write() {
+    for spec in ["", "2", "x3", "2x", "axb", "2x4x1"] {
+        let err = Topology::parse_simulated(spec).unwrap_err();
+        assert!(err.to_string().contains("NODESxCORES"), "{spec}: {err}");
+    }
+    assert_eq!(
+        Topology::parse_simulated("0x4").unwrap_err(),
+        TopologyError::Empty {
+            nodes: 0,
+            cores_per_node: 4
+        }
+    );
+    assert_eq!(Topology::parse_simulated(" 2X1 ").unwrap().num_nodes(), 2);
+}
+
+#[test]
+fn sysfs_layout_is_read_from_a_fake_tree() {
+    let dir = std::env::temp_dir().join(format!("noderep-sysfs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for (node, list) in [(0, "0-1\n"), (1, "2,3\n"), (2, "\n")] {
+        let d = dir.join(format!("node{node}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("cpulist"), list).unwrap();
+    }
+    std::fs::create_dir_all(dir.join("power")).unwrap();
+    let t = Topology::from_sysfs(&dir).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(t.num_nodes(), 2, "memory-only node2 is left out");
+    assert_eq!(t.nodes()[1].os_node, 1);
+    assert_eq!(t.node_of_os_cpu(3), Some(1));
+    assert_eq!(t.node_of_os_cpu(9), None);
+}
+
+#[test]
+fn missing_sysfs_is_an_error_so_detect_can_fall_back() {
+    assert!(Topology::from_sysfs(Path::new("/nonexistent/noderep")).is_err());
+}
+
+#[test]
+fn detect_finds_at_least_one_node_with_this_machines_cpus() {
+    let t = Topology::detect().unwrap();
+    assert!(t.num_nodes() >= 1);
+    assert!(t.num_cores() >= 1);
+}
+
+#[test]
+fn interleaved_placement_alternates_nodes() {
+    let t = Topology::simulated(2, 2).unwrap();
+    let nodes: Vec<usize> = t.placement_order(true).iter().map(|c| c.node).collect();
+    assert_eq!(nodes, vec![0, 1, 0, 1]);
+    let nodes: Vec<usize> = t.placement_order(false).iter().map(|c| c.node).collect();
+    assert_eq!(nodes, vec![0, 0, 1, 1]);
+}
+
+#[test]
+fn getcpu_reports_a_cpu_this_process_may_use() {
+    let loc = current_cpu().expect("getcpu works on Linux");
+    pin_to_cpu(loc.cpu).unwrap();
+    assert_eq!(current_cpu().unwrap().cpu, loc.cpu);
+}
+
+#[test]
+fn pinning_to_a_cpu_that_does_not_exist_is_an_error() {
+    assert_eq!(pin_to_cpu(1000).unwrap_err(), TopologyError::Pin { cpu: 1000 });
+}
