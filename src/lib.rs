@@ -5,9 +5,9 @@
 
 extern crate alloc;
 
-
+pub mod nr;
 pub mod sync;
 #[cfg(feature = "std")]
 pub mod topology;
 
-
+pub use nr::{Dispatch, ExecError, NodeReplicated, NrBuilder, NrError, ReplicaPolicy, ThreadToken};

@@ -23,11 +23,13 @@
 //! under `cfg(loom)` where they are defined (see `nr::config`), never here.
 
 #[cfg(loom)]
+#[allow(unused_imports)]
 pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 #[cfg(loom)]
 pub use loom::sync::Arc;
 
 #[cfg(not(loom))]
+#[allow(unused_imports)]
 pub(crate) use core::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 #[cfg(not(loom))]
 pub use alloc::sync::Arc;

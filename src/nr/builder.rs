@@ -1,0 +1,202 @@
+//! Configuration of a [`NodeReplicated`] instance and where its replicas live.
+//!
+//! # How it works
+//!
+//! [`NrBuilder::build`] validates the settings (every mistake is an
+//! [`NrError`] that says what to change), decides each replica's *home* — the
+//! CPUs of its NUMA node, or its core — from the topology, and builds each
+//! replica on a thread pinned to its home, so that the replica's memory is
+//! first touched, and therefore placed by the kernel, on its own node.
+//!
+//! # Trade-offs
+//!
+//! First-touch placement is best effort: if pinning fails (a restricted
+//! cpuset), the replica is still built, on whatever CPU the thread gets.
+
+use super::config::{DEFAULT_LOG_CAPACITY, DEFAULT_THREADS_PER_REPLICA, MAX_THREADS_PER_REPLICA};
+use super::log::Log;
+use super::replica::Replica;
+use super::{Dispatch, NodeReplicated, NrError};
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+
+/// How many replicas to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReplicaPolicy {
+    /// One replica per NUMA node (the default).
+    #[default]
+    PerNode,
+    /// One replica per core.
+    PerCore,
+    /// A fixed number, spread round-robin over the nodes.
+    Fixed(usize),
+}
+
+/// Options for a [`NodeReplicated`] instance.
+#[derive(Debug, Clone)]
+pub struct NrBuilder {
+    #[cfg(feature = "std")]
+    topology: Option<crate::topology::Topology>,
+    policy: ReplicaPolicy,
+    log_capacity: usize,
+    threads_per_replica: usize,
+}
+
+impl Default for NrBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NrBuilder {
+    /// Defaults: detected topology, one replica per node, a log of
+    /// [`DEFAULT_LOG_CAPACITY`] entries, [`DEFAULT_THREADS_PER_REPLICA`]
+    /// thread slots per replica.
+    pub fn new() -> Self {
+        Self {
+            #[cfg(feature = "std")]
+            topology: None,
+            policy: ReplicaPolicy::PerNode,
+            log_capacity: DEFAULT_LOG_CAPACITY,
+            threads_per_replica: DEFAULT_THREADS_PER_REPLICA,
+        }
+    }
+
+    /// Uses this topology instead of detecting one (for example
+    /// `Topology::simulated(2, 1)` for two replicas on a one-node machine).
+    #[cfg(feature = "std")]
+    pub fn topology(mut self, topology: crate::topology::Topology) -> Self {
+        self.topology = Some(topology);
+        self
+    }
+
+    /// How many replicas to make.
+    pub fn replicas(mut self, policy: ReplicaPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Log capacity in operations (rounded up to a power of two).
+    pub fn log_capacity(mut self, entries: usize) -> Self {
+        self.log_capacity = entries;
+        self
+    }
+
+    /// Thread slots per replica: how many threads may register with one
+    /// replica at the same time.
+    pub fn max_threads_per_replica(mut self, threads: usize) -> Self {
+        self.threads_per_replica = threads;
+        self
+    }
+
+    /// Checks the settings and returns each replica's home CPUs.
+    fn plan(&self) -> Result<Vec<Vec<usize>>, NrError> {
+        if self.threads_per_replica == 0 {
+            return Err(NrError::ZeroSize {
+                what: "max_threads_per_replica",
+            });
+        }
+        if self.threads_per_replica > MAX_THREADS_PER_REPLICA {
+            return Err(NrError::TooManySlots {
+                asked: self.threads_per_replica,
+                max: MAX_THREADS_PER_REPLICA,
+            });
+        }
+        if self.log_capacity == 0 {
+            return Err(NrError::ZeroLogCapacity);
+        }
+        if self.policy == ReplicaPolicy::Fixed(0) {
+            return Err(NrError::ZeroSize {
+                what: "the number of replicas (ReplicaPolicy::Fixed)",
+            });
+        }
+        let homes = self.homes()?;
+        let capacity = self.log_capacity.next_power_of_two();
+        let in_flight = homes.len() * self.threads_per_replica;
+        if capacity < in_flight {
+            return Err(NrError::LogTooSmall {
+                capacity,
+                in_flight,
+                replicas: homes.len(),
+                threads_per_replica: self.threads_per_replica,
+            });
+        }
+        Ok(homes)
+    }
+
+    #[cfg(feature = "std")]
+    fn homes(&self) -> Result<Vec<Vec<usize>>, NrError> {
+        let topology = match &self.topology {
+            Some(t) => t.clone(),
+            None => crate::topology::Topology::detect().map_err(|e| NrError::Topology(alloc::string::ToString::to_string(&e)))?,
+        };
+        let node_cpus = |n: usize| -> Vec<usize> { topology.nodes()[n].cores.iter().map(|c| c.os_cpu).collect() };
+        Ok(match self.policy {
+            ReplicaPolicy::PerNode => (0..topology.num_nodes()).map(node_cpus).collect(),
+            ReplicaPolicy::PerCore => topology.cores().iter().map(|c| alloc::vec![c.os_cpu]).collect(),
+            ReplicaPolicy::Fixed(n) => (0..n).map(|r| node_cpus(r % topology.num_nodes())).collect(),
+        })
+    }
+
+    #[cfg(not(feature = "std"))]
+    fn homes(&self) -> Result<Vec<Vec<usize>>, NrError> {
+        match self.policy {
+            ReplicaPolicy::Fixed(n) => Ok((0..n).map(|_| Vec::new()).collect()),
+            _ => Err(NrError::Topology(
+                "without the `std` feature there is no topology discovery: use ReplicaPolicy::Fixed(n)".into(),
+            )),
+        }
+    }
+
+    /// Builds the instance; `make(r)` builds replica `r`'s data structure
+    /// (it runs on a thread pinned to that replica's node, with `std`).
+    pub fn build<D>(self, make: impl Fn(usize) -> D + Sync) -> Result<NodeReplicated<D>, NrError>
+    where
+        D: Dispatch + Send + Sync,
+        D::WriteOperation: Send + Sync,
+        D::Response: Send,
+    {
+        let homes = self.plan()?;
+        let slots = self.threads_per_replica;
+        let log = Log::new(self.log_capacity, homes.len());
+        let build_one = |r: usize| Box::new(Replica::new(r, make(r), slots));
+        let replicas = Self::place(&homes, &build_one);
+        Ok(NodeReplicated::from_parts(log, replicas, homes))
+    }
+
+    /// Builds each replica on a thread pinned to its home (first touch).
+    #[cfg(all(feature = "std", not(loom)))]
+    fn place<D: Dispatch + Send>(homes: &[Vec<usize>], build_one: &(dyn Fn(usize) -> Box<Replica<D>> + Sync)) -> Vec<Box<Replica<D>>>
+    where
+        D::WriteOperation: Send,
+        D::Response: Send,
+    {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = homes
+                .iter()
+                .enumerate()
+                .map(|(r, home)| {
+                    let cpu = home.first().copied();
+                    s.spawn(move || {
+                        if let Some(cpu) = cpu {
+                            // Best effort (module docs): an unpinned build
+                            // still works, just without placement.
+                            let _ = crate::topology::pin_to_cpu(cpu);
+                        }
+                        build_one(r)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        })
+    }
+
+    /// Builds the replicas on the calling thread (no pinning available).
+    #[cfg(any(not(feature = "std"), loom))]
+    fn place<D: Dispatch>(homes: &[Vec<usize>], build_one: &dyn Fn(usize) -> Box<Replica<D>>) -> Vec<Box<Replica<D>>> {
+        (0..homes.len()).map(build_one).collect()
+    }
+}

@@ -1,0 +1,24 @@
+//! Sizes and limits of node replication, shrunk under loom.
+//!
+//! Under `cfg(loom)` the defaults shrink (a log of 4 entries, 2 thread slots
+//! per replica) so the model checker can explore every interleaving; the
+//! logic that uses them is unchanged.
+
+/// Default log capacity in entries (rounded up to a power of two).
+#[cfg(not(loom))]
+pub const DEFAULT_LOG_CAPACITY: usize = 1 << 16;
+/// Default log capacity in entries (loom: small enough to wrap in a model).
+#[cfg(loom)]
+pub const DEFAULT_LOG_CAPACITY: usize = 4;
+
+/// Default number of thread slots per replica.
+#[cfg(not(loom))]
+pub const DEFAULT_THREADS_PER_REPLICA: usize = 64;
+/// Default number of thread slots per replica (loom: two threads per replica).
+#[cfg(loom)]
+pub const DEFAULT_THREADS_PER_REPLICA: usize = 2;
+
+/// Upper bound on thread slots per replica: the writer side of the
+/// readers-writer lock scans one flag per slot, so very large replicas should
+/// be split (more replicas) rather than grown.
+pub const MAX_THREADS_PER_REPLICA: usize = 1024;

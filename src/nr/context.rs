@@ -1,0 +1,161 @@
+//! Per-thread operation slots: how a thread hands a write to its replica's
+//! flat combiner and gets the response back.
+//!
+//! # How it works
+//!
+//! Each registered thread owns one cache-padded [`Context`] in its replica.
+//! The state word moves `EMPTY → PENDING` (the thread stored its operation),
+//! `PENDING → TAKEN` (a combiner moved the operation into the log), and
+//! `TAKEN → DONE` (the combiner stored the response) or `TAKEN → PANICKED`
+//! (the operation panicked; the payload is stored instead), and back to
+//! `EMPTY` when the thread has taken the result. Each transition hands the
+//! cells to the other side: the thread touches `op` only in `EMPTY`, the
+//! combiner only in `PENDING`; the combiner writes `result` only in `TAKEN`,
+//! the thread reads it only in `DONE`/`PANICKED`.
+//!
+//! # Trade-offs
+//!
+//! One operation in flight per thread keeps the slot to one cache line and
+//! the protocol simple; a thread that wants to batch its own writes can
+//! combine them into one `WriteOperation`.
+
+use crate::sync::{AtomicBool, AtomicUsize, Ordering, UnsafeCell};
+
+/// No operation in the slot.
+pub(crate) const EMPTY: usize = 0;
+/// The thread stored an operation for the combiner.
+pub(crate) const PENDING: usize = 1;
+/// A combiner moved the operation into the log.
+pub(crate) const TAKEN: usize = 2;
+/// The response is in `result`.
+pub(crate) const DONE: usize = 3;
+/// The operation panicked; `result` holds the payload (std only).
+pub(crate) const PANICKED: usize = 4;
+
+/// What a combiner hands back.
+pub(crate) enum Outcome<R> {
+    /// The operation's response.
+    Response(R),
+    /// The operation panicked with this payload.
+    #[cfg(feature = "std")]
+    Panicked(alloc::boxed::Box<dyn core::any::Any + Send + 'static>),
+}
+
+/// One thread's operation slot.
+pub(crate) struct Context<W, R> {
+    /// State word (see the module docs). Written by both sides.
+    state: AtomicUsize,
+    /// Whether a thread has registered this slot. Written by `register` and
+    /// token drop; read by registration.
+    in_use: AtomicBool,
+    /// The pending operation: written by the thread, taken by the combiner.
+    op: UnsafeCell<Option<W>>,
+    /// The result: written by the combiner, taken by the thread.
+    result: UnsafeCell<Option<Outcome<R>>>,
+}
+
+impl<W, R> Context<W, R> {
+    pub(crate) fn new() -> Self {
+        Self {
+            state: AtomicUsize::new(EMPTY),
+            in_use: AtomicBool::new(false),
+            op: UnsafeCell::new(None),
+            result: UnsafeCell::new(None),
+        }
+    }
+
+    /// Claims the slot for a registering thread; false if it is taken.
+    pub(crate) fn claim(&self) -> bool {
+        // Acquire on success: pairs with the Release in `release`, so the
+        // previous owner's last use of the slot happens before ours.
+        self.in_use
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Frees the slot (token drop). The slot must be `EMPTY`.
+    pub(crate) fn release(&self) {
+        // Release: pairs with the Acquire in `claim`.
+        self.in_use.store(false, Ordering::Release);
+    }
+
+    /// The owning thread submits `op`. The slot must be `EMPTY`.
+    pub(crate) fn submit(&self, op: W) {
+        self.op.with_mut(|p| {
+            // SAFETY: in state EMPTY only the owning thread touches `op`
+            // (module docs); we are that thread.
+            unsafe { *p = Some(op) }
+        });
+        // Release: publishes `op`; pairs with the Acquire in `is_pending`.
+        #[cfg(not(noderep_mutant = "context_submit_relaxed"))]
+        self.state.store(PENDING, Ordering::Release);
+        #[cfg(noderep_mutant = "context_submit_relaxed")]
+        self.state.store(PENDING, Ordering::Relaxed);
+    }
+
+    /// Whether the slot holds an operation for the combiner.
+    pub(crate) fn is_pending(&self) -> bool {
+        // Acquire: pairs with the Release in `submit`; makes `op` visible.
+        self.state.load(Ordering::Acquire) == PENDING
+    }
+
+    /// The combiner takes the pending operation.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the combiner lock of this slot's replica and saw
+    /// [`is_pending`](Self::is_pending) return true.
+    pub(crate) unsafe fn take_op(&self) -> W {
+        let op = self.op.with_mut(|p| {
+            // SAFETY: state is PENDING and we are the only combiner (lock
+            // held), so nobody else touches `op`.
+            unsafe { (*p).take() }
+        });
+        // Relaxed: only the combiner reads TAKEN (the thread waits for DONE);
+        // the thread learns of our progress through the Release in `finish`.
+        self.state.store(TAKEN, Ordering::Relaxed);
+        op.expect("a PENDING context holds an operation")
+    }
+
+    /// The combiner stores the result of the operation it took.
+    ///
+    /// # Safety
+    ///
+    /// The caller took this slot's operation with [`take_op`](Self::take_op)
+    /// and has not finished it yet.
+    pub(crate) unsafe fn finish(&self, outcome: Outcome<R>) {
+        let state = match outcome {
+            Outcome::Response(_) => DONE,
+            #[cfg(feature = "std")]
+            Outcome::Panicked(_) => PANICKED,
+        };
+        self.result.with_mut(|p| {
+            // SAFETY: state is TAKEN: only the combiner that took the
+            // operation writes `result`, and the thread does not read it yet.
+            unsafe { *p = Some(outcome) }
+        });
+        // Release: publishes `result`; pairs with the Acquire in `poll`.
+        #[cfg(not(noderep_mutant = "context_finish_relaxed"))]
+        self.state.store(state, Ordering::Release);
+        #[cfg(noderep_mutant = "context_finish_relaxed")]
+        self.state.store(state, Ordering::Relaxed);
+    }
+
+    /// The owning thread checks for its result, taking it if it is there.
+    pub(crate) fn poll(&self) -> Option<Outcome<R>> {
+        // Acquire: pairs with the Release in `finish`.
+        let s = self.state.load(Ordering::Acquire);
+        if s != DONE && s != PANICKED {
+            return None;
+        }
+        let out = self.result.with_mut(|p| {
+            // SAFETY: state is DONE/PANICKED: the combiner is done with the
+            // slot and only the owning thread (us) touches `result`.
+            unsafe { (*p).take() }
+        });
+        // Relaxed: EMPTY is only read by this thread (the next `submit`
+        // publishes with Release).
+        self.state.store(EMPTY, Ordering::Relaxed);
+        out
+    }
+}

@@ -1,0 +1,450 @@
+//! Node replication: any sequential data structure becomes a linearizable
+//! concurrent one, with one replica per NUMA node fed by one shared log.
+//!
+//! # How it works
+//!
+//! * Every replica holds a full copy of the structure `D` ([`Dispatch`]).
+//! * A write is stored in the calling thread's slot of its replica. Some
+//!   thread of that replica becomes the *flat combiner* (a try-lock): it
+//!   collects every pending write of the replica, reserves that many log
+//!   positions with one compare-and-swap, moves the writes into the log,
+//!   applies the log to its replica up to the end of its batch, and hands
+//!   each thread its response. A waiting thread keeps trying the combiner
+//!   lock, so a write that arrives just after a batch was collected is picked
+//!   up as soon as that combiner finishes — there is no timeout to wait out.
+//! * A read runs on the caller's own replica under a distributed
+//!   readers-writer lock, after the replica has applied the log up to the
+//!   commit point observed when the read began (if it is behind, the reader
+//!   catches it up itself or waits for the combiner that is doing so).
+//! * When the log is full because some replica has fallen a whole log behind
+//!   (its threads are idle or gone), the writer first catches up its own
+//!   replica and then *helps*: it takes the lagging replica's combiner lock
+//!   and applies the log to that replica on its behalf. node-replication
+//!   0.1.1 waits for the lagging replica's own threads instead, and stalls
+//!   forever if they never come back.
+//! * A panicking write poisons the instance: the issuing thread sees the
+//!   panic, every other call returns [`ExecError::Poisoned`].
+//!
+//! # Linearizability
+//!
+//! Writes take effect in log order (the tail CAS); a write returns only after
+//! its combiner advanced the commit point past it. A read waits for its
+//! replica to reach the commit point it observed at its start, so it sees
+//! every write that completed before it began; a combiner publishes the
+//! commit point before releasing its write lock, so a read that sees a write
+//! can never be followed by a read, on another replica, that misses it.
+//!
+//! # Trade-offs
+//!
+//! Memory grows with the number of replicas (one full copy each) and
+//! the log; writes pay one log append and one application per replica;
+//! reads are local and scale with cores. Structures that are mostly read and
+//! whose operations are cheap and deterministic benefit most.
+//!
+//! # References
+//!
+//! Calciu, Sen, Balakrishnan, Aguilera: "Black-box Concurrent Data
+//! Structures for NUMA Architectures", ASPLOS 2017; Hendler et al., "Flat
+//! Combining and the Synchronization-Parallelism Tradeoff", SPAA 2010.
+
+mod builder;
+pub mod config;
+mod context;
+mod dispatch;
+mod error;
+pub(crate) mod log;
+mod replica;
+pub(crate) mod rwlock;
+
+pub use builder::{NrBuilder, ReplicaPolicy};
+pub use dispatch::Dispatch;
+pub use error::{ExecError, NrError};
+
+use crate::sync::{Arc, AtomicBool, Backoff, Ordering};
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use context::Outcome;
+use core::marker::PhantomData;
+use log::{Log, LogFull};
+use replica::{CombinerGuard, PoisonedInstance, Replica};
+
+/// Everything the instance's threads share.
+pub(crate) struct Shared<D: Dispatch> {
+    log: Log<D::WriteOperation>,
+    replicas: Box<[Box<Replica<D>>]>,
+    /// Set once, by the combiner that caught a panicking operation; read by
+    /// every call.
+    poisoned: AtomicBool,
+    /// For each replica, the OS CPUs it serves (its node or core); empty
+    /// without a topology. Read by `register`.
+    #[cfg_attr(not(feature = "std"), allow(dead_code))]
+    homes: Vec<Vec<usize>>,
+    /// Test-only counters that let tests watch helping happen.
+    #[cfg(test)]
+    pub(crate) stats: stats::Stats,
+}
+
+#[cfg(test)]
+pub(crate) mod stats {
+    use crate::sync::{AtomicUsize, Ordering};
+
+    /// Counters of internal events, for tests.
+    #[derive(Default)]
+    pub(crate) struct Stats {
+        /// Times a thread applied the log to another replica.
+        pub helped: AtomicUsize,
+        /// Batches appended by combiners.
+        pub batches: AtomicUsize,
+        /// Operations appended by combiners.
+        pub combined_ops: AtomicUsize,
+    }
+
+    impl Stats {
+        pub(crate) fn bump(c: &AtomicUsize, n: usize) {
+            // Relaxed: test statistics only.
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A data structure `D` replicated once per NUMA node (or per core, or a
+/// fixed number of times), linearizable under concurrent use.
+///
+/// Threads [`register`](Self::register) to get a [`ThreadToken`], then call
+/// [`execute`](Self::execute) (reads) and [`execute_mut`](Self::execute_mut)
+/// (writes) with it. Share the instance by reference (scoped threads) or in
+/// an `Arc`.
+pub struct NodeReplicated<D: Dispatch> {
+    shared: Arc<Shared<D>>,
+}
+
+/// A registered thread's right to operate on one [`NodeReplicated`]
+/// instance, bound to one replica and one thread slot.
+///
+/// It is neither `Send` nor `Sync` (it names a slot that only its thread may
+/// use), and using it with another instance is an error
+/// ([`ExecError::WrongInstance`]), not corruption. Dropping it frees the slot
+/// for another thread.
+pub struct ThreadToken<D: Dispatch> {
+    shared: Arc<Shared<D>>,
+    replica: usize,
+    slot: usize,
+    /// `!Send + !Sync`.
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<D: Dispatch> ThreadToken<D> {
+    /// The replica this thread reads from and combines for.
+    pub fn replica(&self) -> usize {
+        self.replica
+    }
+
+    /// The thread slot within the replica.
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+}
+
+impl<D: Dispatch> core::fmt::Debug for ThreadToken<D> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ThreadToken")
+            .field("replica", &self.replica)
+            .field("slot", &self.slot)
+            .finish()
+    }
+}
+
+impl<D: Dispatch> Drop for ThreadToken<D> {
+    fn drop(&mut self) {
+        let replica = &self.shared.replicas[self.replica];
+        // Relaxed: a placement hint only.
+        replica.registered.fetch_sub(1, Ordering::Relaxed);
+        replica.contexts[self.slot].release();
+    }
+}
+
+impl<D: Dispatch> core::fmt::Debug for NodeReplicated<D> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("NodeReplicated")
+            .field("replicas", &self.shared.replicas.len())
+            .field("log_capacity", &self.shared.log.capacity())
+            .field("poisoned", &self.shared.poisoned.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl<D> NodeReplicated<D>
+where
+    D: Dispatch + Send + Sync,
+    D::WriteOperation: Send + Sync,
+    D::Response: Send,
+{
+    /// One replica per NUMA node of the detected topology (with `std`), each
+    /// built by `make(replica_index)`. See [`NrBuilder`] for the options.
+    pub fn new(make: impl Fn(usize) -> D + Sync) -> Result<Self, NrError> {
+        NrBuilder::new().build(make)
+    }
+
+    /// A builder for the options (topology, replicas, log capacity, slots).
+    pub fn builder() -> NrBuilder {
+        NrBuilder::new()
+    }
+
+    pub(crate) fn from_parts(log: Log<D::WriteOperation>, replicas: Vec<Box<Replica<D>>>, homes: Vec<Vec<usize>>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                log,
+                replicas: replicas.into_boxed_slice(),
+                poisoned: AtomicBool::new(false),
+                homes,
+                #[cfg(test)]
+                stats: stats::Stats::default(),
+            }),
+        }
+    }
+
+    /// Number of replicas.
+    pub fn num_replicas(&self) -> usize {
+        self.shared.replicas.len()
+    }
+
+    /// Capacity of the shared log, in operations.
+    pub fn log_capacity(&self) -> usize {
+        self.shared.log.capacity()
+    }
+
+    /// Whether a write operation has panicked and poisoned the instance.
+    pub fn is_poisoned(&self) -> bool {
+        // Acquire: pairs with the Release that poisons.
+        self.shared.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Registers the calling thread with the replica of the node it runs on
+    /// (the least loaded one if several serve its CPU; the least loaded of
+    /// all if none does, or without `std`).
+    pub fn register(&self) -> Result<ThreadToken<D>, NrError> {
+        let replicas = &self.shared.replicas;
+        #[cfg(feature = "std")]
+        let cpu = crate::topology::current_cpu().map(|l| l.cpu);
+        #[cfg(not(feature = "std"))]
+        let cpu: Option<usize> = None;
+        let serves = |r: usize| cpu.is_some_and(|c| self.shared.homes.get(r).is_some_and(|h| h.contains(&c)));
+        let load = |r: &usize| replicas[*r].registered.load(Ordering::Relaxed);
+        let local = (0..replicas.len()).filter(|&r| serves(r)).min_by_key(load);
+        let target = local.or_else(|| (0..replicas.len()).min_by_key(load)).unwrap_or(0);
+        self.register_on(target)
+    }
+
+    /// Registers the calling thread with replica `replica`.
+    pub fn register_on(&self, replica: usize) -> Result<ThreadToken<D>, NrError> {
+        if self.is_poisoned() {
+            return Err(NrError::Poisoned);
+        }
+        let replicas = self.shared.replicas.len();
+        let rep = self
+            .shared
+            .replicas
+            .get(replica)
+            .ok_or(NrError::NoSuchReplica { replica, replicas })?;
+        for (slot, ctx) in rep.contexts.iter().enumerate() {
+            if ctx.claim() {
+                rep.rwlock.note_slot(slot);
+                // Relaxed: a placement hint only.
+                rep.registered.fetch_add(1, Ordering::Relaxed);
+                return Ok(ThreadToken {
+                    shared: Arc::clone(&self.shared),
+                    replica,
+                    slot,
+                    _not_send: PhantomData,
+                });
+            }
+        }
+        Err(NrError::ReplicaFull {
+            replica,
+            slots: rep.contexts.len(),
+        })
+    }
+
+    fn check(&self, token: &ThreadToken<D>) -> Result<(), ExecError> {
+        if !Arc::ptr_eq(&self.shared, &token.shared) {
+            return Err(ExecError::WrongInstance);
+        }
+        if self.is_poisoned() {
+            return Err(ExecError::Poisoned);
+        }
+        Ok(())
+    }
+
+    /// Runs a read-only operation on the caller's replica, linearizably.
+    pub fn execute<'r>(&self, op: D::ReadOperation<'r>, token: &ThreadToken<D>) -> Result<D::Response, ExecError>
+    where
+        D: 'r,
+    {
+        self.check(token)?;
+        let shared = &*self.shared;
+        let replica = &shared.replicas[token.replica];
+        let commit = shared.log.ctail();
+        if shared.log.ltail(token.replica) < commit {
+            shared.sync_replica(token.replica, commit)?;
+        }
+        Ok(replica.read(token.slot, op))
+    }
+
+    /// Runs a write operation: appends it to the shared log (combined with
+    /// the replica's other pending writes) and returns its response once it
+    /// has been applied to the caller's replica.
+    ///
+    /// If the operation panics, the panic resumes in the caller and the
+    /// instance is poisoned.
+    pub fn execute_mut(&self, op: D::WriteOperation, token: &ThreadToken<D>) -> Result<D::Response, ExecError> {
+        self.check(token)?;
+        let shared = &*self.shared;
+        let replica = &shared.replicas[token.replica];
+        let ctx = &replica.contexts[token.slot];
+        ctx.submit(op);
+        let mut backoff = Backoff::new();
+        loop {
+            if let Some(out) = ctx.poll() {
+                return match out {
+                    Outcome::Response(r) => Ok(r),
+                    #[cfg(feature = "std")]
+                    Outcome::Panicked(payload) => std::panic::resume_unwind(payload),
+                };
+            }
+            if self.is_poisoned() {
+                return Err(ExecError::Poisoned);
+            }
+            if let Some(guard) = replica.try_combine() {
+                // An Err means poisoned, which the next iteration reports
+                // after collecting our own outcome if there is one.
+                let _ = shared.combine(token.replica, &guard, 0);
+                backoff.reset();
+            } else {
+                backoff.snooze();
+            }
+        }
+    }
+
+    /// Brings every replica up to date with the log and runs `f` on each, in
+    /// replica order, while holding it exclusively (for checks at
+    /// quiescence, such as "all replicas are equal").
+    pub fn sync_and_inspect<R>(&self, token: &ThreadToken<D>, mut f: impl FnMut(usize, &D) -> R) -> Result<Vec<R>, ExecError> {
+        self.check(token)?;
+        let shared = &*self.shared;
+        let tail = shared.log.tail();
+        let mut out = Vec::with_capacity(shared.replicas.len());
+        for (r, rep) in shared.replicas.iter().enumerate() {
+            let mut backoff = Backoff::new();
+            let guard = loop {
+                if let Some(g) = rep.try_combine() {
+                    break g;
+                }
+                if self.is_poisoned() {
+                    return Err(ExecError::Poisoned);
+                }
+                backoff.snooze();
+            };
+            shared.combine(r, &guard, tail).map_err(|_| ExecError::Poisoned)?;
+            out.push(rep.inspect_exclusive(&guard, |d| f(r, d)));
+        }
+        Ok(out)
+    }
+
+    /// Address of replica `r`'s data, for NUMA placement checks.
+    #[cfg(feature = "std")]
+    pub fn replica_data_addr(&self, r: usize) -> Option<*const u8> {
+        self.shared.replicas.get(r).map(|rep| rep.data_addr())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn stats(&self) -> &stats::Stats {
+        &self.shared.stats
+    }
+}
+
+impl<D> Shared<D>
+where
+    D: Dispatch + Send + Sync,
+    D::WriteOperation: Send + Sync,
+    D::Response: Send,
+{
+    /// Waits until replica `r` has applied the log up to `target`, applying
+    /// it ourselves when its combiner lock is free.
+    fn sync_replica(&self, r: usize, target: usize) -> Result<(), ExecError> {
+        let replica = &self.replicas[r];
+        let mut backoff = Backoff::new();
+        while self.log.ltail(r) < target {
+            // Acquire: pairs with the Release that poisons.
+            if self.poisoned.load(Ordering::Acquire) {
+                return Err(ExecError::Poisoned);
+            }
+            match replica.try_combine() {
+                Some(guard) => self.combine(r, &guard, target).map_err(|_| ExecError::Poisoned)?,
+                None => backoff.snooze(),
+            }
+        }
+        Ok(())
+    }
+
+    /// One round of flat combining for replica `r`: collect its pending
+    /// writes, append them, and apply the log up to the end of the batch
+    /// (and at least up to `min_target`).
+    fn combine(&self, r: usize, guard: &CombinerGuard<'_>, min_target: usize) -> Result<(), PoisonedInstance> {
+        let replica = &self.replicas[r];
+        let n = replica.collect(guard);
+        let mut end = min_target;
+        if n > 0 {
+            let start = self.reserve(r, guard, n)?;
+            replica.append_batch(guard, &self.log, start);
+            end = end.max(start + n);
+            #[cfg(test)]
+            {
+                stats::Stats::bump(&self.stats.batches, 1);
+                stats::Stats::bump(&self.stats.combined_ops, n);
+            }
+        }
+        replica.exec(guard, &self.log, end, &self.poisoned)
+    }
+
+    /// Reserves `n` log positions for replica `r`'s combiner, making room
+    /// when the log is full: first by catching up replica `r` itself, then by
+    /// applying the log to every lagging replica whose combiner is free.
+    ///
+    /// Progress argument: the log is full only while some replica's applied
+    /// position is below `needed_head`. That replica either has an active
+    /// combiner (which applies the published entries it waits for and
+    /// advances) or a free lock (which we take and advance it ourselves).
+    /// Every entry below the tail is published by its appender without
+    /// waiting for anything, so each of these steps finishes.
+    fn reserve(&self, r: usize, guard: &CombinerGuard<'_>, n: usize) -> Result<usize, PoisonedInstance> {
+        let mut backoff = Backoff::new();
+        loop {
+            match self.log.try_reserve(n) {
+                Ok(start) => return Ok(start),
+                Err(LogFull { needed_head }) => {
+                    let tail = self.log.tail();
+                    self.replicas[r].exec(guard, &self.log, tail, &self.poisoned)?;
+                    for (q, lagging) in self.replicas.iter().enumerate() {
+                        if q == r || self.log.ltail(q) >= needed_head {
+                            continue;
+                        }
+                        #[cfg(not(noderep_mutant = "no_helping"))]
+                        if let Some(their_guard) = lagging.try_combine() {
+                            lagging.exec(&their_guard, &self.log, tail, &self.poisoned)?;
+                            #[cfg(test)]
+                            stats::Stats::bump(&self.stats.helped, 1);
+                        }
+                    }
+                    // Acquire: pairs with the Release that poisons.
+                    if self.poisoned.load(Ordering::Acquire) {
+                        return Err(PoisonedInstance);
+                    }
+                    backoff.snooze();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,297 @@
+//! One replica: a copy of the data structure, its flat combiner, its thread
+//! slots and its readers-writer lock.
+//!
+//! # How it works
+//!
+//! The *combiner lock* gives one thread at a time the right to act for the
+//! replica: collect the pending writes of its threads ([`Replica::collect`]),
+//! and apply the log to its copy ([`Replica::exec`]). Whoever holds it — a
+//! thread of this replica, or a thread of another replica that is helping a
+//! lagging one — is "the combiner". `exec` applies log entries in order under
+//! the write side of the [`DistRwLock`], publishes the new applied position
+//! and commit point *before* releasing the write lock (so a reader that sees
+//! the new state can never be followed by a reader elsewhere that sees an
+//! older one), and only then hands responses to the waiting threads.
+//!
+//! A panic inside `dispatch_mut` (or the operation's `clone`) is caught
+//! (with `std`): the instance is poisoned, the thread that issued the
+//! operation gets the panic payload, and everyone else gets
+//! [`ExecError::Poisoned`](super::ExecError::Poisoned). Without `std` a guard
+//! poisons the instance while the panic unwinds.
+//!
+//! # Trade-offs
+//!
+//! Applying under one write lock per batch makes readers wait for the whole
+//! batch; batches are bounded by the replica's thread slots, so the wait is
+//! bounded too.
+
+use super::context::{Context, Outcome};
+use super::log::{Log, Record};
+use super::rwlock::DistRwLock;
+use super::Dispatch;
+use crate::sync::{AtomicBool, AtomicUsize, Backoff, CachePadded, Ordering, UnsafeCell};
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+
+/// The instance has been poisoned by a panicking operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PoisonedInstance;
+
+/// One replica of `D`.
+pub(crate) struct Replica<D: Dispatch> {
+    /// This replica's index (its position in the log's `ltails`).
+    pub(crate) id: usize,
+    /// The combiner lock. CAS by any thread that wants to combine or help.
+    combiner: CachePadded<AtomicBool>,
+    /// One slot per thread that may register with this replica.
+    pub(crate) contexts: Box<[CachePadded<Context<D::WriteOperation, D::Response>>]>,
+    /// Readers-writer lock over `data`.
+    pub(crate) rwlock: DistRwLock,
+    /// Number of registered threads (for least-loaded placement).
+    pub(crate) registered: AtomicUsize,
+    /// The replica's copy. Written under the write lock by the combiner;
+    /// read under the read lock by the replica's threads.
+    data: UnsafeCell<D>,
+    /// Combiner-owned scratch: slots collected for the current batch.
+    batch: UnsafeCell<Vec<usize>>,
+    /// Combiner-owned scratch: results to hand out after the batch.
+    results: UnsafeCell<Vec<(usize, Outcome<D::Response>)>>,
+}
+
+// SAFETY: `data` is read concurrently only through `&D` under the read lock
+// (needs `D: Sync`) and mutated by whichever thread holds the combiner lock
+// (needs `D: Send`); operations and responses move between the issuing thread
+// and the combiner thread (need `Send`). The scratch vectors are touched only
+// by the combiner-lock holder. Everything else is atomics.
+unsafe impl<D> Sync for Replica<D>
+where
+    D: Dispatch + Send + Sync,
+    D::WriteOperation: Send + Sync,
+    D::Response: Send,
+{
+}
+// SAFETY: the replica owns its `D`, operations and responses; moving it moves
+// them, which their `Send` bounds allow.
+unsafe impl<D> Send for Replica<D>
+where
+    D: Dispatch + Send,
+    D::WriteOperation: Send,
+    D::Response: Send,
+{
+}
+
+/// Proof of holding a replica's combiner lock; unlocks on drop.
+pub(crate) struct CombinerGuard<'a> {
+    lock: &'a AtomicBool,
+}
+
+impl Drop for CombinerGuard<'_> {
+    fn drop(&mut self) {
+        // Release: everything the combiner did (applied entries, advanced
+        // ltail, delivered responses) happens before the next holder's
+        // Acquire CAS in `try_combine`.
+        self.lock.store(false, Ordering::Release);
+    }
+}
+
+/// Poisons the instance if dropped during a panic (the no-`std` path, and a
+/// last line of defence with `std`); defused with `mem::forget` on success.
+struct PoisonOnUnwind<'a>(&'a AtomicBool);
+
+impl Drop for PoisonOnUnwind<'_> {
+    fn drop(&mut self) {
+        // Release: pairs with the Acquire loads of the poison flag.
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+impl<D: Dispatch> Replica<D> {
+    /// A replica holding `data` with `slots` thread slots.
+    pub(crate) fn new(id: usize, data: D, slots: usize) -> Self {
+        Self {
+            id,
+            combiner: CachePadded::new(AtomicBool::new(false)),
+            contexts: (0..slots).map(|_| CachePadded::new(Context::new())).collect(),
+            rwlock: DistRwLock::new(slots),
+            registered: AtomicUsize::new(0),
+            data: UnsafeCell::new(data),
+            batch: UnsafeCell::new(Vec::with_capacity(slots)),
+            results: UnsafeCell::new(Vec::with_capacity(slots)),
+        }
+    }
+
+    /// Tries to become this replica's combiner.
+    #[inline]
+    pub(crate) fn try_combine(&self) -> Option<CombinerGuard<'_>> {
+        // Relaxed pre-check: avoids a cache-line-stealing CAS while another
+        // thread combines (test-and-test-and-set).
+        if self.combiner.load(Ordering::Relaxed) {
+            return None;
+        }
+        // Acquire: pairs with the Release in `CombinerGuard::drop`; the
+        // previous combiner's work is visible to us.
+        self.combiner
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| CombinerGuard {
+                lock: &self.combiner,
+            })
+    }
+
+    /// Collects the slots with pending operations into the batch scratch and
+    /// returns how many there are.
+    pub(crate) fn collect(&self, _guard: &CombinerGuard<'_>) -> usize {
+        let hwm = self.rwlock.slot_hwm();
+        self.batch.with_mut(|b| {
+            // SAFETY: the batch scratch is only touched by the combiner-lock
+            // holder, which `_guard` proves we are.
+            let batch = unsafe { &mut *b };
+            batch.clear();
+            batch.extend((0..hwm).filter(|&s| self.contexts[s].is_pending()));
+            batch.len()
+        })
+    }
+
+    /// Moves the collected operations into the log at `start..start + n`.
+    pub(crate) fn append_batch(&self, _guard: &CombinerGuard<'_>, log: &Log<D::WriteOperation>, start: usize) {
+        self.batch.with(|b| {
+            // SAFETY: combiner-only scratch, see `collect`.
+            let batch = unsafe { &*b };
+            for (i, &slot) in batch.iter().enumerate() {
+                // SAFETY: we hold the combiner lock and `collect` saw the
+                // slot pending; nobody else takes it.
+                let op = unsafe { self.contexts[slot].take_op() };
+                log.write(
+                    start + i,
+                    Record {
+                        op,
+                        replica: self.id,
+                        slot,
+                    },
+                );
+            }
+        });
+    }
+
+    /// Applies the log to this replica up to position `to` (waiting for
+    /// entries still being written), then publishes the progress and hands
+    /// out the responses of this replica's own operations.
+    pub(crate) fn exec(
+        &self,
+        _guard: &CombinerGuard<'_>,
+        log: &Log<D::WriteOperation>,
+        to: usize,
+        poisoned: &AtomicBool,
+    ) -> Result<(), PoisonedInstance> {
+        let from = log.ltail(self.id);
+        if from >= to {
+            return Ok(());
+        }
+        let results = self.results.with_mut(|r| {
+            // SAFETY: combiner-only scratch, see `collect`.
+            unsafe { &mut *r }
+        });
+        let mut outcome = Ok(());
+        {
+            let _write = self.rwlock.write();
+            let unwind_guard = PoisonOnUnwind(poisoned);
+            'entries: for pos in from..to {
+                let mut backoff = Backoff::new();
+                let applied = loop {
+                    // SAFETY: `pos` is at or above our ltail and below the
+                    // tail, and the ltail cannot move: we hold the combiner
+                    // lock (the only writer of our ltail).
+                    let got = unsafe { log.read(pos, |rec| self.apply(rec)) };
+                    match got {
+                        Some(applied) => break applied,
+                        // Acquire: pairs with the Release that poisons.
+                        None if poisoned.load(Ordering::Acquire) => {
+                            outcome = Err(PoisonedInstance);
+                            break 'entries;
+                        }
+                        None => backoff.snooze(),
+                    }
+                };
+                match applied {
+                    (origin, slot, Outcome::Response(r)) => {
+                        if origin == self.id {
+                            results.push((slot, Outcome::Response(r)));
+                        }
+                    }
+                    #[cfg(feature = "std")]
+                    (origin, slot, Outcome::Panicked(p)) => {
+                        // Release: pairs with the Acquire loads of the flag.
+                        poisoned.store(true, Ordering::Release);
+                        if origin == self.id {
+                            results.push((slot, Outcome::Panicked(p)));
+                        }
+                        outcome = Err(PoisonedInstance);
+                        break 'entries;
+                    }
+                }
+            }
+            core::mem::forget(unwind_guard);
+            if outcome.is_ok() {
+                // Both before the write lock is released: see module docs.
+                log.set_ltail(self.id, to);
+                log.advance_ctail(to);
+            }
+        }
+        for (slot, out) in results.drain(..) {
+            // SAFETY: this slot's operation was taken by our replica's
+            // combiner in this batch (own-origin entries in the log only
+            // come from the batch the lock holder just appended) and not
+            // finished yet.
+            unsafe { self.contexts[slot].finish(out) };
+        }
+        outcome
+    }
+
+    /// Clones a logged operation and applies it to the replica, catching a
+    /// panic (with `std`).
+    fn apply(&self, rec: &Record<D::WriteOperation>) -> (usize, usize, Outcome<D::Response>) {
+        let run = || {
+            self.data.with_mut(|d| {
+                // SAFETY: we hold the write lock (no readers) and the
+                // combiner lock (no other writer).
+                unsafe { (*d).dispatch_mut(rec.op.clone()) }
+            })
+        };
+        #[cfg(feature = "std")]
+        let out = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+            Ok(r) => Outcome::Response(r),
+            Err(p) => Outcome::Panicked(p),
+        };
+        #[cfg(not(feature = "std"))]
+        let out = Outcome::Response(run());
+        (rec.replica, rec.slot, out)
+    }
+
+    /// Runs a read-only operation under the read lock of slot `slot`.
+    pub(crate) fn read<'a>(&self, slot: usize, op: D::ReadOperation<'a>) -> D::Response
+    where
+        D: 'a,
+    {
+        let _read = self.rwlock.read(slot);
+        self.data.with(|d| {
+            // SAFETY: the read lock excludes the combiner's writes.
+            unsafe { (*d).dispatch(op) }
+        })
+    }
+
+    /// Runs `f` on the replica's data with no concurrent reader or writer.
+    pub(crate) fn inspect_exclusive<R>(&self, _guard: &CombinerGuard<'_>, f: impl FnOnce(&D) -> R) -> R {
+        let _write = self.rwlock.write();
+        self.data.with(|d| {
+            // SAFETY: the combiner lock and the write lock exclude every
+            // other access.
+            f(unsafe { &*d })
+        })
+    }
+
+    /// Address of the replica's data (for NUMA placement checks).
+    #[cfg(feature = "std")]
+    pub(crate) fn data_addr(&self) -> *const u8 {
+        self.data.with(|d| d as *const u8)
+    }
+}
