@@ -89,3 +89,14 @@ fn getcpu_reports_a_cpu_this_process_may_use() {
 fn pinning_to_a_cpu_that_does_not_exist_is_an_error() {
     assert_eq!(pin_to_cpu(1000).unwrap_err(), TopologyError::Pin { cpu: 1000 });
 }
+
+#[cfg(feature = "hwloc")]
+#[test]
+fn hwloc_reports_the_same_nodes_and_cpus_as_sysfs() {
+    let hw = Topology::from_hwloc().expect("hwloc discovers this machine");
+    assert_eq!(hw.source(), TopologySource::Hwloc);
+    assert!(hw.num_nodes() >= 1 && hw.num_cores() >= 1);
+    if let Ok(sys) = Topology::from_sysfs(Path::new("/sys/devices/system/node")) {
+        assert_eq!(hw.nodes(), sys.nodes(), "hwloc and sysfs disagree");
+    }
+}
