@@ -29,10 +29,10 @@ pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, O
 pub use loom::sync::Arc;
 
 #[cfg(not(loom))]
+pub use alloc::sync::Arc;
+#[cfg(not(loom))]
 #[allow(unused_imports)]
 pub(crate) use core::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
-#[cfg(not(loom))]
-pub use alloc::sync::Arc;
 
 #[cfg(all(loom, feature = "std"))]
 #[allow(unused_imports)]
@@ -81,6 +81,34 @@ impl<T: ?Sized> UnsafeCell<T> {
     #[inline(always)]
     pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
         f(self.0.get())
+    }
+}
+
+/// The ordering of the loads that follow [`store_then_fence`] in a Dekker
+/// (store-then-load) handshake: SeqCst natively, so they join the total order
+/// with the SeqCst store; Acquire under loom, where the SeqCst fence does
+/// that job.
+#[cfg(not(loom))]
+pub(crate) const DEKKER_LOAD: Ordering = Ordering::SeqCst;
+/// See the native definition.
+#[cfg(loom)]
+pub(crate) const DEKKER_LOAD: Ordering = Ordering::Acquire;
+
+/// The store half of a Dekker handshake: stores `value` so that no later
+/// [`DEKKER_LOAD`] of this thread can be ordered before it.
+///
+/// Natively a SeqCst store (`xchg` on x86: far cheaper than `mfence` on AMD
+/// Zen), whose partner loads are SeqCst; under loom, which treats SeqCst
+/// accesses as AcqRel but models SeqCst fences exactly, a Relaxed store and a
+/// SeqCst fence. Both give the store-load ordering in the C11 model.
+#[inline(always)]
+pub(crate) fn store_then_fence(flag: &AtomicBool, value: bool) {
+    #[cfg(not(loom))]
+    flag.store(value, Ordering::SeqCst);
+    #[cfg(loom)]
+    {
+        flag.store(value, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
     }
 }
 

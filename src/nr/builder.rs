@@ -128,13 +128,22 @@ impl NrBuilder {
     fn homes(&self) -> Result<Vec<Vec<usize>>, NrError> {
         let topology = match &self.topology {
             Some(t) => t.clone(),
-            None => crate::topology::Topology::detect().map_err(|e| NrError::Topology(alloc::string::ToString::to_string(&e)))?,
+            None => crate::topology::Topology::detect()
+                .map_err(|e| NrError::Topology(alloc::string::ToString::to_string(&e)))?,
         };
-        let node_cpus = |n: usize| -> Vec<usize> { topology.nodes()[n].cores.iter().map(|c| c.os_cpu).collect() };
+        let node_cpus = |n: usize| -> Vec<usize> {
+            topology.nodes()[n].cores.iter().map(|c| c.os_cpu).collect()
+        };
         Ok(match self.policy {
             ReplicaPolicy::PerNode => (0..topology.num_nodes()).map(node_cpus).collect(),
-            ReplicaPolicy::PerCore => topology.cores().iter().map(|c| alloc::vec![c.os_cpu]).collect(),
-            ReplicaPolicy::Fixed(n) => (0..n).map(|r| node_cpus(r % topology.num_nodes())).collect(),
+            ReplicaPolicy::PerCore => topology
+                .cores()
+                .iter()
+                .map(|c| alloc::vec![c.os_cpu])
+                .collect(),
+            ReplicaPolicy::Fixed(n) => (0..n)
+                .map(|r| node_cpus(r % topology.num_nodes()))
+                .collect(),
         })
     }
 
@@ -166,7 +175,10 @@ impl NrBuilder {
 
     /// Builds each replica on a thread pinned to its home (first touch).
     #[cfg(all(feature = "std", not(loom)))]
-    fn place<D: Dispatch + Send>(homes: &[Vec<usize>], build_one: &(dyn Fn(usize) -> Box<Replica<D>> + Sync)) -> Vec<Box<Replica<D>>>
+    fn place<D: Dispatch + Send>(
+        homes: &[Vec<usize>],
+        build_one: &(dyn Fn(usize) -> Box<Replica<D>> + Sync),
+    ) -> Vec<Box<Replica<D>>>
     where
         D::WriteOperation: Send,
         D::Response: Send,
@@ -196,7 +208,10 @@ impl NrBuilder {
 
     /// Builds the replicas on the calling thread (no pinning available).
     #[cfg(any(not(feature = "std"), loom))]
-    fn place<D: Dispatch>(homes: &[Vec<usize>], build_one: &dyn Fn(usize) -> Box<Replica<D>>) -> Vec<Box<Replica<D>>> {
+    fn place<D: Dispatch>(
+        homes: &[Vec<usize>],
+        build_one: &dyn Fn(usize) -> Box<Replica<D>>,
+    ) -> Vec<Box<Replica<D>>> {
         (0..homes.len()).map(build_one).collect()
     }
 }

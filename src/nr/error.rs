@@ -43,7 +43,9 @@ pub enum NrError {
         slots: usize,
     },
     /// A replica index out of range was given to `register_on`.
-    #[error("replica {replica} does not exist: this instance has {replicas} replicas (0..{replicas})")]
+    #[error(
+        "replica {replica} does not exist: this instance has {replicas} replicas (0..{replicas})"
+    )]
     NoSuchReplica {
         /// Index given.
         replica: usize,

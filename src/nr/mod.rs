@@ -190,7 +190,11 @@ where
         NrBuilder::new()
     }
 
-    pub(crate) fn from_parts(log: Log<D::WriteOperation>, replicas: Vec<Box<Replica<D>>>, homes: Vec<Vec<usize>>) -> Self {
+    pub(crate) fn from_parts(
+        log: Log<D::WriteOperation>,
+        replicas: Vec<Box<Replica<D>>>,
+        homes: Vec<Vec<usize>>,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 log,
@@ -228,10 +232,14 @@ where
         let cpu = crate::topology::current_cpu().map(|l| l.cpu);
         #[cfg(not(feature = "std"))]
         let cpu: Option<usize> = None;
-        let serves = |r: usize| cpu.is_some_and(|c| self.shared.homes.get(r).is_some_and(|h| h.contains(&c)));
+        let serves = |r: usize| {
+            cpu.is_some_and(|c| self.shared.homes.get(r).is_some_and(|h| h.contains(&c)))
+        };
         let load = |r: &usize| replicas[*r].registered.load(Ordering::Relaxed);
         let local = (0..replicas.len()).filter(|&r| serves(r)).min_by_key(load);
-        let target = local.or_else(|| (0..replicas.len()).min_by_key(load)).unwrap_or(0);
+        let target = local
+            .or_else(|| (0..replicas.len()).min_by_key(load))
+            .unwrap_or(0);
         self.register_on(target)
     }
 
@@ -276,7 +284,11 @@ where
     }
 
     /// Runs a read-only operation on the caller's replica, linearizably.
-    pub fn execute<'r>(&self, op: D::ReadOperation<'r>, token: &ThreadToken<D>) -> Result<D::Response, ExecError>
+    pub fn execute<'r>(
+        &self,
+        op: D::ReadOperation<'r>,
+        token: &ThreadToken<D>,
+    ) -> Result<D::Response, ExecError>
     where
         D: 'r,
     {
@@ -296,7 +308,11 @@ where
     ///
     /// If the operation panics, the panic resumes in the caller and the
     /// instance is poisoned.
-    pub fn execute_mut(&self, op: D::WriteOperation, token: &ThreadToken<D>) -> Result<D::Response, ExecError> {
+    pub fn execute_mut(
+        &self,
+        op: D::WriteOperation,
+        token: &ThreadToken<D>,
+    ) -> Result<D::Response, ExecError> {
         self.check(token)?;
         let shared = &*self.shared;
         let replica = &shared.replicas[token.replica];
@@ -328,7 +344,11 @@ where
     /// Brings every replica up to date with the log and runs `f` on each, in
     /// replica order, while holding it exclusively (for checks at
     /// quiescence, such as "all replicas are equal").
-    pub fn sync_and_inspect<R>(&self, token: &ThreadToken<D>, mut f: impl FnMut(usize, &D) -> R) -> Result<Vec<R>, ExecError> {
+    pub fn sync_and_inspect<R>(
+        &self,
+        token: &ThreadToken<D>,
+        mut f: impl FnMut(usize, &D) -> R,
+    ) -> Result<Vec<R>, ExecError> {
         self.check(token)?;
         let shared = &*self.shared;
         let tail = shared.log.tail();
@@ -344,7 +364,9 @@ where
                 }
                 backoff.snooze();
             };
-            shared.combine(r, &guard, tail).map_err(|_| ExecError::Poisoned)?;
+            shared
+                .combine(r, &guard, tail)
+                .map_err(|_| ExecError::Poisoned)?;
             out.push(rep.inspect_exclusive(&guard, |d| f(r, d)));
         }
         Ok(out)
@@ -379,7 +401,9 @@ where
                 return Err(ExecError::Poisoned);
             }
             match replica.try_combine() {
-                Some(guard) => self.combine(r, &guard, target).map_err(|_| ExecError::Poisoned)?,
+                Some(guard) => self
+                    .combine(r, &guard, target)
+                    .map_err(|_| ExecError::Poisoned)?,
                 None => backoff.snooze(),
             }
         }
@@ -389,7 +413,12 @@ where
     /// One round of flat combining for replica `r`: collect its pending
     /// writes, append them, and apply the log up to the end of the batch
     /// (and at least up to `min_target`).
-    fn combine(&self, r: usize, guard: &CombinerGuard<'_>, min_target: usize) -> Result<(), PoisonedInstance> {
+    fn combine(
+        &self,
+        r: usize,
+        guard: &CombinerGuard<'_>,
+        min_target: usize,
+    ) -> Result<(), PoisonedInstance> {
         let replica = &self.replicas[r];
         let n = replica.collect(guard);
         let mut end = min_target;
@@ -416,7 +445,12 @@ where
     /// advances) or a free lock (which we take and advance it ourselves).
     /// Every entry below the tail is published by its appender without
     /// waiting for anything, so each of these steps finishes.
-    fn reserve(&self, r: usize, guard: &CombinerGuard<'_>, n: usize) -> Result<usize, PoisonedInstance> {
+    fn reserve(
+        &self,
+        r: usize,
+        guard: &CombinerGuard<'_>,
+        n: usize,
+    ) -> Result<usize, PoisonedInstance> {
         let mut backoff = Backoff::new();
         loop {
             match self.log.try_reserve(n) {

@@ -37,6 +37,10 @@ use alloc::vec::Vec;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PoisonedInstance;
 
+/// The thread slots of a replica of `D`.
+type Slots<D> =
+    Box<[CachePadded<Context<<D as Dispatch>::WriteOperation, <D as Dispatch>::Response>>]>;
+
 /// One replica of `D`.
 pub(crate) struct Replica<D: Dispatch> {
     /// This replica's index (its position in the log's `ltails`).
@@ -44,7 +48,7 @@ pub(crate) struct Replica<D: Dispatch> {
     /// The combiner lock. CAS by any thread that wants to combine or help.
     combiner: CachePadded<AtomicBool>,
     /// One slot per thread that may register with this replica.
-    pub(crate) contexts: Box<[CachePadded<Context<D::WriteOperation, D::Response>>]>,
+    pub(crate) contexts: Slots<D>,
     /// Readers-writer lock over `data`.
     pub(crate) rwlock: DistRwLock,
     /// Number of registered threads (for least-loaded placement).
@@ -111,7 +115,9 @@ impl<D: Dispatch> Replica<D> {
         Self {
             id,
             combiner: CachePadded::new(AtomicBool::new(false)),
-            contexts: (0..slots).map(|_| CachePadded::new(Context::new())).collect(),
+            contexts: (0..slots)
+                .map(|_| CachePadded::new(Context::new()))
+                .collect(),
             rwlock: DistRwLock::new(slots),
             registered: AtomicUsize::new(0),
             data: UnsafeCell::new(data),
@@ -153,7 +159,12 @@ impl<D: Dispatch> Replica<D> {
     }
 
     /// Moves the collected operations into the log at `start..start + n`.
-    pub(crate) fn append_batch(&self, _guard: &CombinerGuard<'_>, log: &Log<D::WriteOperation>, start: usize) {
+    pub(crate) fn append_batch(
+        &self,
+        _guard: &CombinerGuard<'_>,
+        log: &Log<D::WriteOperation>,
+        start: usize,
+    ) {
         self.batch.with(|b| {
             // SAFETY: combiner-only scratch, see `collect`.
             let batch = unsafe { &*b };
@@ -280,7 +291,11 @@ impl<D: Dispatch> Replica<D> {
     }
 
     /// Runs `f` on the replica's data with no concurrent reader or writer.
-    pub(crate) fn inspect_exclusive<R>(&self, _guard: &CombinerGuard<'_>, f: impl FnOnce(&D) -> R) -> R {
+    pub(crate) fn inspect_exclusive<R>(
+        &self,
+        _guard: &CombinerGuard<'_>,
+        f: impl FnOnce(&D) -> R,
+    ) -> R {
         let _write = self.rwlock.write();
         self.data.with(|d| {
             // SAFETY: the combiner lock and the write lock exclude every

@@ -14,11 +14,16 @@
 //! Writer: raise the writer flag; full fence; wait for every reader flag (up
 //! to the high-water mark of registered slots) to be down.
 //!
-//! This is Dekker's pattern: with a sequentially consistent fence between
-//! each side's store and load, at least one side sees the other's store, so
-//! a reader and the writer are never both inside. The high-water mark is
-//! raised at registration, before the slot's first read, so the same fence
-//! argument makes the writer see it.
+//! This is Dekker's pattern: each side stores its flag and then loads the
+//! other's, all in the single total order of sequentially consistent
+//! operations, so at least one side sees the other's store and a reader and
+//! the writer are never both inside. Natively the store is a SeqCst store
+//! (one `xchg` on x86, much cheaper than `mfence` on AMD Zen) followed by
+//! SeqCst loads; under loom, which models SeqCst *accesses* only as AcqRel
+//! but models SeqCst *fences* exactly, the same step is a Relaxed store and a
+//! SeqCst fence ([`crate::sync::store_then_fence`]). Both are correct in the
+//! C11 model. The high-water mark is raised (SeqCst) at registration, before
+//! the slot's first flag store, so the same argument makes the writer see it.
 //!
 //! Only the holder of the replica's combiner lock takes the write side, so
 //! writers never race each other here.
@@ -35,7 +40,9 @@
 //! Calciu et al., ASPLOS 2017, section 4.3 (the distributed readers-writer
 //! lock); Dekker's mutual exclusion via store-fence-load.
 
-use crate::sync::{fence, AtomicBool, AtomicUsize, Backoff, CachePadded, Ordering};
+use crate::sync::{
+    store_then_fence, AtomicBool, AtomicUsize, Backoff, CachePadded, Ordering, DEKKER_LOAD,
+};
 use alloc::boxed::Box;
 
 /// The readers-writer lock of one replica.
@@ -53,17 +60,19 @@ impl DistRwLock {
     pub(crate) fn new(slots: usize) -> Self {
         Self {
             writer: CachePadded::new(AtomicBool::new(false)),
-            readers: (0..slots).map(|_| CachePadded::new(AtomicBool::new(false))).collect(),
+            readers: (0..slots)
+                .map(|_| CachePadded::new(AtomicBool::new(false)))
+                .collect(),
             hwm: AtomicUsize::new(0),
         }
     }
 
     /// Makes slot `s` visible to writers; call before the slot's first read.
     pub(crate) fn note_slot(&self, s: usize) {
-        // Relaxed: ordered before the slot's first flag store by program
-        // order, and the writer reads it after its SeqCst fence (see the
-        // module docs), so the fence pair makes it visible.
-        self.hwm.fetch_max(s + 1, Ordering::Relaxed);
+        // SeqCst: takes part in the Dekker argument (module docs): it is
+        // ordered before the slot's first flag store, so a writer that misses
+        // that flag's store cannot miss this one either.
+        self.hwm.fetch_max(s + 1, Ordering::SeqCst);
     }
 
     /// One past the highest slot ever registered.
@@ -83,15 +92,15 @@ impl DistRwLock {
             while self.writer.load(Ordering::Acquire) {
                 backoff.snooze();
             }
-            // Relaxed: the fence below orders this store before the writer
-            // check.
-            flag.store(true, Ordering::Relaxed);
-            // SeqCst fence: Dekker; pairs with the fence in `write`. Either
-            // the writer sees our flag, or we see its flag below.
+            // Dekker step: store our flag, then (SeqCst / fence) check the
+            // writer; pairs with the same step in `write`.
             #[cfg(not(noderep_mutant = "rwlock_no_reader_fence"))]
-            fence(Ordering::SeqCst);
-            // Acquire: as above, in case the writer came and went between.
-            if !self.writer.load(Ordering::Acquire) {
+            store_then_fence(flag, true);
+            #[cfg(noderep_mutant = "rwlock_no_reader_fence")]
+            flag.store(true, Ordering::Relaxed);
+            // DEKKER_LOAD (SeqCst natively, Acquire after the loom fence):
+            // Acquire also pairs with the Release in `WriteGuard::drop`.
+            if !self.writer.load(DEKKER_LOAD) {
                 return ReadGuard { flag };
             }
             // Release: our earlier reads are done (none happened yet).
@@ -103,16 +112,15 @@ impl DistRwLock {
     /// Acquires the write side. The caller must hold the replica's combiner
     /// lock (single writer); released when the guard drops.
     pub(crate) fn write(&self) -> WriteGuard<'_> {
-        // Relaxed: the fence below orders it before the reader scan.
-        self.writer.store(true, Ordering::Relaxed);
-        // SeqCst fence: Dekker; pairs with the fence in `read`.
-        fence(Ordering::SeqCst);
-        let hwm = self.hwm.load(Ordering::Relaxed);
+        // Dekker step: store the writer flag, then (SeqCst / fence) scan the
+        // readers; pairs with the same step in `read`.
+        store_then_fence(&self.writer, true);
+        let hwm = self.hwm.load(DEKKER_LOAD);
         for flag in &self.readers[..hwm] {
             let mut backoff = Backoff::new();
-            // Acquire: pairs with the Release in `ReadGuard::drop`; the
-            // reader's reads happen before our writes.
-            while flag.load(Ordering::Acquire) {
+            // DEKKER_LOAD (at least Acquire): pairs with the Release in
+            // `ReadGuard::drop`; the reader's reads happen before our writes.
+            while flag.load(DEKKER_LOAD) {
                 backoff.snooze();
             }
         }

@@ -68,14 +68,19 @@ fn a_combiner_batches_the_pending_writes_of_its_replica() {
             s.spawn(move || {
                 let tok = nr.register_on(0).unwrap();
                 for i in 0..per_thread {
-                    nr.execute_mut(Op::Put(t * per_thread + i, i), &tok).unwrap();
+                    nr.execute_mut(Op::Put(t * per_thread + i, i), &tok)
+                        .unwrap();
                 }
             });
         }
     });
     let ops = nr.stats().combined_ops.load(Ordering::Relaxed);
     let batches = nr.stats().batches.load(Ordering::Relaxed);
-    assert_eq!(ops as u64, threads * per_thread, "every write appended exactly once");
+    assert_eq!(
+        ops as u64,
+        threads * per_thread,
+        "every write appended exactly once"
+    );
     assert!(batches <= ops, "batches {batches} ops {ops}");
     let tok = nr.register_on(0).unwrap();
     let sizes = nr.sync_and_inspect(&tok, |_, m| m.0.len()).unwrap();
@@ -89,7 +94,13 @@ fn tokens_free_their_slot_on_drop_so_threads_can_come_and_go() {
     let b = nr.register_on(0).unwrap();
     assert_eq!((a.slot(), b.slot()), (0, 1));
     let full = nr.register_on(0).unwrap_err();
-    assert_eq!(full, NrError::ReplicaFull { replica: 0, slots: 2 });
+    assert_eq!(
+        full,
+        NrError::ReplicaFull {
+            replica: 0,
+            slots: 2
+        }
+    );
     assert!(full.to_string().contains("drop an unused ThreadToken"));
     nr.execute_mut(Op::Put(7, 7), &a).unwrap();
     drop(a);
@@ -113,9 +124,14 @@ fn a_token_of_another_instance_is_refused() {
     let a = two_replicas(64, 2);
     let b = two_replicas(64, 2);
     let ta = a.register_on(0).unwrap();
-    assert_eq!(b.execute_mut(Op::Put(1, 1), &ta), Err(ExecError::WrongInstance));
+    assert_eq!(
+        b.execute_mut(Op::Put(1, 1), &ta),
+        Err(ExecError::WrongInstance)
+    );
     assert_eq!(b.execute(1, &ta), Err(ExecError::WrongInstance));
-    assert!(ExecError::WrongInstance.to_string().contains("register the thread with this instance"));
+    assert!(ExecError::WrongInstance
+        .to_string()
+        .contains("register the thread with this instance"));
 }
 
 #[test]
@@ -139,7 +155,10 @@ fn register_places_threads_on_the_replica_serving_their_cpu() {
             .join()
             .unwrap()
         });
-        assert_eq!(got, expected, "a thread on cpu {cpu} joins replica {expected}");
+        assert_eq!(
+            got, expected,
+            "a thread on cpu {cpu} joins replica {expected}"
+        );
     }
 }
 
@@ -214,9 +233,16 @@ fn writes_arriving_after_a_collect_are_picked_up_promptly() {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).max().unwrap()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .max()
+            .unwrap()
     });
-    eprintln!("latency cliff check: worst write latency {worst:?} over {} writes", threads as u64 * per_thread);
+    eprintln!(
+        "latency cliff check: worst write latency {worst:?} over {} writes",
+        threads as u64 * per_thread
+    );
     let tok = nr.register_on(0).unwrap();
     for t in 0..threads as u64 {
         assert_eq!(nr.execute(t, &tok).unwrap(), Some(per_thread - 1));
@@ -229,15 +255,22 @@ fn a_panicking_write_poisons_the_instance_and_nobody_hangs() {
     let t0 = nr.register_on(0).unwrap();
     let t1 = nr.register_on(1).unwrap();
     nr.execute_mut(Op::Put(1, 1), &t0).unwrap();
-    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| nr.execute_mut(Op::Panic, &t0)));
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        nr.execute_mut(Op::Panic, &t0)
+    }));
     let payload = caught.expect_err("the issuing thread sees the panic");
-    assert_eq!(payload.downcast_ref::<&str>(), Some(&"operation panicked on purpose"));
+    assert_eq!(
+        payload.downcast_ref::<&str>(),
+        Some(&"operation panicked on purpose")
+    );
     assert!(nr.is_poisoned());
     assert_eq!(nr.execute_mut(Op::Put(2, 2), &t1), Err(ExecError::Poisoned));
     assert_eq!(nr.execute(1, &t1), Err(ExecError::Poisoned));
     assert_eq!(nr.execute(1, &t0), Err(ExecError::Poisoned));
     assert_eq!(nr.register_on(0).unwrap_err(), NrError::Poisoned);
-    assert!(ExecError::Poisoned.to_string().contains("build a new instance"));
+    assert!(ExecError::Poisoned
+        .to_string()
+        .contains("build a new instance"));
 }
 
 #[test]
@@ -254,7 +287,9 @@ fn a_panic_in_another_threads_write_poisons_waiters_instead_of_hanging_them() {
                     let tok = nr.register_on(0).unwrap();
                     for i in 0.. {
                         if t == 0 && i == 500 {
-                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| nr.execute_mut(Op::Panic, &tok)));
+                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                nr.execute_mut(Op::Panic, &tok)
+                            }));
                         }
                         nr.execute_mut(Op::Put(t, i), &tok)?;
                     }
@@ -264,7 +299,10 @@ fn a_panic_in_another_threads_write_poisons_waiters_instead_of_hanging_them() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    assert!(results.iter().all(|r| *r == Err(ExecError::Poisoned)), "{results:?}");
+    assert!(
+        results.iter().all(|r| *r == Err(ExecError::Poisoned)),
+        "{results:?}"
+    );
 }
 
 #[test]
@@ -272,19 +310,47 @@ fn bad_configuration_is_an_error_that_says_what_to_do() {
     let sim = || NrBuilder::new().topology(Topology::simulated(2, 2).unwrap());
     let err = sim().log_capacity(0).build(|_| Map::default()).unwrap_err();
     assert_eq!(err, NrError::ZeroLogCapacity);
-    let err = sim().log_capacity(4).max_threads_per_replica(4).build(|_| Map::default()).unwrap_err();
-    assert!(matches!(err, NrError::LogTooSmall { in_flight: 8, .. }), "{err}");
+    let err = sim()
+        .log_capacity(4)
+        .max_threads_per_replica(4)
+        .build(|_| Map::default())
+        .unwrap_err();
+    assert!(
+        matches!(err, NrError::LogTooSmall { in_flight: 8, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("raise log_capacity to at least 8"));
-    let err = sim().max_threads_per_replica(0).build(|_| Map::default()).unwrap_err();
+    let err = sim()
+        .max_threads_per_replica(0)
+        .build(|_| Map::default())
+        .unwrap_err();
     assert!(matches!(err, NrError::ZeroSize { .. }));
-    let err = sim().max_threads_per_replica(5000).build(|_| Map::default()).unwrap_err();
+    let err = sim()
+        .max_threads_per_replica(5000)
+        .build(|_| Map::default())
+        .unwrap_err();
     assert!(matches!(err, NrError::TooManySlots { asked: 5000, .. }));
-    let err = sim().replicas(ReplicaPolicy::Fixed(0)).build(|_| Map::default()).unwrap_err();
+    let err = sim()
+        .replicas(ReplicaPolicy::Fixed(0))
+        .build(|_| Map::default())
+        .unwrap_err();
     assert!(matches!(err, NrError::ZeroSize { .. }));
-    let nr = sim().replicas(ReplicaPolicy::PerCore).build(|_| Map::default()).unwrap();
+    let nr = sim()
+        .replicas(ReplicaPolicy::PerCore)
+        .build(|_| Map::default())
+        .unwrap();
     assert_eq!(nr.num_replicas(), 4);
-    assert_eq!(nr.register_on(9).unwrap_err(), NrError::NoSuchReplica { replica: 9, replicas: 4 });
-    let nr = sim().replicas(ReplicaPolicy::Fixed(3)).build(|_| Map::default()).unwrap();
+    assert_eq!(
+        nr.register_on(9).unwrap_err(),
+        NrError::NoSuchReplica {
+            replica: 9,
+            replicas: 4
+        }
+    );
+    let nr = sim()
+        .replicas(ReplicaPolicy::Fixed(3))
+        .build(|_| Map::default())
+        .unwrap();
     assert_eq!(nr.num_replicas(), 3);
 }
 
@@ -327,10 +393,13 @@ fn replicas_are_equal_at_quiescence_after_concurrent_writes() {
 #[test]
 fn replica_memory_lives_on_its_node() {
     let topo = Topology::detect().unwrap();
-    let nr = NrBuilder::new().topology(topo.clone()).build(|_| Map::default()).unwrap();
+    let nr = NrBuilder::new()
+        .topology(topo.clone())
+        .build(|_| Map::default())
+        .unwrap();
     for r in 0..nr.num_replicas() {
         let addr = nr.replica_data_addr(r).unwrap();
-        let node = crate::topology::node_of_address(addr);
+        let node = crate::topology::node_of_address(addr as usize);
         if topo.num_nodes() < 2 {
             // One node: if the kernel answers at all, it must say that node.
             if let Some(n) = node {

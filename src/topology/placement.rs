@@ -42,16 +42,16 @@ pub fn pin_to_cpu(os_cpu: usize) -> Result<(), TopologyError> {
     }
 }
 
-/// The NUMA node holding the page at `addr` (get_mempolicy(2) with
+/// The NUMA node holding the page at address `addr` (pass `ptr as usize`) (get_mempolicy(2) with
 /// `MPOL_F_NODE | MPOL_F_ADDR`), or `None` where the kernel does not say
 /// (no NUMA support, or the page is not yet faulted in).
-pub fn node_of_address(addr: *const u8) -> Option<usize> {
+pub fn node_of_address(addr: usize) -> Option<usize> {
     const MPOL_F_NODE: libc::c_ulong = 1;
     const MPOL_F_ADDR: libc::c_ulong = 2;
     let mut node: libc::c_int = -1;
     // SAFETY: get_mempolicy only writes one c_int through `node` (the mode
     // pointer); with a null nodemask and maxnode 0 it writes nothing else, and
-    // `addr` is only used as a lookup key, never dereferenced by us.
+    // `addr` is only a lookup key for the kernel, which checks it.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_get_mempolicy,
