@@ -6,7 +6,8 @@
 //! Each registered thread owns one cache-padded [`Context`] in its replica.
 //! The state word moves `EMPTY → PENDING` (the thread stored its operation),
 //! `PENDING → TAKEN` (a combiner moved the operation into the log), and
-//! `TAKEN → DONE` (the combiner stored the response) or `TAKEN → PANICKED`
+//! `TAKEN → DONE` (the combiner stored the response and, once the batch
+//! is committed, published it) or `TAKEN → PANICKED`
 //! (the operation panicked; the payload is stored instead), and back to
 //! `EMPTY` when the thread has taken the result. Each transition hands the
 //! cells to the other side: the thread touches `op` only in `EMPTY`, the
@@ -117,28 +118,46 @@ impl<W, R> Context<W, R> {
         op.expect("a PENDING context holds an operation")
     }
 
-    /// The combiner stores the result of the operation it took.
+    /// The combiner stores the result of the operation it took; the thread
+    /// sees it only after [`publish`](Self::publish).
     ///
     /// # Safety
     ///
     /// The caller took this slot's operation with [`take_op`](Self::take_op)
-    /// and has not finished it yet.
-    pub(crate) unsafe fn finish(&self, outcome: Outcome<R>) {
-        let state = match outcome {
-            Outcome::Response(_) => DONE,
-            #[cfg(feature = "std")]
-            Outcome::Panicked(_) => PANICKED,
-        };
+    /// and has not published it yet.
+    pub(crate) unsafe fn store_result(&self, outcome: Outcome<R>) {
         self.result.with_mut(|p| {
             // SAFETY: state is TAKEN: only the combiner that took the
             // operation writes `result`, and the thread does not read it yet.
             unsafe { *p = Some(outcome) }
         });
-        // Release: publishes `result`; pairs with the Acquire in `poll`.
-        #[cfg(not(noderep_mutant = "context_finish_relaxed"))]
-        self.state.store(state, Ordering::Release);
-        #[cfg(noderep_mutant = "context_finish_relaxed")]
-        self.state.store(state, Ordering::Relaxed);
+    }
+
+    /// The combiner hands the stored result (if any) to the thread. A slot
+    /// without a result (its operation was not applied because the instance
+    /// was poisoned first) stays TAKEN; its thread sees the poison flag.
+    ///
+    /// # Safety
+    ///
+    /// The caller took this slot's operation with [`take_op`](Self::take_op)
+    /// in the current combining round and has not published it yet.
+    pub(crate) unsafe fn publish(&self) {
+        let state = self.result.with(|p| {
+            // SAFETY: still TAKEN: the combiner owns `result`.
+            match unsafe { &*p } {
+                None => None,
+                Some(Outcome::Response(_)) => Some(DONE),
+                #[cfg(feature = "std")]
+                Some(Outcome::Panicked(_)) => Some(PANICKED),
+            }
+        });
+        if let Some(state) = state {
+            // Release: publishes `result`; pairs with the Acquire in `poll`.
+            #[cfg(not(noderep_mutant = "context_finish_relaxed"))]
+            self.state.store(state, Ordering::Release);
+            #[cfg(noderep_mutant = "context_finish_relaxed")]
+            self.state.store(state, Ordering::Relaxed);
+        }
     }
 
     /// The owning thread checks for its result, taking it if it is there.

@@ -79,6 +79,12 @@ pub(crate) struct Log<T> {
     mask: usize,
     /// log2(capacity), to compute lap parity.
     shift: u32,
+    /// Only one replica replays the log. Appends then all come from holders
+    /// of that replica's one combiner lock (one at a time), and every
+    /// completed write is already applied to the only replica, so the tail
+    /// needs no CAS and the commit point is not needed (see `try_reserve`,
+    /// `ctail`).
+    single: bool,
     /// Next position to hand out. CAS by combiners; read by everybody.
     tail: CachePadded<AtomicUsize>,
     /// Commit point: highest position fully applied by some replica.
@@ -118,6 +124,7 @@ impl<T> Log<T> {
             entries: entries.into_boxed_slice(),
             mask: capacity - 1,
             shift: capacity.trailing_zeros(),
+            single: replicas == 1,
             tail: CachePadded::new(AtomicUsize::new(0)),
             ctail: CachePadded::new(AtomicUsize::new(0)),
             head: CachePadded::new(AtomicUsize::new(0)),
@@ -142,7 +149,9 @@ impl<T> Log<T> {
     /// that the log is full.
     ///
     /// The caller must then [`write`](Self::write) every reserved position
-    /// promptly and without failing: replicas wait for them in order.
+    /// promptly and without failing: replicas wait for them in order. Callers
+    /// must hold their replica's combiner lock (with one replica this makes
+    /// the caller the only appender).
     pub(crate) fn try_reserve(&self, n: usize) -> Result<usize, LogFull> {
         debug_assert!(n <= self.capacity());
         loop {
@@ -160,6 +169,13 @@ impl<T> Log<T> {
                         needed_head: tail + n - self.capacity(),
                     });
                 }
+            }
+            if self.single {
+                // Relaxed: the only appender (the holder of the only combiner
+                // lock, whose Acquire/Release orders successive holders)
+                // needs no RMW to make its reservation unique.
+                self.tail.store(tail + n, Ordering::Relaxed);
+                return Ok(tail);
             }
             // Relaxed on success and failure: the reservation only has to be
             // unique (RMW atomicity); publication is the alive bit's job.
@@ -250,7 +266,9 @@ impl<T> Log<T> {
         self.tail.load(Ordering::Acquire)
     }
 
-    /// The commit point.
+    /// The commit point. With a single replica it is not maintained and is
+    /// always 0: every completed write is already applied to that replica, so
+    /// a read never has to wait for it.
     pub(crate) fn ctail(&self) -> usize {
         // Acquire: pairs with the Release in `advance_ctail`.
         self.ctail.load(Ordering::Acquire)
@@ -265,7 +283,7 @@ impl<T> Log<T> {
         // Relaxed pre-check: skips the locked RMW when another combiner
         // already published a later commit point.
         #[cfg(not(noderep_mutant = "ctail_skipped"))]
-        if self.ctail.load(Ordering::Relaxed) < pos {
+        if !self.single && self.ctail.load(Ordering::Relaxed) < pos {
             self.ctail.fetch_max(pos, Ordering::Release);
         }
         #[cfg(noderep_mutant = "ctail_skipped")]
@@ -383,6 +401,9 @@ mod tests {
         log.advance_ctail(5);
         log.advance_ctail(3);
         assert_eq!(log.ctail(), 5);
+        let single = Log::<u64>::new(8, 1);
+        single.advance_ctail(5);
+        assert_eq!(single.ctail(), 0, "one replica keeps no commit point");
         log.set_ltail(1, 4);
         assert_eq!(log.ltail(1), 4);
         assert_eq!(log.ltail(0), 0);

@@ -58,8 +58,6 @@ pub(crate) struct Replica<D: Dispatch> {
     data: UnsafeCell<D>,
     /// Combiner-owned scratch: slots collected for the current batch.
     batch: UnsafeCell<Vec<usize>>,
-    /// Combiner-owned scratch: results to hand out after the batch.
-    results: UnsafeCell<Vec<(usize, Outcome<D::Response>)>>,
 }
 
 // SAFETY: `data` is read concurrently only through `&D` under the read lock
@@ -122,7 +120,6 @@ impl<D: Dispatch> Replica<D> {
             registered: AtomicUsize::new(0),
             data: UnsafeCell::new(data),
             batch: UnsafeCell::new(Vec::with_capacity(slots)),
-            results: UnsafeCell::new(Vec::with_capacity(slots)),
         }
     }
 
@@ -198,10 +195,11 @@ impl<D: Dispatch> Replica<D> {
         if from >= to {
             return Ok(());
         }
-        let results = self.results.with_mut(|r| {
-            // SAFETY: combiner-only scratch, see `collect`.
-            unsafe { &mut *r }
-        });
+        // Own-origin entries in `from..to` are exactly the batch that the
+        // lock holder (us) has just appended: a combiner applies its own
+        // batch before it releases the lock. Their results are stored in the
+        // slots now and published after the commit point, below.
+        let mut own = 0usize;
         let mut outcome = Ok(());
         {
             let _write = self.rwlock.write();
@@ -226,7 +224,10 @@ impl<D: Dispatch> Replica<D> {
                 match applied {
                     (origin, slot, Outcome::Response(r)) => {
                         if origin == self.id {
-                            results.push((slot, Outcome::Response(r)));
+                            // SAFETY: own-origin entry of the batch we took
+                            // (see above); its slot is TAKEN by us.
+                            unsafe { self.contexts[slot].store_result(Outcome::Response(r)) };
+                            own += 1;
                         }
                     }
                     #[cfg(feature = "std")]
@@ -234,7 +235,9 @@ impl<D: Dispatch> Replica<D> {
                         // Release: pairs with the Acquire loads of the flag.
                         poisoned.store(true, Ordering::Release);
                         if origin == self.id {
-                            results.push((slot, Outcome::Panicked(p)));
+                            // SAFETY: as for a response above.
+                            unsafe { self.contexts[slot].store_result(Outcome::Panicked(p)) };
+                            own += 1;
                         }
                         outcome = Err(PoisonedInstance);
                         break 'entries;
@@ -248,12 +251,17 @@ impl<D: Dispatch> Replica<D> {
                 log.advance_ctail(to);
             }
         }
-        for (slot, out) in results.drain(..) {
-            // SAFETY: this slot's operation was taken by our replica's
-            // combiner in this batch (own-origin entries in the log only
-            // come from the batch the lock holder just appended) and not
-            // finished yet.
-            unsafe { self.contexts[slot].finish(out) };
+        if own > 0 {
+            self.batch.with(|b| {
+                // SAFETY: combiner-only scratch, see `collect`.
+                let batch = unsafe { &*b };
+                debug_assert!(own <= batch.len());
+                for &slot in batch {
+                    // SAFETY: every slot of the batch was taken by us in this
+                    // round; `publish` hands over only those with a result.
+                    unsafe { self.contexts[slot].publish() };
+                }
+            });
         }
         outcome
     }
