@@ -9,7 +9,7 @@
 //! * [`Topology::detect`] honours the `NODEREP_TOPOLOGY` override first (for
 //!   example `NODEREP_TOPOLOGY=2x4`: two simulated nodes of four cores), then
 //!   reads Linux sysfs (`/sys/devices/system/node/node*/cpulist`) or, with the
-//!   `hwloc` feature, asks hwloc ([`Topology::from_hwloc`]). Where sysfs has
+//!   `hwloc` feature, asks hwloc (`Topology::from_hwloc`). Where sysfs has
 //!   no node directory (containers, non-NUMA kernels) it falls back to one
 //!   node holding every online CPU.
 //! * [`Topology::simulated`] builds `nodes × cores_per_node` cores whose
