@@ -251,9 +251,27 @@ impl FileDevice {
         })
     }
 
+    /// Splits the device into its open file, name, block size, block count
+    /// and durability (for other backends built on the same opening logic).
+    #[cfg_attr(not(feature = "io-uring"), allow(dead_code))]
+    pub(super) fn into_parts(self) -> (File, String, usize, u64, Durability) {
+        (
+            self.file,
+            self.name,
+            self.block_size,
+            self.blocks,
+            self.durability,
+        )
+    }
+
     /// The durability this device was opened with.
     pub fn durability(&self) -> Durability {
         self.durability
+    }
+
+    /// Buffer alignment O_DIRECT needs here: the block size, at most 4 KiB.
+    fn direct_align(&self) -> usize {
+        self.block_size.min(IO_ALIGN)
     }
 
     fn check_range(&self, lba: u64, len: usize) -> io::Result<()> {
@@ -348,10 +366,11 @@ impl BlockDevice for FileDevice {
 
     fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> io::Result<()> {
         self.check_range(lba, buf.len())?;
-        if self.durability == Durability::Direct && buf.as_ptr() as usize % IO_ALIGN != 0 {
+        if self.durability == Durability::Direct && buf.as_ptr() as usize % self.direct_align() != 0
+        {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "O_DIRECT needs a 4 KiB-aligned buffer (use mirror::AlignedBuf)",
+                "O_DIRECT needs a buffer aligned to the block size (use mirror::AlignedBuf)",
             ));
         }
         let mut done = 0usize;
@@ -406,7 +425,7 @@ impl BlockDevice for FileDevice {
                     self.iov.clear();
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidInput,
-                        "O_DIRECT needs 4 KiB-aligned buffers (use mirror::AlignedBuf)",
+                        "O_DIRECT needs buffers aligned to the block size (use mirror::AlignedBuf)",
                     ));
                 }
                 self.iov.push(libc::iovec {

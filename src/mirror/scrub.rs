@@ -193,11 +193,11 @@ impl Mirror {
                 };
                 report.max_seq = report.max_seq.max(meta.seq);
                 m.set_meta(lba, meta);
-                for d in 0..n {
+                for (d, theirs) in verdicts.iter().enumerate() {
                     if d == from || m.members[d].state != MemberState::InSync {
                         continue;
                     }
-                    let problem = match &verdicts[d][k] {
+                    let problem = match &theirs[k] {
                         Ok(s) if state_leaf(*s) == meta.leaf() => continue,
                         Ok(s) => {
                             report.older_copies_replaced += 1;

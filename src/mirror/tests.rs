@@ -253,3 +253,59 @@ fn durability_modes_write_the_same_bytes() {
         }
     }
 }
+
+#[cfg(feature = "io-uring")]
+#[test]
+fn io_uring_backend_writes_a_batch_with_one_enter_per_device() {
+    let s = Scratch::new("uring");
+    let mut devs: Vec<Box<dyn BlockDevice>> = Vec::new();
+    for (i, durability) in [Durability::None, Durability::SyncPerBatch]
+        .into_iter()
+        .enumerate()
+    {
+        let cfg = DeviceConfig {
+            blocks: Some(64),
+            durability,
+            ..DeviceConfig::default()
+        };
+        match UringDevice::open(s.0.join(std::format!("u{i}")), &cfg, 64) {
+            Ok(d) => devs.push(Box::new(d)),
+            Err(e) => {
+                std::eprintln!("skipping: {e}");
+                return;
+            }
+        }
+    }
+    let (mut m, _) = Mirror::assemble(devs, MirrorConfig::default()).expect("assemble");
+    let data: Vec<Vec<u8>> = (0..20).map(|i| payload(i, 4, 900)).collect();
+    // Three runs: 0..8, 20..28, 50..54.
+    let lbas: Vec<u64> = (0..8).chain(20..28).chain(50..54).collect();
+    let batch: Vec<(u64, &[u8])> = lbas
+        .iter()
+        .zip(&data)
+        .map(|(l, d)| (*l, d.as_slice()))
+        .collect();
+    m.write_batch(&batch).expect("batch");
+    for d in 0..2 {
+        let st = m.device_stats(d).expect("stats");
+        assert_eq!(st.write_batches, 1);
+        assert_eq!(
+            st.write_syscalls, 1,
+            "device {d}: one io_uring_enter per batch"
+        );
+        assert_eq!(st.blocks_written, 20);
+        assert_eq!(st.syncs, d as u64);
+    }
+    let mut out = Vec::new();
+    for (l, d) in &batch {
+        for _ in 0..2 {
+            m.read(*l, &mut out).expect("read");
+            assert_eq!(&out[..], *d);
+        }
+    }
+    assert!(m
+        .scrub(ScrubMode::Repair)
+        .expect("scrub")
+        .findings
+        .is_empty());
+}
