@@ -420,7 +420,8 @@ impl BlockDevice for FileDevice {
             while i < writes.len() && writes[i].lba == next {
                 let w = writes[i];
                 self.check_range(w.lba, w.data.len())?;
-                if self.durability == Durability::Direct && w.data.as_ptr() as usize % IO_ALIGN != 0
+                if self.durability == Durability::Direct
+                    && w.data.as_ptr() as usize % self.direct_align() != 0
                 {
                     self.iov.clear();
                     return Err(io::Error::new(
