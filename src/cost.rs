@@ -11,7 +11,8 @@
 //! # How it works
 //!
 //! * [`CostMeter::new`] tries to open two perf-event counters on the calling
-//!   thread (`cycles` and `instructions`, user and kernel mode). If the
+//!   thread (`cycles` and `instructions`, user and kernel mode, or user mode
+//!   only where `perf_event_paranoid` forbids kernel counting). If the
 //!   kernel refuses — `ENOENT` (the event does not exist, typical of virtual
 //!   machines), `EOPNOTSUPP`, `EACCES`/`EPERM` (`perf_event_paranoid`) — the
 //!   meter does not fail: it records *why* in a [`CountersUnavailable`]
@@ -143,8 +144,13 @@ pub fn classify_counter_error(event: &str, err: &io::Error) -> CountersUnavailab
 /// Which source a [`CostMeter`] reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CostSource {
-    /// perf-event `cycles` and `instructions` counters, plus the CPU clocks.
-    HardwareCounters,
+    /// perf-event `cycles` and `instructions` counters of the calling
+    /// thread, plus the CPU clocks.
+    HardwareCounters {
+        /// Whether kernel-mode cycles are counted (`perf_event_paranoid`
+        /// may allow user mode only).
+        includes_kernel: bool,
+    },
     /// Process and thread CPU clocks only, with the reason.
     CpuClocks(CountersUnavailable),
 }
@@ -152,9 +158,15 @@ pub enum CostSource {
 impl fmt::Display for CostSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CostSource::HardwareCounters => {
-                f.write_str("perf-event cycles+instructions and CLOCK_PROCESS_CPUTIME_ID")
-            }
+            CostSource::HardwareCounters { includes_kernel } => write!(
+                f,
+                "perf-event cycles+instructions ({}) and CLOCK_PROCESS_CPUTIME_ID",
+                if *includes_kernel {
+                    "user and kernel mode"
+                } else {
+                    "user mode only: perf_event_paranoid forbids kernel counting"
+                }
+            ),
             CostSource::CpuClocks(why) => write!(
                 f,
                 "CLOCK_PROCESS_CPUTIME_ID and CLOCK_THREAD_CPUTIME_ID ({why})"
@@ -230,19 +242,30 @@ struct HwCounters {
 }
 
 impl HwCounters {
-    fn open() -> Result<Self, CountersUnavailable> {
+    /// Opens both counters, counting kernel mode too if allowed (system
+    /// calls are much of an I/O path's cost); returns whether it does.
+    fn open() -> Result<(Self, bool), CountersUnavailable> {
+        match Self::open_with(true) {
+            Ok(c) => Ok((c, true)),
+            Err(why) if why.reason == UnavailableReason::PermissionDenied => {
+                Self::open_with(false).map(|c| (c, false))
+            }
+            Err(why) => Err(why),
+        }
+    }
+
+    fn open_with(kernel: bool) -> Result<Self, CountersUnavailable> {
         use perf_event::events::Hardware;
-        let cycles = perf_event::Builder::new()
-            .kind(Hardware::CPU_CYCLES)
-            .build()
-            .map_err(|e| classify_counter_error("cycles", &e))?;
-        let instructions = perf_event::Builder::new()
-            .kind(Hardware::INSTRUCTIONS)
-            .build()
-            .map_err(|e| classify_counter_error("instructions", &e))?;
+        let one = |kind: Hardware, name: &str| {
+            let mut b = perf_event::Builder::new().kind(kind);
+            if kernel {
+                b.include_kernel();
+            }
+            b.build().map_err(|e| classify_counter_error(name, &e))
+        };
         Ok(Self {
-            cycles,
-            instructions,
+            cycles: one(Hardware::CPU_CYCLES, "cycles")?,
+            instructions: one(Hardware::INSTRUCTIONS, "instructions")?,
         })
     }
 }
@@ -275,9 +298,11 @@ impl CostMeter {
     /// otherwise (never fails; [`CostMeter::source`] says which and why).
     pub fn new() -> Self {
         match HwCounters::open() {
-            Ok(c) => Self {
+            Ok((c, kernel)) => Self {
                 counters: Some(c),
-                source: CostSource::HardwareCounters,
+                source: CostSource::HardwareCounters {
+                    includes_kernel: kernel,
+                },
             },
             Err(why) => Self {
                 counters: None,
@@ -595,7 +620,7 @@ mod tests {
             })
             .expect("CPU clocks exist on Linux");
         match meter.source() {
-            CostSource::HardwareCounters => {
+            CostSource::HardwareCounters { .. } => {
                 assert!(cost.cycles.is_some() || cost.instructions.is_some());
             }
             CostSource::CpuClocks(why) => {

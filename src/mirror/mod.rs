@@ -206,7 +206,7 @@ pub enum MirrorError {
         device: DeviceId,
     },
     /// Every device has failed.
-    #[error("no healthy device is left in the mirror (all {devices} failed; last error: {last}); nothing was acknowledged — replace or re-add a device that still holds the data")]
+    #[error("no healthy device is left in the mirror (all {devices} failed; last error: {last}); nothing was acknowledged — bring the devices back and assemble them again (Mirror::into_devices, then Mirror::assemble), which recovers every acknowledged write they hold")]
     NoHealthyDevice {
         /// Devices in the mirror.
         devices: usize,
