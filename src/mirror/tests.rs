@@ -309,3 +309,48 @@ fn io_uring_backend_writes_a_batch_with_one_enter_per_device() {
         .findings
         .is_empty());
 }
+
+/// Real block devices, when given: `NODEREP_MIRROR_BLOCK_DEVICES=/dev/loop0,/dev/loop1`
+/// (their contents are overwritten). Skips, saying why, when unset.
+#[test]
+fn real_block_devices_with_direct_io() {
+    let Ok(list) = std::env::var("NODEREP_MIRROR_BLOCK_DEVICES") else {
+        std::eprintln!(
+            "skipping: set NODEREP_MIRROR_BLOCK_DEVICES=/dev/A,/dev/B (scratch block devices) to test real devices"
+        );
+        return;
+    };
+    let cfg = DeviceConfig {
+        durability: Durability::Direct,
+        ..DeviceConfig::default()
+    };
+    let devs: Vec<Box<dyn BlockDevice>> = list
+        .split(',')
+        .map(|p| {
+            Box::new(FileDevice::open(p, &cfg).expect("open block device")) as Box<dyn BlockDevice>
+        })
+        .collect();
+    let (mut m, _) = Mirror::assemble(devs, MirrorConfig::default()).expect("assemble");
+    assert!(m.capacity() > 0);
+    let data: Vec<Vec<u8>> = (0..16).map(|i| payload(i, 11, 3000)).collect();
+    let batch: Vec<(u64, &[u8])> = data
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (i as u64, d.as_slice()))
+        .collect();
+    m.write_batch(&batch).expect("write");
+    let last = m.capacity() - 1;
+    m.write(last, b"end").expect("write last block");
+    let mut out = Vec::new();
+    for (l, d) in &batch {
+        m.read(*l, &mut out).expect("read");
+        assert_eq!(&out[..], *d);
+    }
+    m.read(last, &mut out).expect("read");
+    assert_eq!(out, b"end");
+    assert!(m
+        .scrub(ScrubMode::Repair)
+        .expect("scrub")
+        .findings
+        .is_empty());
+}
