@@ -9,6 +9,29 @@
 //! copy has it. This module is that mirror, small enough to read, with the
 //! CPU it costs made visible through [`crate::cost`].
 //!
+//! ```
+//! use noderep::mirror::{BlockDevice, DeviceConfig, FileDevice, Mirror, MirrorConfig, ReadOutcome};
+//!
+//! # fn main() -> Result<(), noderep::mirror::MirrorError> {
+//! let dir = std::env::temp_dir().join(format!("noderep-mirror-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir).expect("temp dir");
+//! let cfg = DeviceConfig { blocks: Some(256), ..DeviceConfig::default() }; // 256 × 4 KiB
+//! let devices: Vec<Box<dyn BlockDevice>> = vec![
+//!     Box::new(FileDevice::open(dir.join("a"), &cfg)?),
+//!     Box::new(FileDevice::open(dir.join("b"), &cfg)?),
+//! ];
+//! let (mut mirror, _report) = Mirror::assemble(devices, MirrorConfig::default())?;
+//! mirror.write_batch(&[(0, b"hello".as_slice()), (1, b"world".as_slice())])?;
+//! let mut out = Vec::new();
+//! assert!(matches!(mirror.read(1, &mut out)?, ReadOutcome::Clean { .. }));
+//! assert_eq!(out, b"world");
+//! assert!(mirror.scrub(Default::default())?.findings.is_empty());
+//! # drop(mirror);
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # How it works
 //!
 //! * **Devices** ([`BlockDevice`]): fixed-size blocks (4 KiB by default) on a
