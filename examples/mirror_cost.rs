@@ -397,10 +397,13 @@ fn plot(
     fits: &[(Mode, AmortisedFit)],
 ) -> Result<(), Box<dyn std::error::Error>> {
     use plotters::prelude::*;
-    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    let root = SVGBackend::new(path, (1200, 500)).into_drawing_area();
     root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(700);
     let ymax = rows.iter().map(|r| r.cpu_ns).fold(0.0, f64::max) * 1.15;
-    let mut chart = ChartBuilder::on(&root)
+
+    // Left: CPU per write against batch size, measured and fitted.
+    let mut chart = ChartBuilder::on(&left)
         .caption("CPU per 4 KiB write vs batch size", ("sans-serif", 22))
         .margin(15)
         .x_label_area_size(45)
@@ -442,6 +445,61 @@ fn plot(
     }
     chart
         .configure_series_labels()
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()?;
+
+    // Right: the same CPU split into phases, one stacked bar per point.
+    let labels: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{}{}",
+                if r.mode == Mode::Single { "s" } else { "m" },
+                r.batch
+            )
+        })
+        .collect();
+    let mut bars = ChartBuilder::on(&right)
+        .caption(
+            "phases (s = single, m = mirrored; batch)",
+            ("sans-serif", 18),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.5f64..rows.len() as f64 - 0.5, 0f64..ymax)?;
+    bars.configure_mesh()
+        .disable_x_mesh()
+        .x_labels(rows.len())
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 0.01 && i >= 0.0 && (i as usize) < labels.len() {
+                labels[i as usize].clone()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("process CPU ns per write")
+        .draw()?;
+    let phase_colours = [GREEN, MAGENTA, CYAN, YELLOW];
+    for (k, phase) in Phase::ALL.iter().enumerate() {
+        let colour = phase_colours[k];
+        bars.draw_series(rows.iter().enumerate().map(|(i, r)| {
+            let base: f64 = r.phases[..k].iter().sum();
+            Rectangle::new(
+                [
+                    (i as f64 - 0.35, base),
+                    (i as f64 + 0.35, base + r.phases[k]),
+                ],
+                colour.filled(),
+            )
+        }))?
+        .label(phase.name())
+        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
+    }
+    bars.configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.9))
         .border_style(BLACK)
         .draw()?;
