@@ -19,6 +19,12 @@ use crate::cost::{Phase, PhaseClock};
 /// run of consecutive blocks, plus (for [`Durability::SyncPerBatch`]) one
 /// draining `fdatasync` entry, all submitted and reaped with a single
 /// `io_uring_enter` per batch. Reads use `pread` (they are off the hot path).
+///
+/// Buffered writes may be handed to io_uring's kernel worker threads; their
+/// CPU time shows in `CLOCK_PROCESS_CPUTIME_ID`, not in the caller's thread
+/// clock (see [`crate::cost`]). A short write is reported as an error (the
+/// mirror then takes the device out): files and block devices only write
+/// short when they run out of space.
 pub struct UringDevice {
     file: File,
     ring: IoUring,

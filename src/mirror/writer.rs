@@ -226,16 +226,24 @@ pub(super) fn state_leaf(st: BlockState) -> u64 {
     }
 }
 
+/// One device of the mirror. Both fields are written and read only by the
+/// mirror's own `&mut self` methods (single writer, no sharing).
 pub(super) struct Member {
+    /// The device.
     pub(super) dev: Box<dyn BlockDevice>,
+    /// In sync, or failed (set by `fail_member`, cleared by a resync).
     pub(super) state: MemberState,
 }
 
 /// A mirror of N ≥ 2 block devices; see the [module docs](super).
 pub struct Mirror {
-    /// The devices, in the order given.
+    // Every field is written and read only through `&mut self` / `&self`
+    // methods of the mirror: one owner, no interior sharing.
+    /// The devices, in the order given (writes go to them in this order).
     pub(super) members: Vec<Member>,
+    /// Bytes per block (the same on every device).
     pub(super) block_size: usize,
+    /// Blocks in the mirror: the smallest device's block count.
     pub(super) capacity: u64,
     /// Expected state per block: written by acknowledged writes, repair and
     /// assembly; read by reads, scrub and resync.
@@ -250,12 +258,18 @@ pub struct Mirror {
     pub(super) scratch: AlignedBuf,
     /// Chunk buffer of scans.
     pub(super) chunk: AlignedBuf,
-    /// Write-path scratch: sorted addresses (duplicate check), checksums, runs.
+    /// Write-path scratch: sorted addresses (duplicate check).
     sorted: Vec<u64>,
+    /// Write-path scratch: the checksum of each staged block.
     crcs: Vec<u32>,
+    /// Write-path scratch: runs of consecutive blocks as (first address,
+    /// first staged block, block count).
     runs: Vec<(u64, usize, usize)>,
+    /// Events not yet taken by the user.
     events: Vec<MirrorEvent>,
+    /// Phase accounting of the write path (a no-op unless enabled).
     clock: PhaseClock,
+    /// Where warnings are printed.
     warnings: WarningSink,
     /// Rotates the device reads start on.
     read_cursor: usize,
