@@ -28,9 +28,9 @@ pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, O
 pub use loom::sync::Arc;
 
 #[cfg(not(loom))]
-pub use alloc::sync::Arc;
-#[cfg(not(loom))]
 pub(crate) use core::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+#[cfg(not(loom))]
+pub use alloc::sync::Arc;
 
 #[cfg(all(loom, feature = "std"))]
 #[allow(unused_imports)]

@@ -11,12 +11,7 @@ pub struct CpuListError;
 /// An empty (or all-whitespace) list is a node without CPUs and yields `[]`.
 pub fn parse_cpulist(text: &str) -> Result<Vec<usize>, CpuListError> {
     let mut cpus = Vec::new();
-    for part in text
-        .trim()
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-    {
+    for part in text.trim().split(',').map(str::trim).filter(|p| !p.is_empty()) {
         match part.split_once('-') {
             Some((lo, hi)) => {
                 let lo: usize = lo.trim().parse().map_err(|_| CpuListError)?;

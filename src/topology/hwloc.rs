@@ -23,9 +23,7 @@ impl Topology {
             }
         }
         if layout.is_empty() {
-            return Err(TopologyError::Hwloc(
-                "hwloc reported no NUMA node with CPUs".into(),
-            ));
+            return Err(TopologyError::Hwloc("hwloc reported no NUMA node with CPUs".into()));
         }
         layout.sort();
         Ok(Self::from_layout(layout, TopologySource::Hwloc))

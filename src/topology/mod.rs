@@ -64,9 +64,7 @@ pub enum TopologyError {
         cores_per_node: usize,
     },
     /// A sysfs cpulist could not be parsed.
-    #[error(
-        "cannot parse the CPU list {text:?} from {source_name}: expected ranges such as \"0-3,8\""
-    )]
+    #[error("cannot parse the CPU list {text:?} from {source_name}: expected ranges such as \"0-3,8\"")]
     BadCpuList {
         /// The text that failed.
         text: String,
@@ -149,7 +147,9 @@ impl Topology {
 
     /// Parses `"NODESxCORES"` (for example `"2x4"`) into a simulated topology.
     pub fn parse_simulated(spec: &str) -> Result<Self, TopologyError> {
-        let bad = || TopologyError::BadSpec { given: spec.into() };
+        let bad = || TopologyError::BadSpec {
+            given: spec.into(),
+        };
         let (n, c) = spec.trim().split_once(['x', 'X']).ok_or_else(bad)?;
         let nodes = n.trim().parse::<usize>().map_err(|_| bad())?;
         let cores = c.trim().parse::<usize>().map_err(|_| bad())?;
@@ -275,10 +275,7 @@ impl Topology {
     /// The dense node of an OS CPU, if the CPU belongs to this topology. In a
     /// simulated topology several cores share an OS CPU; the first one wins.
     pub fn node_of_os_cpu(&self, os_cpu: usize) -> Option<usize> {
-        self.cores
-            .iter()
-            .find(|c| c.os_cpu == os_cpu)
-            .map(|c| c.node)
+        self.cores.iter().find(|c| c.os_cpu == os_cpu).map(|c| c.node)
     }
 
     /// The core a thread running on `os_cpu` belongs to (first match).
@@ -294,24 +291,14 @@ impl Topology {
         }
         let widest = self.nodes.iter().map(|n| n.cores.len()).max().unwrap_or(0);
         (0..widest)
-            .flat_map(|i| {
-                self.nodes
-                    .iter()
-                    .filter_map(move |n| n.cores.get(i).copied())
-            })
+            .flat_map(|i| self.nodes.iter().filter_map(move |n| n.cores.get(i).copied()))
             .collect()
     }
 }
 
 impl core::fmt::Display for Topology {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(
-            f,
-            "{} node(s), {} core(s) ({:?})",
-            self.nodes.len(),
-            self.cores.len(),
-            self.source
-        )?;
+        write!(f, "{} node(s), {} core(s) ({:?})", self.nodes.len(), self.cores.len(), self.source)?;
         for n in &self.nodes {
             let cpus: Vec<String> = n.cores.iter().map(|c| c.os_cpu.to_string()).collect();
             write!(f, "; node {} -> cpus [{}]", n.os_node, cpus.join(","))?;

@@ -2,10 +2,7 @@ use super::*;
 
 #[test]
 fn cpulist_parses_ranges_singles_and_blanks() {
-    assert_eq!(
-        parse_cpulist("0-3,8,10-11\n").unwrap(),
-        vec![0, 1, 2, 3, 8, 10, 11]
-    );
+    assert_eq!(parse_cpulist("0-3,8,10-11\n").unwrap(), vec![0, 1, 2, 3, 8, 10, 11]);
     assert_eq!(parse_cpulist("5").unwrap(), vec![5]);
     assert_eq!(parse_cpulist("\n").unwrap(), Vec::<usize>::new());
     assert!(parse_cpulist("3-1").is_err());
@@ -90,8 +87,5 @@ fn getcpu_reports_a_cpu_this_process_may_use() {
 
 #[test]
 fn pinning_to_a_cpu_that_does_not_exist_is_an_error() {
-    assert_eq!(
-        pin_to_cpu(1000).unwrap_err(),
-        TopologyError::Pin { cpu: 1000 }
-    );
+    assert_eq!(pin_to_cpu(1000).unwrap_err(), TopologyError::Pin { cpu: 1000 });
 }
