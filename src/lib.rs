@@ -5,6 +5,10 @@
 
 extern crate alloc;
 
+#[cfg(feature = "std")]
+pub mod cost;
+#[cfg(feature = "std")]
+pub mod mirror;
 pub mod nr;
 pub mod sync;
 #[cfg(feature = "std")]

@@ -1,0 +1,456 @@
+//! Block devices: the [`BlockDevice`] trait and its file / block-device
+//! implementation with positional I/O.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::string::String;
+use std::vec::Vec;
+
+use super::block::{HEADER_SIZE, IO_ALIGN};
+use super::MirrorError;
+use crate::cost::{Phase, PhaseClock};
+
+/// How durable a write is when a device's [`BlockDevice::write_blocks`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// In the page cache only: survives a process crash, not a power loss.
+    /// The fastest; what the cost report measures by default.
+    #[default]
+    None,
+    /// `fdatasync` once per batch, after the batch's writes: survives power
+    /// loss once acknowledged; the sync is amortised over the batch.
+    SyncPerBatch,
+    /// `O_DIRECT | O_DSYNC`: bypasses the page cache, every write reaches
+    /// stable storage (FUA or a cache flush) before it returns. Needs
+    /// buffers, offsets and lengths aligned to the logical sector size; the
+    /// mirror's buffers are aligned to 4 KiB.
+    Direct,
+}
+
+/// One write: whole blocks starting at `lba`. `data.len()` is a multiple of
+/// the block size; with [`Durability::Direct`] `data` must be 4 KiB-aligned
+/// (the mirror's staging buffers are).
+#[derive(Debug, Clone, Copy)]
+pub struct BlockWrite<'a> {
+    /// First block written.
+    pub lba: u64,
+    /// Whole blocks of data.
+    pub data: &'a [u8],
+}
+
+/// Operation counters of a device, for reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeviceStats {
+    /// Calls of [`BlockDevice::write_blocks`].
+    pub write_batches: u64,
+    /// System calls that submitted writes (`pwritev`, or `io_uring_enter`).
+    pub write_syscalls: u64,
+    /// Blocks written.
+    pub blocks_written: u64,
+    /// Read system calls.
+    pub read_syscalls: u64,
+    /// `fdatasync` calls (or io_uring fsyncs).
+    pub syncs: u64,
+}
+
+/// A device of fixed-size blocks addressed by block number.
+///
+/// The mirror owns its devices and calls them from one thread at a time.
+/// Implementations report failures as `io::Error`; the mirror decides what a
+/// failure means (repair, or degrade to the surviving devices).
+pub trait BlockDevice: Send {
+    /// A name for messages, e.g. the path.
+    fn name(&self) -> &str;
+    /// Bytes per block.
+    fn block_size(&self) -> usize;
+    /// Number of blocks.
+    fn blocks(&self) -> u64;
+    /// Reads `buf.len() / block_size` blocks starting at `lba` into `buf`
+    /// (4 KiB-aligned, a whole number of blocks).
+    fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Writes every entry of `writes` (one call per batch: the point of
+    /// batching) and returns once they are as durable as the device's
+    /// [`Durability`] promises. Call `clock.mark(Phase::Submission)` once the
+    /// writes are submitted; the caller attributes the rest to completion.
+    fn write_blocks(&mut self, writes: &[BlockWrite<'_>], clock: &mut PhaseClock)
+        -> io::Result<()>;
+    /// Operation counters so far.
+    fn stats(&self) -> DeviceStats {
+        DeviceStats::default()
+    }
+}
+
+impl<D: BlockDevice + ?Sized> BlockDevice for Box<D> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn block_size(&self) -> usize {
+        (**self).block_size()
+    }
+    fn blocks(&self) -> u64 {
+        (**self).blocks()
+    }
+    fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> io::Result<()> {
+        (**self).read_blocks(lba, buf)
+    }
+    fn write_blocks(
+        &mut self,
+        writes: &[BlockWrite<'_>],
+        clock: &mut PhaseClock,
+    ) -> io::Result<()> {
+        (**self).write_blocks(writes, clock)
+    }
+    fn stats(&self) -> DeviceStats {
+        (**self).stats()
+    }
+}
+
+/// How to open a [`FileDevice`].
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    /// Bytes per block: a power of two from 512 to 1 MiB.
+    pub block_size: usize,
+    /// Blocks wanted. For a regular file, the file is created if missing and
+    /// preallocated (`fallocate`) to this size; `None` uses the existing
+    /// size. For a block device, `None` uses all of it.
+    pub blocks: Option<u64>,
+    /// Durability of each batch.
+    pub durability: Durability,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        Self {
+            block_size: 4096,
+            blocks: None,
+            durability: Durability::None,
+        }
+    }
+}
+
+/// Checks a block size: a power of two, 512 ..= 1 MiB (so that it holds a
+/// header and payload, and `O_DIRECT` alignment works).
+pub fn check_block_size(block_size: usize) -> Result<(), MirrorError> {
+    if !block_size.is_power_of_two() || !(512..=1 << 20).contains(&block_size) {
+        return Err(MirrorError::BadBlockSize { block_size });
+    }
+    debug_assert!(block_size > HEADER_SIZE);
+    Ok(())
+}
+
+/// A regular file or a block device (`/dev/...`) used through positional
+/// I/O: `pread`, `pwritev` (one per run of consecutive blocks) and
+/// `fdatasync` per batch, or `O_DIRECT | O_DSYNC`.
+#[derive(Debug)]
+pub struct FileDevice {
+    file: File,
+    name: String,
+    block_size: usize,
+    blocks: u64,
+    durability: Durability,
+    stats: DeviceStats,
+    iov: Vec<libc::iovec>,
+}
+
+// SAFETY: the iovec scratch holds raw pointers only during one write_blocks
+// call (it is cleared before returning); File and the rest are Send.
+unsafe impl Send for FileDevice {}
+
+/// `BLKGETSIZE64`: size of a block device in bytes (linux/fs.h).
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+
+impl FileDevice {
+    /// Opens (creating and preallocating a regular file if needed) `path`.
+    pub fn open(path: impl AsRef<Path>, config: &DeviceConfig) -> Result<Self, MirrorError> {
+        let path = path.as_ref();
+        check_block_size(config.block_size)?;
+        let open_err = |source: io::Error| MirrorError::Open {
+            path: PathBuf::from(path),
+            source,
+        };
+        let mut flags = libc::O_CLOEXEC;
+        if config.durability == Durability::Direct {
+            flags |= libc::O_DIRECT | libc::O_DSYNC;
+        }
+        let is_block = std::fs::metadata(path)
+            .map(|m| m.file_type().is_block_device())
+            .unwrap_or(false);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(!is_block && config.blocks.is_some())
+            .truncate(false)
+            .custom_flags(flags)
+            .open(path)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::EINVAL) && config.durability == Durability::Direct
+                {
+                    MirrorError::DirectUnsupported {
+                        path: PathBuf::from(path),
+                    }
+                } else {
+                    open_err(e)
+                }
+            })?;
+        let bs = config.block_size as u64;
+        let blocks = if is_block {
+            let mut bytes: u64 = 0;
+            // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which
+            // points to a live, writable u64.
+            let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut bytes as *mut u64) };
+            if rc != 0 {
+                return Err(open_err(io::Error::last_os_error()));
+            }
+            let have = bytes / bs;
+            match config.blocks {
+                Some(want) if want > have => {
+                    return Err(MirrorError::TooSmall {
+                        path: PathBuf::from(path),
+                        want,
+                        have,
+                    })
+                }
+                Some(want) => want,
+                None => have,
+            }
+        } else {
+            let len = file.metadata().map_err(open_err)?.len();
+            match config.blocks {
+                Some(want) => {
+                    let bytes = want.checked_mul(bs).ok_or(MirrorError::TooSmall {
+                        path: PathBuf::from(path),
+                        want,
+                        have: len / bs,
+                    })?;
+                    if len < bytes {
+                        preallocate(&file, bytes).map_err(open_err)?;
+                    }
+                    want
+                }
+                None => len / bs,
+            }
+        };
+        if blocks == 0 {
+            return Err(MirrorError::TooSmall {
+                path: PathBuf::from(path),
+                want: 1,
+                have: 0,
+            });
+        }
+        Ok(Self {
+            file,
+            name: path.display().to_string(),
+            block_size: config.block_size,
+            blocks,
+            durability: config.durability,
+            stats: DeviceStats::default(),
+            iov: Vec::new(),
+        })
+    }
+
+    /// Splits the device into its open file, name, block size, block count
+    /// and durability (for other backends built on the same opening logic).
+    #[cfg_attr(not(feature = "io-uring"), allow(dead_code))]
+    pub(super) fn into_parts(self) -> (File, String, usize, u64, Durability) {
+        (
+            self.file,
+            self.name,
+            self.block_size,
+            self.blocks,
+            self.durability,
+        )
+    }
+
+    /// The durability this device was opened with.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Buffer alignment O_DIRECT needs here: the block size, at most 4 KiB.
+    fn direct_align(&self) -> usize {
+        self.block_size.min(IO_ALIGN)
+    }
+
+    fn check_range(&self, lba: u64, len: usize) -> io::Result<()> {
+        let n = (len / self.block_size) as u64;
+        if len % self.block_size != 0 || lba.checked_add(n).is_none_or(|end| end > self.blocks) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                std::format!(
+                    "{}: {} bytes at block {lba} is not a whole number of blocks inside the device's {} blocks",
+                    self.name, len, self.blocks
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes `iov` at `offset` completely (retrying short writes and EINTR).
+    fn pwritev_all(&mut self, mut offset: u64, count: usize) -> io::Result<()> {
+        let mut first = 0usize;
+        while first < count {
+            let n = (count - first).min(libc::UIO_MAXIOV as usize);
+            // SAFETY: iov[first..first+n] are iovecs built from live &[u8]
+            // borrowed for the duration of write_blocks; pwritev only reads them.
+            let rc = unsafe {
+                libc::pwritev(
+                    self.file.as_raw_fd(),
+                    self.iov.as_ptr().add(first),
+                    n as libc::c_int,
+                    offset as libc::off_t,
+                )
+            };
+            self.stats.write_syscalls += 1;
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if rc == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "pwritev wrote nothing",
+                ));
+            }
+            let mut done = rc as usize;
+            offset += done as u64;
+            while done > 0 {
+                let v = &mut self.iov[first];
+                if done >= v.iov_len {
+                    done -= v.iov_len;
+                    first += 1;
+                } else {
+                    // SAFETY: advancing within the same buffer, done < iov_len.
+                    v.iov_base = unsafe { (v.iov_base as *mut u8).add(done) } as *mut libc::c_void;
+                    v.iov_len -= done;
+                    done = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reserves `bytes` of disk for `file` (falling back to `set_len` where the
+/// file system cannot preallocate).
+fn preallocate(file: &File, bytes: u64) -> io::Result<()> {
+    // SAFETY: fallocate on an owned, open descriptor; no memory is passed.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, bytes as libc::off_t) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => file.set_len(bytes),
+        _ => Err(e),
+    }
+}
+
+impl BlockDevice for FileDevice {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    fn blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.check_range(lba, buf.len())?;
+        if self.durability == Durability::Direct && buf.as_ptr() as usize % self.direct_align() != 0
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "O_DIRECT needs a buffer aligned to the block size (use mirror::AlignedBuf)",
+            ));
+        }
+        let mut done = 0usize;
+        let base = lba * self.block_size as u64;
+        while done < buf.len() {
+            let rest = &mut buf[done..];
+            // SAFETY: rest is a live, writable buffer of rest.len() bytes.
+            let rc = unsafe {
+                libc::pread(
+                    self.file.as_raw_fd(),
+                    rest.as_mut_ptr() as *mut libc::c_void,
+                    rest.len(),
+                    (base + done as u64) as libc::off_t,
+                )
+            };
+            self.stats.read_syscalls += 1;
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if rc == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    std::format!("{}: device ended at byte {}", self.name, base + done as u64),
+                ));
+            }
+            done += rc as usize;
+        }
+        Ok(())
+    }
+
+    fn write_blocks(
+        &mut self,
+        writes: &[BlockWrite<'_>],
+        clock: &mut PhaseClock,
+    ) -> io::Result<()> {
+        self.stats.write_batches += 1;
+        let mut i = 0;
+        while i < writes.len() {
+            // Gather a run of writes that continue each other into one pwritev.
+            self.iov.clear();
+            let start = writes[i].lba;
+            let mut next = start;
+            while i < writes.len() && writes[i].lba == next {
+                let w = writes[i];
+                self.check_range(w.lba, w.data.len())?;
+                if self.durability == Durability::Direct
+                    && w.data.as_ptr() as usize % self.direct_align() != 0
+                {
+                    self.iov.clear();
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "O_DIRECT needs buffers aligned to the block size (use mirror::AlignedBuf)",
+                    ));
+                }
+                self.iov.push(libc::iovec {
+                    iov_base: w.data.as_ptr() as *mut libc::c_void,
+                    iov_len: w.data.len(),
+                });
+                next += (w.data.len() / self.block_size) as u64;
+                i += 1;
+            }
+            let count = self.iov.len();
+            let r = self.pwritev_all(start * self.block_size as u64, count);
+            self.iov.clear();
+            r?;
+            self.stats.blocks_written += next - start;
+        }
+        clock.mark(Phase::Submission);
+        if self.durability == Durability::SyncPerBatch && !writes.is_empty() {
+            self.file.sync_data()?;
+            self.stats.syncs += 1;
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> DeviceStats {
+        self.stats
+    }
+}

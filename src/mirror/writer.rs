@@ -1,0 +1,734 @@
+//! The mirror itself: members, expected state, the write and read paths.
+
+use std::fmt;
+use std::io;
+use std::string::{String, ToString};
+use std::vec::Vec;
+
+use super::block::{self, AlignedBuf, BlockState, Corruption};
+use super::device::{BlockDevice, BlockWrite, DeviceStats};
+use super::merkle::{leaf, MerkleTree, LOST_LEAF};
+use super::MirrorError;
+use crate::cost::{Phase, PhaseClock, PhaseTimes};
+
+/// A device's position in the mirror (0-based, as given to [`Mirror::assemble`]).
+pub type DeviceId = usize;
+
+/// Where warnings go (they are always kept for [`Mirror::take_events`] too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WarningSink {
+    /// One line per warning on standard error (the default).
+    #[default]
+    Stderr,
+    /// Nowhere but the event list.
+    Silent,
+}
+
+/// How a mirror behaves.
+#[derive(Debug, Clone, Default)]
+pub struct MirrorConfig {
+    /// Where warnings (a device failed, a block was repaired) go.
+    pub warnings: WarningSink,
+    /// Record the time of each write [`Phase`] (two clock reads per phase).
+    pub account_phases: bool,
+}
+
+/// A member's standing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberState {
+    /// Holds every acknowledged write; receives writes and serves reads.
+    InSync,
+    /// Out of the mirror after an error; [`Mirror::readd`] or
+    /// [`Mirror::replace`] brings it back.
+    Failed {
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// What was wrong with one copy of a block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// The device returned an error.
+    ReadError(String),
+    /// The copy was read but fails verification.
+    Corrupt(Corruption),
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::ReadError(e) => write!(f, "read error: {e}"),
+            Problem::Corrupt(c) => c.fmt(f),
+        }
+    }
+}
+
+/// Something the mirror did on its own that its user should know about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MirrorEvent {
+    /// A device was taken out of the mirror.
+    DeviceFailed {
+        /// The device.
+        device: DeviceId,
+        /// Its name.
+        name: String,
+        /// The operation that failed.
+        during: &'static str,
+        /// The error.
+        error: String,
+        /// Devices still in sync.
+        survivors: usize,
+        /// Devices in the mirror.
+        total: usize,
+    },
+    /// A bad copy of a block was rewritten from a good one.
+    Repaired {
+        /// The device whose copy was bad.
+        device: DeviceId,
+        /// The block.
+        lba: u64,
+        /// What was wrong.
+        problem: Problem,
+        /// The device the good copy came from.
+        from: DeviceId,
+    },
+    /// A device was brought back in sync.
+    Resynced {
+        /// The device.
+        device: DeviceId,
+        /// Blocks copied to it.
+        copied: u64,
+    },
+}
+
+impl fmt::Display for MirrorEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MirrorEvent::DeviceFailed {
+                device,
+                name,
+                during,
+                error,
+                survivors,
+                total,
+            } => write!(
+                f,
+                "device {device} ({name}) failed during {during}: {error}; the mirror is DEGRADED and continues on {survivors} of {total} devices — replace the device and call Mirror::replace({device}, new), or Mirror::readd({device}) once it is back"
+            ),
+            MirrorEvent::Repaired {
+                device,
+                lba,
+                problem,
+                from,
+            } => write!(
+                f,
+                "repaired block {lba} on device {device} ({problem}) from device {from}"
+            ),
+            MirrorEvent::Resynced { device, copied } => write!(
+                f,
+                "device {device} is back in sync ({copied} blocks copied)"
+            ),
+        }
+    }
+}
+
+/// How many copies a write reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redundancy {
+    /// Every device of the mirror has it.
+    Full,
+    /// Only the surviving devices have it.
+    Degraded {
+        /// Devices without the write.
+        missing: usize,
+    },
+}
+
+/// An acknowledged write: every healthy device has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteAck {
+    /// Sequence number of the batch's first block (the rest follow on).
+    pub first_seq: u64,
+    /// Blocks written.
+    pub blocks: usize,
+    /// Devices that hold the write.
+    pub copies: usize,
+    /// Whether that is all of them.
+    pub redundancy: Redundancy,
+}
+
+/// How a verified read went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// The first copy tried was good.
+    Clean {
+        /// The device read.
+        device: DeviceId,
+    },
+    /// Some copies were bad; good data came from `from` and the bad copies
+    /// were rewritten (devices whose rewrite failed were taken out).
+    Repaired {
+        /// The device the good copy came from.
+        from: DeviceId,
+        /// The bad copies and what was wrong with them.
+        bad: Vec<(DeviceId, Problem)>,
+    },
+}
+
+/// The mirror's overall health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Every device is in sync.
+    Optimal {
+        /// Devices in the mirror.
+        devices: usize,
+    },
+    /// Some devices have failed; the rest serve.
+    Degraded {
+        /// Devices in sync.
+        in_sync: Vec<DeviceId>,
+        /// Devices out.
+        failed: Vec<DeviceId>,
+    },
+    /// No device is in sync.
+    Failed,
+}
+
+/// The expected state of one block: the last acknowledged write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Meta {
+    /// Sequence number (0 = never written, LOST = no good copy survived).
+    pub(super) seq: u64,
+    /// crc32c of that write's block.
+    pub(super) crc: u32,
+}
+
+impl Meta {
+    /// Marks a block of which no good copy survived.
+    pub(super) const LOST: u64 = u64::MAX;
+    pub(super) const UNWRITTEN: Meta = Meta { seq: 0, crc: 0 };
+
+    pub(super) fn leaf(self) -> u64 {
+        if self.seq == Self::LOST {
+            LOST_LEAF
+        } else {
+            leaf(self.seq, self.crc)
+        }
+    }
+}
+
+/// The digest of a verified on-device block.
+pub(super) fn state_leaf(st: BlockState) -> u64 {
+    match st {
+        BlockState::Unwritten => Meta::UNWRITTEN.leaf(),
+        BlockState::Written { seq, crc, .. } => leaf(seq, crc),
+    }
+}
+
+/// One device of the mirror. Both fields are written and read only by the
+/// mirror's own `&mut self` methods (single writer, no sharing).
+pub(super) struct Member {
+    /// The device.
+    pub(super) dev: Box<dyn BlockDevice>,
+    /// In sync, or failed (set by `fail_member`, cleared by a resync).
+    pub(super) state: MemberState,
+}
+
+/// A mirror of N ≥ 2 block devices; see the [module docs](super).
+pub struct Mirror {
+    // Every field is written and read only through `&mut self` / `&self`
+    // methods of the mirror: one owner, no interior sharing.
+    /// The devices, in the order given (writes go to them in this order).
+    pub(super) members: Vec<Member>,
+    /// Bytes per block (the same on every device).
+    pub(super) block_size: usize,
+    /// Blocks in the mirror: the smallest device's block count.
+    pub(super) capacity: u64,
+    /// Expected state per block: written by acknowledged writes, repair and
+    /// assembly; read by reads, scrub and resync.
+    pub(super) meta: Vec<Meta>,
+    /// Merkle tree over `meta` (leaves updated with it, parents lazily).
+    pub(super) tree: MerkleTree,
+    /// Next sequence number to hand out.
+    pub(super) next_seq: u64,
+    /// Staging buffer of the write path (one batch of blocks).
+    stage: AlignedBuf,
+    /// One-block buffer of the read path.
+    pub(super) scratch: AlignedBuf,
+    /// Chunk buffer of scans.
+    pub(super) chunk: AlignedBuf,
+    /// Write-path scratch: sorted addresses (duplicate check).
+    sorted: Vec<u64>,
+    /// Write-path scratch: the checksum of each staged block.
+    crcs: Vec<u32>,
+    /// Write-path scratch: runs of consecutive blocks as (first address,
+    /// first staged block, block count).
+    runs: Vec<(u64, usize, usize)>,
+    /// Events not yet taken by the user.
+    events: Vec<MirrorEvent>,
+    /// Phase accounting of the write path (a no-op unless enabled).
+    clock: PhaseClock,
+    /// Where warnings are printed.
+    warnings: WarningSink,
+    /// Rotates the device reads start on.
+    read_cursor: usize,
+    /// The last device failure, for the all-failed error.
+    last_failure: String,
+}
+
+impl fmt::Debug for Mirror {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mirror")
+            .field("devices", &self.members.len())
+            .field("block_size", &self.block_size)
+            .field("capacity", &self.capacity)
+            .field("health", &self.health())
+            .finish()
+    }
+}
+
+impl Mirror {
+    /// Builds the mirror skeleton (no I/O): checks and sizes.
+    pub(super) fn skeleton(
+        devices: Vec<Box<dyn BlockDevice>>,
+        config: &MirrorConfig,
+    ) -> Result<Self, MirrorError> {
+        if devices.len() < 2 {
+            return Err(MirrorError::TooFewDevices {
+                given: devices.len(),
+            });
+        }
+        let block_size = devices[0].block_size();
+        super::device::check_block_size(block_size)?;
+        for (i, d) in devices.iter().enumerate() {
+            if d.block_size() != block_size {
+                return Err(MirrorError::BlockSizeMismatch {
+                    device: i,
+                    name: d.name().to_string(),
+                    found: d.block_size(),
+                    expected: block_size,
+                });
+            }
+        }
+        let capacity = devices.iter().map(|d| d.blocks()).min().unwrap_or(0);
+        let meta = std::vec![Meta::UNWRITTEN; capacity as usize];
+        let leaves = std::vec![Meta::UNWRITTEN.leaf(); capacity as usize];
+        Ok(Self {
+            members: devices
+                .into_iter()
+                .map(|dev| Member {
+                    dev,
+                    state: MemberState::InSync,
+                })
+                .collect(),
+            block_size,
+            capacity,
+            meta,
+            tree: MerkleTree::from_leaves(&leaves),
+            next_seq: 1,
+            stage: AlignedBuf::zeroed(block_size),
+            scratch: AlignedBuf::zeroed(block_size),
+            chunk: AlignedBuf::zeroed(0),
+            sorted: Vec::new(),
+            crcs: Vec::new(),
+            runs: Vec::new(),
+            events: Vec::new(),
+            clock: if config.account_phases {
+                PhaseClock::enabled()
+            } else {
+                PhaseClock::disabled()
+            },
+            warnings: config.warnings,
+            read_cursor: 0,
+            last_failure: String::from("none recorded"),
+        })
+    }
+
+    /// Bytes per block on the devices.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// Payload bytes per block (block size minus the 32-byte header).
+    pub fn payload_size(&self) -> usize {
+        self.block_size - block::HEADER_SIZE
+    }
+
+    /// Blocks in the mirror (the smallest device's).
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Devices in the mirror, in sync or not.
+    pub fn devices(&self) -> usize {
+        self.members.len()
+    }
+
+    /// A device's standing.
+    pub fn member_state(&self, device: DeviceId) -> Result<&MemberState, MirrorError> {
+        self.check_device(device)?;
+        Ok(&self.members[device].state)
+    }
+
+    /// A device's name.
+    pub fn device_name(&self, device: DeviceId) -> Result<&str, MirrorError> {
+        self.check_device(device)?;
+        Ok(self.members[device].dev.name())
+    }
+
+    /// A device's operation counters.
+    pub fn device_stats(&self, device: DeviceId) -> Result<DeviceStats, MirrorError> {
+        self.check_device(device)?;
+        Ok(self.members[device].dev.stats())
+    }
+
+    /// The mirror's health.
+    pub fn health(&self) -> Health {
+        let in_sync: Vec<DeviceId> = self.in_sync();
+        if in_sync.is_empty() {
+            Health::Failed
+        } else if in_sync.len() == self.members.len() {
+            Health::Optimal {
+                devices: in_sync.len(),
+            }
+        } else {
+            Health::Degraded {
+                failed: (0..self.members.len())
+                    .filter(|d| !in_sync.contains(d))
+                    .collect(),
+                in_sync,
+            }
+        }
+    }
+
+    /// Events since the last call (failures, repairs, resyncs).
+    pub fn take_events(&mut self) -> Vec<MirrorEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Time per write phase so far (zero unless `account_phases` is on).
+    pub fn phase_times(&self) -> PhaseTimes {
+        self.clock.times()
+    }
+
+    /// Clears the phase times.
+    pub fn reset_phase_times(&mut self) {
+        self.clock.reset();
+    }
+
+    /// Takes the mirror apart, returning its devices (e.g. to assemble them
+    /// again, as after a restart).
+    pub fn into_devices(self) -> Vec<Box<dyn BlockDevice>> {
+        self.members.into_iter().map(|m| m.dev).collect()
+    }
+
+    /// Takes a device out of the mirror by hand (for example before
+    /// replacing it).
+    pub fn fail_device(&mut self, device: DeviceId, reason: &str) -> Result<(), MirrorError> {
+        self.check_device(device)?;
+        if self.members[device].state == MemberState::InSync {
+            self.fail_member(device, "an administrative removal", reason.to_string());
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_device(&self, device: DeviceId) -> Result<(), MirrorError> {
+        if device >= self.members.len() {
+            return Err(MirrorError::NoSuchDevice {
+                device,
+                count: self.members.len(),
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_lba(&self, lba: u64) -> Result<(), MirrorError> {
+        if lba >= self.capacity {
+            return Err(MirrorError::OutOfRange {
+                lba,
+                capacity: self.capacity,
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) fn in_sync(&self) -> Vec<DeviceId> {
+        (0..self.members.len())
+            .filter(|&d| self.members[d].state == MemberState::InSync)
+            .collect()
+    }
+
+    pub(super) fn no_healthy(&self) -> MirrorError {
+        MirrorError::NoHealthyDevice {
+            devices: self.members.len(),
+            last: self.last_failure.clone(),
+        }
+    }
+
+    pub(super) fn emit(&mut self, event: MirrorEvent) {
+        if self.warnings == WarningSink::Stderr {
+            match &event {
+                MirrorEvent::DeviceFailed { .. } => {
+                    std::eprintln!("noderep mirror: WARNING: {event}")
+                }
+                _ => std::eprintln!("noderep mirror: {event}"),
+            }
+        }
+        self.events.push(event);
+    }
+
+    /// Takes `device` out of the mirror with a warning.
+    pub(super) fn fail_member(&mut self, device: DeviceId, during: &'static str, error: String) {
+        let m = &mut self.members[device];
+        m.state = MemberState::Failed {
+            reason: std::format!("{during}: {error}"),
+        };
+        let name = m.dev.name().to_string();
+        self.last_failure = std::format!("device {device} ({name}) during {during}: {error}");
+        let survivors = self.in_sync().len();
+        self.emit(MirrorEvent::DeviceFailed {
+            device,
+            name,
+            during,
+            error,
+            survivors,
+            total: self.members.len(),
+        });
+    }
+
+    /// Sets the expected state of `lba`.
+    pub(super) fn set_meta(&mut self, lba: u64, meta: Meta) {
+        self.meta[lba as usize] = meta;
+        self.tree.set_leaf(lba, meta.leaf());
+    }
+
+    /// Reads `lba` from `device` into `scratch` and checks it against the
+    /// expected state.
+    pub(super) fn examine(&mut self, device: DeviceId, lba: u64) -> Result<BlockState, Problem> {
+        let bs = self.block_size;
+        self.scratch.resize(bs);
+        self.members[device]
+            .dev
+            .read_blocks(lba, &mut self.scratch)
+            .map_err(|e| Problem::ReadError(e.to_string()))?;
+        let st = block::verify(&self.scratch, lba).map_err(Problem::Corrupt)?;
+        let meta = self.meta[lba as usize];
+        let (seq, crc) = match st {
+            BlockState::Unwritten => (0, 0),
+            BlockState::Written { seq, crc, .. } => (seq, crc),
+        };
+        if seq != meta.seq || crc != meta.crc {
+            let expected = if meta.seq == Meta::LOST { 0 } else { meta.seq };
+            return Err(Problem::Corrupt(Corruption::Stale {
+                found: seq,
+                expected,
+            }));
+        }
+        Ok(st)
+    }
+
+    /// Writes the block in `scratch` to `device` at `lba`.
+    pub(super) fn write_scratch(&mut self, device: DeviceId, lba: u64) -> io::Result<()> {
+        let w = [BlockWrite {
+            lba,
+            data: &self.scratch,
+        }];
+        self.members[device]
+            .dev
+            .write_blocks(&w, &mut PhaseClock::disabled())
+    }
+
+    /// Rewrites the bad copies listed in `bad` from the good block in
+    /// `scratch` (read from `from`); a device whose rewrite fails is taken out.
+    pub(super) fn repair_from_scratch(
+        &mut self,
+        lba: u64,
+        from: DeviceId,
+        bad: &[(DeviceId, Problem)],
+    ) {
+        for (d, problem) in bad {
+            if self.members[*d].state != MemberState::InSync {
+                continue;
+            }
+            match self.write_scratch(*d, lba) {
+                Ok(()) => self.emit(MirrorEvent::Repaired {
+                    device: *d,
+                    lba,
+                    problem: problem.clone(),
+                    from,
+                }),
+                Err(e) => self.fail_member(*d, "a repair write", e.to_string()),
+            }
+        }
+    }
+
+    /// Writes one block; see [`Mirror::write_batch`].
+    pub fn write(&mut self, lba: u64, data: &[u8]) -> Result<WriteAck, MirrorError> {
+        self.write_batch(&[(lba, data)])
+    }
+
+    /// Writes a batch of blocks to every healthy device, with one device
+    /// call per device, and acknowledges once each healthy device has all
+    /// of it (as durably as its [`super::Durability`] says).
+    ///
+    /// A device whose write fails is taken out of the mirror (a warning,
+    /// [`MirrorEvent::DeviceFailed`]); the write is still acknowledged if at
+    /// least one device has it, with [`Redundancy::Degraded`]. If no device
+    /// has it, the batch is *not* acknowledged:
+    /// [`MirrorError::NoHealthyDevice`].
+    ///
+    /// Each `data` may be shorter than [`Mirror::payload_size`]; reads return
+    /// exactly what was written. Addresses may not repeat within a batch.
+    pub fn write_batch(&mut self, writes: &[(u64, &[u8])]) -> Result<WriteAck, MirrorError> {
+        self.clock.restart();
+        // Bookkeeping: validate, number, stage.
+        if writes.is_empty() {
+            return Err(MirrorError::EmptyBatch);
+        }
+        if !self.members.iter().any(|m| m.state == MemberState::InSync) {
+            return Err(self.no_healthy());
+        }
+        let max = self.payload_size();
+        self.sorted.clear();
+        for &(lba, data) in writes {
+            self.check_lba(lba)?;
+            if data.len() > max {
+                return Err(MirrorError::PayloadTooLarge {
+                    lba,
+                    len: data.len(),
+                    max,
+                });
+            }
+            self.sorted.push(lba);
+        }
+        self.sorted.sort_unstable();
+        if let Some(w) = self.sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(MirrorError::DuplicateInBatch { lba: w[0] });
+        }
+        let bs = self.block_size;
+        let n = writes.len();
+        let first_seq = self.next_seq;
+        self.next_seq += n as u64;
+        self.stage.resize(n * bs);
+        self.runs.clear();
+        for (i, &(lba, data)) in writes.iter().enumerate() {
+            block::encode(
+                &mut self.stage[i * bs..(i + 1) * bs],
+                lba,
+                first_seq + i as u64,
+                data,
+            );
+            match self.runs.last_mut() {
+                Some((start, _, count)) if *start + *count as u64 == lba => *count += 1,
+                _ => self.runs.push((lba, i, 1)),
+            }
+        }
+        self.clock.mark(Phase::Bookkeeping);
+
+        // Checksum.
+        self.crcs.clear();
+        for blk in self.stage.chunks_exact_mut(bs) {
+            self.crcs.push(block::seal(blk));
+        }
+        self.clock.mark(Phase::Checksum);
+
+        // Submission and completion, device after device.
+        let stage = &self.stage;
+        let list: Vec<BlockWrite<'_>> = self
+            .runs
+            .iter()
+            .map(|&(lba, i, count)| BlockWrite {
+                lba,
+                data: &stage[i * bs..(i + count) * bs],
+            })
+            .collect();
+        let mut copies = 0usize;
+        let mut failures: Vec<(DeviceId, String)> = Vec::new();
+        for (d, m) in self.members.iter_mut().enumerate() {
+            if m.state != MemberState::InSync {
+                continue;
+            }
+            match m.dev.write_blocks(&list, &mut self.clock) {
+                Ok(()) => copies += 1,
+                Err(e) => failures.push((d, e.to_string())),
+            }
+            self.clock.mark(Phase::Completion);
+        }
+        drop(list);
+        for (d, e) in failures {
+            self.fail_member(d, "a write", e);
+        }
+        if copies == 0 {
+            return Err(self.no_healthy());
+        }
+        for (i, &(lba, _)) in writes.iter().enumerate() {
+            let meta = Meta {
+                seq: first_seq + i as u64,
+                crc: self.crcs[i],
+            };
+            self.set_meta(lba, meta);
+        }
+        let missing = self.members.len() - copies;
+        let ack = WriteAck {
+            first_seq,
+            blocks: n,
+            copies,
+            redundancy: if missing == 0 {
+                Redundancy::Full
+            } else {
+                Redundancy::Degraded { missing }
+            },
+        };
+        self.clock.mark(Phase::Completion);
+        Ok(ack)
+    }
+
+    /// Reads block `lba` into `out` (replacing its contents with exactly the
+    /// bytes last written; empty if never written), verifying the copy and
+    /// repairing bad copies from a good one.
+    ///
+    /// Errors: [`MirrorError::Unrecoverable`] when no device holds a good
+    /// copy (the message lists what was wrong with each), never bad data.
+    pub fn read(&mut self, lba: u64, out: &mut Vec<u8>) -> Result<ReadOutcome, MirrorError> {
+        self.check_lba(lba)?;
+        let mut order = self.in_sync();
+        if order.is_empty() {
+            return Err(self.no_healthy());
+        }
+        let k = self.read_cursor % order.len();
+        order.rotate_left(k);
+        self.read_cursor = self.read_cursor.wrapping_add(1);
+        let mut bad: Vec<(DeviceId, Problem)> = Vec::new();
+        let mut good = None;
+        for &d in &order {
+            match self.examine(d, lba) {
+                Ok(st) => {
+                    good = Some((d, st));
+                    break;
+                }
+                Err(p) => bad.push((d, p)),
+            }
+        }
+        let Some((from, st)) = good else {
+            let details = bad
+                .iter()
+                .map(|(d, p)| std::format!("device {d}: {p}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let details = if self.meta[lba as usize].seq == Meta::LOST {
+                std::format!("{details}; no good copy survived the last assembly")
+            } else {
+                details
+            };
+            return Err(MirrorError::Unrecoverable { lba, details });
+        };
+        out.clear();
+        out.extend_from_slice(block::payload(&self.scratch, st));
+        if bad.is_empty() {
+            return Ok(ReadOutcome::Clean { device: from });
+        }
+        self.repair_from_scratch(lba, from, &bad);
+        Ok(ReadOutcome::Repaired { from, bad })
+    }
+}
