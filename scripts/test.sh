@@ -15,6 +15,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "tests"
 cargo test --workspace
 
+step "io-uring backend of the mirror"
+cargo clippy --lib --features io-uring -- -D warnings
+cargo test --lib --features io-uring mirror
+
 step "no_std build of the node-replication core"
 cargo build --lib --no-default-features
 
