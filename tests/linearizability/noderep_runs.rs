@@ -5,9 +5,12 @@
 //! Every run builds a fresh instance on a simulated topology (`n` nodes of
 //! one core, so `n` replicas), registers the same number of threads with
 //! every replica, releases them together from a start line, and records each
-//! thread's random operations with a small random pause between operations
-//! (spins, and now and then a yield) so that interleavings vary from run to
-//! run. After the threads are joined, the main thread reads a snapshot from
+//! thread's random operations. Random pauses between operations (a yield one
+//! time in four, else a few spins) and inside them (`models::chaos`: a
+//! replica's `dispatch`/`dispatch_mut` yields one time in four) make the
+//! operations overlap even on a loaded two-core machine: most operations of
+//! a history overlap an operation of another thread (the campaigns print the
+//! figure). After the threads are joined, the main thread reads a snapshot from
 //! every replica (recorded in the history as well), then
 //! `sync_and_inspect` brings every replica up to date and the test asserts
 //! they are equal and equal to the final state of the checker's witness.
@@ -154,7 +157,7 @@ fn replicas_at_quiescence<S: Subject>(nr: &NodeReplicated<S>) -> S::Model {
 const BUDGET: u64 = 2_000_000;
 
 /// At most one history in this many may stay unresolved.
-const UNRESOLVED_ONE_IN: usize = 50;
+const UNRESOLVED_ONE_IN: usize = 25;
 
 /// Figures of a campaign, printed for the report.
 #[derive(Debug, Default)]
