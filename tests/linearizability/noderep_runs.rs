@@ -39,11 +39,46 @@ struct Plan {
     log_capacity: usize,
     /// Histories to record and check.
     histories: usize,
+    /// Which replicas the worker threads use.
+    placement: Placement,
+}
+
+/// How worker threads are spread over the replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// Thread `t` stays on replica `t % replicas` (every replica has
+    /// `threads_per_replica` threads).
+    EveryReplica,
+    /// The last `idle` replicas get no threads: they fall behind, writers
+    /// must help them when the log fills, and their final snapshot must
+    /// still show every write.
+    LeaveIdle {
+        /// Replicas without threads.
+        idle: usize,
+    },
+    /// Every `every` operations a thread drops its token and registers with
+    /// a random replica, so that it reads, right after its own writes, from
+    /// replicas that may lag behind them.
+    Moving {
+        /// Operations between moves.
+        every: usize,
+    },
 }
 
 impl Plan {
     fn threads(&self) -> usize {
-        self.replicas * self.threads_per_replica
+        match self.placement {
+            Placement::LeaveIdle { idle } => (self.replicas - idle) * self.threads_per_replica,
+            _ => self.replicas * self.threads_per_replica,
+        }
+    }
+
+    /// The replica that thread `t` starts on.
+    fn home(&self, t: usize) -> usize {
+        match self.placement {
+            Placement::LeaveIdle { idle } => t % (self.replicas - idle),
+            _ => t % self.replicas,
+        }
     }
 
     fn build<S: Subject>(&self) -> NodeReplicated<S> {
@@ -83,8 +118,8 @@ fn jitter(rng: &mut StdRng) {
     }
 }
 
-/// Runs one history on `nr` and returns it; thread `t` works on replica
-/// `t % replicas`, the final snapshots are threads `threads()..`.
+/// Runs one history on `nr` and returns it; thread `t` starts on replica
+/// `plan.home(t)`, the final snapshots are threads `threads()..`.
 fn record<S: Subject, L: Default>(
     nr: &NodeReplicated<S>,
     plan: &Plan,
@@ -98,15 +133,19 @@ fn record<S: Subject, L: Default>(
             .map(|t| {
                 let (clock, start) = (&clock, &start);
                 s.spawn(move || {
-                    let token = nr
-                        .register_on(t % plan.replicas)
-                        .expect("a free thread slot");
+                    let mut token = nr.register_on(plan.home(t)).expect("a free thread slot");
                     let mut rng =
                         StdRng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(t as u64));
                     let mut log = ThreadLog::new(clock, t);
                     let mut local = L::default();
                     start.wait();
                     for i in 0..plan.ops_per_thread {
+                        if let Placement::Moving { every } = plan.placement {
+                            if i > 0 && i % every == 0 {
+                                drop(token);
+                                token = register_anywhere(nr, rng.random_range(0..plan.replicas));
+                            }
+                        }
                         let op = S::random_op(&mut rng, t, i);
                         jitter(&mut rng);
                         log.record(op, |op| {
@@ -131,6 +170,15 @@ fn record<S: Subject, L: Default>(
         history.extend(log.into_ops());
     }
     history
+}
+
+/// Registers with replica `first`, or the next one with a free slot (the
+/// replicas have more slots than there are workers).
+fn register_anywhere<S: Subject>(nr: &NodeReplicated<S>, first: usize) -> ThreadToken<S> {
+    let replicas = nr.num_replicas();
+    (0..replicas)
+        .find_map(|i| nr.register_on((first + i) % replicas).ok())
+        .expect("a free slot on some replica")
 }
 
 /// Brings every replica up to date and returns their states as models,
@@ -256,15 +304,15 @@ fn campaign<S: Subject>(name: &str, mut plan: Plan, base_seed: u64) -> Tally {
         plan.histories
     );
     eprintln!(
-        "{name}: {} histories checked, {} linearizable, {} unresolved within {BUDGET} steps, none non-linearizable; {} replicas x {} threads x {} ops (+{} final snapshots) = {} ops each, \
+        "{name}: {} histories checked, {} linearizable, {} unresolved within {BUDGET} steps, none non-linearizable; {} threads x {} ops on {} replicas (+{} final snapshots) = {} ops each, \
          log capacity {} ({:.1} laps of the log per history), {} ops in all; {:.0}% of ops overlap another thread's, {:.1} on average; \
          checker steps mean {} max {}; checking {:?} of {:?}",
         tally.histories,
         tally.histories - tally.gave_up,
         tally.gave_up,
-        plan.replicas,
-        plan.threads_per_replica,
+        plan.threads(),
         plan.ops_per_thread,
+        plan.replicas,
         plan.replicas,
         tally.max_ops,
         plan.log_capacity,
@@ -290,6 +338,7 @@ fn hashmap_on_2_replicas_is_linearizable() {
         ops_per_thread: 12,
         log_capacity: 1024,
         histories: 300,
+        placement: Placement::EveryReplica,
     };
     campaign::<NrMap>("hashmap, 2 replicas", plan, 0x1000);
 }
@@ -302,6 +351,7 @@ fn hashmap_on_4_replicas_is_linearizable() {
         ops_per_thread: 8,
         log_capacity: 1024,
         histories: 150,
+        placement: Placement::EveryReplica,
     };
     campaign::<NrMap>("hashmap, 4 replicas", plan, 0x2000);
 }
@@ -316,6 +366,7 @@ fn hashmap_with_a_small_wrapping_log_is_linearizable() {
         ops_per_thread: 15,
         log_capacity: 8,
         histories: 200,
+        placement: Placement::EveryReplica,
     };
     campaign::<NrMap>("hashmap, 2 replicas, log 8", plan, 0x3000);
     let plan = Plan {
@@ -324,6 +375,7 @@ fn hashmap_with_a_small_wrapping_log_is_linearizable() {
         ops_per_thread: 8,
         log_capacity: 16,
         histories: 150,
+        placement: Placement::EveryReplica,
     };
     campaign::<NrMap>("hashmap, 4 replicas, log 16", plan, 0x3100);
 }
@@ -336,6 +388,7 @@ fn long_hashmap_histories_are_linearizable() {
         ops_per_thread: 60,
         log_capacity: 8,
         histories: 25,
+        placement: Placement::EveryReplica,
     };
     campaign::<NrMap>("hashmap, long histories, log 8", plan, 0x3200);
 }
@@ -356,6 +409,7 @@ fn stack_on_2_replicas_is_linearizable() {
         ops_per_thread: 12,
         log_capacity: 1024,
         histories: 300,
+        placement: Placement::EveryReplica,
     };
     campaign::<NrStack>("stack, 2 replicas", plan, 0x4000);
 }
@@ -368,6 +422,7 @@ fn stack_on_4_replicas_is_linearizable() {
         ops_per_thread: 12,
         log_capacity: 1024,
         histories: 150,
+        placement: Placement::EveryReplica,
     };
     campaign::<NrStack>("stack, 4 replicas", plan, 0x5000);
 }
@@ -380,6 +435,7 @@ fn stack_with_a_small_wrapping_log_is_linearizable() {
         ops_per_thread: 15,
         log_capacity: 8,
         histories: 200,
+        placement: Placement::EveryReplica,
     };
     campaign::<NrStack>("stack, 2 replicas, log 8", plan, 0x5100);
     let plan = Plan {
@@ -388,6 +444,7 @@ fn stack_with_a_small_wrapping_log_is_linearizable() {
         ops_per_thread: 12,
         log_capacity: 8,
         histories: 150,
+        placement: Placement::EveryReplica,
     };
     campaign::<NrStack>("stack, 4 replicas, log 8", plan, 0x5200);
 }
@@ -400,6 +457,7 @@ fn stack_with_8_threads_on_4_replicas_is_linearizable() {
         ops_per_thread: 6,
         log_capacity: 16,
         histories: 100,
+        placement: Placement::EveryReplica,
     };
     campaign::<NrStack>("stack, 4 replicas x 2 threads, log 16", plan, 0x5300);
 }
@@ -412,8 +470,50 @@ fn long_stack_histories_are_linearizable() {
         ops_per_thread: 40,
         log_capacity: 8,
         histories: 25,
+        placement: Placement::EveryReplica,
     };
     campaign::<NrStack>("stack, long histories, log 8", plan, 0x5400);
+}
+
+#[test]
+fn a_replica_without_threads_is_helped_and_stays_linearizable() {
+    // 3 replicas, threads on two. The third has no thread of its own, so
+    // only helpers move it: a writer that finds the log full (16 entries,
+    // about 2 laps of writes per history) applies the log to it, or the
+    // final snapshot catches it up. Every history writes more than 16
+    // entries, so it cannot complete without helping.
+    let plan = Plan {
+        replicas: 3,
+        threads_per_replica: 2,
+        ops_per_thread: 15,
+        log_capacity: 16,
+        histories: 150,
+        placement: Placement::LeaveIdle { idle: 1 },
+    };
+    campaign::<NrMap>("hashmap, 3 replicas, one idle, log 16", plan, 0x6000);
+    campaign::<NrStack>("stack, 3 replicas, one idle, log 16", plan, 0x6100);
+}
+
+#[test]
+fn threads_moving_between_replicas_stay_linearizable() {
+    let plan = Plan {
+        replicas: 4,
+        threads_per_replica: 1,
+        ops_per_thread: 15,
+        log_capacity: 8,
+        histories: 150,
+        placement: Placement::Moving { every: 3 },
+    };
+    campaign::<NrMap>(
+        "hashmap, 4 replicas, threads moving every 3 ops, log 8",
+        plan,
+        0x6200,
+    );
+    campaign::<NrStack>(
+        "stack, 4 replicas, threads moving every 3 ops, log 8",
+        plan,
+        0x6300,
+    );
 }
 
 // ------------------------------------------------------ mutation sanity check
@@ -462,6 +562,7 @@ fn the_checker_rejects_histories_of_a_map_with_stale_reads() {
         ops_per_thread: 12,
         log_capacity: 1024,
         histories: 40,
+        placement: Placement::EveryReplica,
     };
     let mut rejected = 0;
     let mut example = None;
