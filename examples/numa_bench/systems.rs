@@ -1,0 +1,576 @@
+//! The implementations measured side by side, behind one small interface.
+//!
+//! A [`System`] is a shared concurrent structure; each benchmark thread asks
+//! it for a [`Worker`] (on the thread itself, after pinning, so that
+//! node-aware implementations register with the replica of the thread's
+//! node) and then calls [`Worker::exec`] in the timed loop. Everything is
+//! monomorphised: the timed loop makes no virtual call.
+
+use crate::workload::{Op, ReadOp, Seq, Shape, WriteOp, NONE};
+use noderep::topology::{Core, Topology};
+use noderep::{NodeReplicated, ReplicaPolicy, ThreadToken};
+use std::sync::Arc;
+use std::sync::Mutex;
+
+/// A shared structure under test.
+pub trait System: Sync {
+    /// One thread's handle.
+    type Worker<'a>: Worker
+    where
+        Self: 'a;
+    /// Creates the calling thread's handle; `at` is the core it is pinned to.
+    fn worker(&self, at: Core) -> Self::Worker<'_>;
+}
+
+/// One thread's handle on a [`System`].
+pub trait Worker {
+    /// Runs one operation and returns its response.
+    fn exec(&mut self, op: Op) -> u64;
+}
+
+/// Every implementation the suite knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Impl {
+    /// noderep, one replica per NUMA node (the default policy).
+    NoderepNode,
+    /// noderep, one replica per core.
+    NoderepCore,
+    /// noderep, a single replica.
+    NoderepSingle,
+    /// noderep on a simulated N-node topology (one replica per simulated node).
+    NoderepSim,
+    /// node-replication 0.1.1, one replica per NUMA node.
+    NodeReplication,
+    /// node-replication 0.1.1, one replica per simulated node.
+    NodeReplicationSim,
+    /// `std::sync::Mutex<D>`.
+    Mutex,
+    /// `std::sync::RwLock<D>`.
+    Rwlock,
+    /// `parking_lot::RwLock<D>`.
+    ParkingLot,
+    /// crossbeam's `ShardedLock<D>`.
+    ShardedLock,
+    /// left-right (not linearizable in general).
+    LeftRight,
+    /// dashmap (hashmap only).
+    Dashmap,
+    /// papaya (hashmap only).
+    Papaya,
+    /// scc (hashmap only).
+    Scc,
+    /// The bare sequential structure, one thread only: the cost floor.
+    Bare,
+}
+
+impl Impl {
+    /// Every implementation, in table order.
+    pub const ALL: [Impl; 15] = [
+        Impl::NoderepNode,
+        Impl::NoderepCore,
+        Impl::NoderepSingle,
+        Impl::NoderepSim,
+        Impl::NodeReplication,
+        Impl::NodeReplicationSim,
+        Impl::Mutex,
+        Impl::Rwlock,
+        Impl::ParkingLot,
+        Impl::ShardedLock,
+        Impl::LeftRight,
+        Impl::Dashmap,
+        Impl::Papaya,
+        Impl::Scc,
+        Impl::Bare,
+    ];
+
+    /// Name used in tables, CSV and plots.
+    pub fn name(self) -> &'static str {
+        match self {
+            Impl::NoderepNode => "noderep/node",
+            Impl::NoderepCore => "noderep/core",
+            Impl::NoderepSingle => "noderep/1",
+            Impl::NoderepSim => "noderep/sim",
+            Impl::NodeReplication => "node-replication",
+            Impl::NodeReplicationSim => "node-replication/sim",
+            Impl::Mutex => "Mutex",
+            Impl::Rwlock => "RwLock",
+            Impl::ParkingLot => "parking_lot::RwLock",
+            Impl::ShardedLock => "ShardedLock",
+            Impl::LeftRight => "left-right*",
+            Impl::Dashmap => "dashmap",
+            Impl::Papaya => "papaya",
+            Impl::Scc => "scc",
+            Impl::Bare => "bare (1 thread)",
+        }
+    }
+
+    /// A footnote for the table, where one is due.
+    pub fn note(self) -> Option<&'static str> {
+        match self {
+            Impl::LeftRight => Some(
+                "left-right*: not linearizable in general (readers see the last published copy); \
+                 here every write is published before it returns, one writer at a time under a Mutex",
+            ),
+            Impl::Bare => Some("bare: the sequential structure with no synchronisation, one thread only"),
+            Impl::NoderepSim | Impl::NodeReplicationSim => Some(
+                "*/sim: one replica per simulated node; threads are pinned by the simulated topology",
+            ),
+            _ => None,
+        }
+    }
+
+    /// Whether the implementation applies to the structure (the concurrent
+    /// hashmaps only do hashmaps).
+    pub fn supports(self, s: crate::workload::Structure) -> bool {
+        match self {
+            Impl::Dashmap | Impl::Papaya | Impl::Scc => s == crate::workload::Structure::HashMap,
+            _ => true,
+        }
+    }
+
+    /// Whether the implementation is noderep.
+    pub fn is_noderep(self) -> bool {
+        matches!(
+            self,
+            Impl::NoderepNode | Impl::NoderepCore | Impl::NoderepSingle | Impl::NoderepSim
+        )
+    }
+}
+
+// ---------------------------------------------------------------- noderep
+
+/// A sequential structure as noderep's `Dispatch`.
+pub struct NrD<S>(pub S);
+
+impl<S: Seq> noderep::Dispatch for NrD<S> {
+    type ReadOperation<'a>
+        = ReadOp
+    where
+        Self: 'a;
+    type WriteOperation = WriteOp;
+    type Response = u64;
+
+    #[inline]
+    fn dispatch(&self, op: ReadOp) -> u64 {
+        self.0.read(op)
+    }
+    #[inline]
+    fn dispatch_mut(&mut self, op: WriteOp) -> u64 {
+        self.0.write(op)
+    }
+}
+
+/// noderep with some replica policy.
+pub struct Noderep<S: Seq> {
+    /// The instance.
+    pub nr: NodeReplicated<NrD<S>>,
+}
+
+impl<S: Seq> Noderep<S> {
+    /// Builds an instance whose replicas start as copies of `proto`.
+    pub fn build(
+        proto: &S,
+        policy: ReplicaPolicy,
+        topology: &Topology,
+        threads: usize,
+    ) -> Result<Self, noderep::NrError> {
+        let nr = noderep::NrBuilder::new()
+            .topology(topology.clone())
+            .replicas(policy)
+            .max_threads_per_replica(threads.max(64))
+            .log_capacity(
+                (1 << 16).max(threads.max(64).next_power_of_two() * topology.num_cores().max(1)),
+            )
+            .build(|_| NrD(proto.clone()))?;
+        Ok(Self { nr })
+    }
+}
+
+/// A registered noderep thread.
+pub struct NoderepWorker<'a, S: Seq> {
+    nr: &'a NodeReplicated<NrD<S>>,
+    token: ThreadToken<NrD<S>>,
+}
+
+impl<S: Seq> System for Noderep<S> {
+    type Worker<'a> = NoderepWorker<'a, S>;
+    fn worker(&self, _at: Core) -> NoderepWorker<'_, S> {
+        let token = self
+            .nr
+            .register()
+            .expect("a free noderep thread slot (slots = max(64, threads))");
+        NoderepWorker {
+            nr: &self.nr,
+            token,
+        }
+    }
+}
+
+impl<S: Seq> Worker for NoderepWorker<'_, S> {
+    #[inline]
+    fn exec(&mut self, op: Op) -> u64 {
+        match op {
+            Op::Read(r) => self
+                .nr
+                .execute(r, &self.token)
+                .expect("noderep read (instance poisoned?)"),
+            Op::Write(w) => self
+                .nr
+                .execute_mut(w, &self.token)
+                .expect("noderep write (instance poisoned?)"),
+        }
+    }
+}
+
+// ------------------------------------------------------- node-replication
+
+/// A sequential structure as node-replication 0.1.1's `Dispatch`.
+pub struct OldD<S>(pub S);
+
+impl<S: Seq> node_replication::Dispatch for OldD<S> {
+    type ReadOperation = ReadOp;
+    type WriteOperation = WriteOp;
+    type Response = u64;
+
+    #[inline]
+    fn dispatch(&self, op: ReadOp) -> u64 {
+        self.0.read(op)
+    }
+    #[inline]
+    fn dispatch_mut(&mut self, op: WriteOp) -> u64 {
+        self.0.write(op)
+    }
+}
+
+/// node-replication 0.1.1's default log size (32 MiB, from its source).
+pub const OLD_LOG_BYTES: usize = 32 * 1024 * 1024;
+
+/// node-replication 0.1.1 with `replicas` replicas sharing one log.
+pub struct OldNr<S: Seq> {
+    /// Kept alive for the replicas.
+    _log: Arc<node_replication::Log<'static, WriteOp>>,
+    replicas: Vec<Arc<node_replication::Replica<'static, OldD<S>>>>,
+}
+
+impl<S: Seq> OldNr<S> {
+    /// `replicas` replicas, each a copy of `proto` (its `with_data`).
+    pub fn build(proto: &S, replicas: usize) -> Self {
+        let log = Arc::new(node_replication::Log::<WriteOp>::new(OLD_LOG_BYTES));
+        let replicas = (0..replicas.max(1))
+            .map(|_| node_replication::Replica::with_data(&log, OldD(proto.clone())))
+            .collect();
+        Self {
+            _log: log,
+            replicas,
+        }
+    }
+}
+
+/// A registered node-replication thread.
+pub struct OldWorker<'a, S: Seq> {
+    replica: &'a node_replication::Replica<'static, OldD<S>>,
+    token: node_replication::ReplicaToken,
+}
+
+impl<S: Seq> System for OldNr<S> {
+    type Worker<'a> = OldWorker<'a, S>;
+    fn worker(&self, at: Core) -> OldWorker<'_, S> {
+        let replica = &self.replicas[at.node % self.replicas.len()];
+        let token = replica
+            .register()
+            .expect("a free node-replication thread slot (256 per replica)");
+        OldWorker { replica, token }
+    }
+}
+
+impl<S: Seq> Worker for OldWorker<'_, S> {
+    #[inline]
+    fn exec(&mut self, op: Op) -> u64 {
+        match op {
+            Op::Read(r) => self.replica.execute(r, self.token),
+            Op::Write(w) => self.replica.execute_mut(w, self.token),
+        }
+    }
+}
+
+// ------------------------------------------- structures shared by reference
+
+/// A structure every thread uses through `&self`.
+pub trait Shared: Sync {
+    /// A read.
+    fn read(&self, op: ReadOp) -> u64;
+    /// A write.
+    fn write(&self, op: WriteOp) -> u64;
+}
+
+/// Any [`Shared`] structure as a [`System`].
+pub struct ByRef<T>(pub T);
+
+/// A thread's handle on a [`ByRef`]: just the reference.
+pub struct RefWorker<'a, T>(&'a T);
+
+impl<T: Shared> System for ByRef<T> {
+    type Worker<'a>
+        = RefWorker<'a, T>
+    where
+        T: 'a;
+    fn worker(&self, _at: Core) -> RefWorker<'_, T> {
+        RefWorker(&self.0)
+    }
+}
+
+impl<T: Shared> Worker for RefWorker<'_, T> {
+    #[inline]
+    fn exec(&mut self, op: Op) -> u64 {
+        match op {
+            Op::Read(r) => self.0.read(r),
+            Op::Write(w) => self.0.write(w),
+        }
+    }
+}
+
+impl<S: Seq> Shared for Mutex<S> {
+    #[inline]
+    fn read(&self, op: ReadOp) -> u64 {
+        self.lock().expect("no benchmark thread panics").read(op)
+    }
+    #[inline]
+    fn write(&self, op: WriteOp) -> u64 {
+        self.lock().expect("no benchmark thread panics").write(op)
+    }
+}
+
+impl<S: Seq> Shared for std::sync::RwLock<S> {
+    #[inline]
+    fn read(&self, op: ReadOp) -> u64 {
+        self.read().expect("no benchmark thread panics").read(op)
+    }
+    #[inline]
+    fn write(&self, op: WriteOp) -> u64 {
+        self.write().expect("no benchmark thread panics").write(op)
+    }
+}
+
+impl<S: Seq> Shared for parking_lot::RwLock<S> {
+    #[inline]
+    fn read(&self, op: ReadOp) -> u64 {
+        parking_lot::RwLock::read(self).read(op)
+    }
+    #[inline]
+    fn write(&self, op: WriteOp) -> u64 {
+        parking_lot::RwLock::write(self).write(op)
+    }
+}
+
+impl<S: Seq> Shared for crossbeam_utils::sync::ShardedLock<S> {
+    #[inline]
+    fn read(&self, op: ReadOp) -> u64 {
+        crossbeam_utils::sync::ShardedLock::read(self)
+            .expect("no benchmark thread panics")
+            .read(op)
+    }
+    #[inline]
+    fn write(&self, op: WriteOp) -> u64 {
+        crossbeam_utils::sync::ShardedLock::write(self)
+            .expect("no benchmark thread panics")
+            .write(op)
+    }
+}
+
+/// dashmap with the std hasher (SipHash, as every other peer).
+pub struct Dash(pub dashmap::DashMap<u64, u64>);
+
+impl Shared for Dash {
+    #[inline]
+    fn read(&self, op: ReadOp) -> u64 {
+        match op {
+            ReadOp::Get(k) => self.0.get(&k).map_or(NONE, |v| *v),
+            _ => NONE,
+        }
+    }
+    #[inline]
+    fn write(&self, op: WriteOp) -> u64 {
+        match op {
+            WriteOp::Put(k, v) => self.0.insert(k, v).unwrap_or(NONE),
+            _ => NONE,
+        }
+    }
+}
+
+/// papaya with the std hasher; one `pin()` per operation, as its docs show.
+pub struct Papaya(pub papaya::HashMap<u64, u64>);
+
+impl Shared for Papaya {
+    #[inline]
+    fn read(&self, op: ReadOp) -> u64 {
+        match op {
+            ReadOp::Get(k) => self.0.pin().get(&k).copied().unwrap_or(NONE),
+            _ => NONE,
+        }
+    }
+    #[inline]
+    fn write(&self, op: WriteOp) -> u64 {
+        match op {
+            WriteOp::Put(k, v) => self.0.pin().insert(k, v).copied().unwrap_or(NONE),
+            _ => NONE,
+        }
+    }
+}
+
+/// scc's `HashMap` with the std hasher (its synchronous API).
+pub struct Scc(pub scc::HashMap<u64, u64>);
+
+impl Shared for Scc {
+    #[inline]
+    fn read(&self, op: ReadOp) -> u64 {
+        match op {
+            ReadOp::Get(k) => self.0.read_sync(&k, |_, v| *v).unwrap_or(NONE),
+            _ => NONE,
+        }
+    }
+    #[inline]
+    fn write(&self, op: WriteOp) -> u64 {
+        match op {
+            WriteOp::Put(k, v) => self.0.upsert_sync(k, v).unwrap_or(NONE),
+            _ => NONE,
+        }
+    }
+}
+
+/// The three concurrent hashmaps, prefilled like the sequential one.
+pub fn dash(shape: Shape) -> ByRef<Dash> {
+    let m = dashmap::DashMap::with_capacity(shape.keys as usize);
+    for k in 0..shape.prefill {
+        m.insert(k, k);
+    }
+    ByRef(Dash(m))
+}
+
+/// See [`dash`].
+pub fn papaya(shape: Shape) -> ByRef<Papaya> {
+    let m = papaya::HashMap::with_capacity(shape.keys as usize);
+    {
+        let g = m.pin();
+        for k in 0..shape.prefill {
+            g.insert(k, k);
+        }
+    }
+    ByRef(Papaya(m))
+}
+
+/// See [`dash`].
+pub fn scc(shape: Shape) -> ByRef<Scc> {
+    let m = scc::HashMap::with_capacity(shape.keys as usize);
+    for k in 0..shape.prefill {
+        let _ = m.upsert_sync(k, k);
+    }
+    ByRef(Scc(m))
+}
+
+// ------------------------------------------------------------ left-right
+
+/// A sequential structure as a left-right copy.
+#[derive(Clone)]
+pub struct LrD<S>(pub S);
+
+impl<S: Seq> left_right::Absorb<WriteOp> for LrD<S> {
+    fn absorb_first(&mut self, op: &mut WriteOp, _other: &Self) {
+        self.0.write(*op);
+    }
+    fn sync_with(&mut self, first: &Self) {
+        *self = first.clone();
+    }
+}
+
+/// left-right: one writer at a time (a Mutex around the write handle),
+/// every write published before it returns; readers use their own handle.
+pub struct LeftRight<S: Seq> {
+    writer: Mutex<left_right::WriteHandle<LrD<S>, WriteOp>>,
+    readers: left_right::ReadHandleFactory<LrD<S>>,
+}
+
+impl<S: Seq> LeftRight<S> {
+    /// Both copies start as `proto`.
+    pub fn build(proto: &S) -> Self {
+        let (w, r) = left_right::new_from_empty::<LrD<S>, WriteOp>(LrD(proto.clone()));
+        Self {
+            writer: Mutex::new(w),
+            readers: r.factory(),
+        }
+    }
+}
+
+/// A left-right thread: its own read handle, the shared writer.
+pub struct LrWorker<'a, S: Seq> {
+    sys: &'a LeftRight<S>,
+    reader: left_right::ReadHandle<LrD<S>>,
+}
+
+impl<S: Seq> System for LeftRight<S> {
+    type Worker<'a> = LrWorker<'a, S>;
+    fn worker(&self, _at: Core) -> LrWorker<'_, S> {
+        LrWorker {
+            sys: self,
+            reader: self.readers.handle(),
+        }
+    }
+}
+
+impl<S: Seq> Worker for LrWorker<'_, S> {
+    #[inline]
+    fn exec(&mut self, op: Op) -> u64 {
+        match op {
+            Op::Read(r) => self.reader.enter().map_or(NONE, |d| d.0.read(r)),
+            Op::Write(w) => {
+                let mut wh = self.sys.writer.lock().expect("no benchmark thread panics");
+                // The response is what the write returns on the published
+                // copy, which holds every earlier write (all are published).
+                let resp = wh.enter().map_or(NONE, |d| d.0.respond(w));
+                wh.append(w);
+                wh.publish();
+                resp
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ bare
+
+/// The sequential structure with no synchronisation; one worker at a time
+/// (it takes the structure and gives it back when dropped).
+pub struct Bare<S>(pub Mutex<Option<S>>);
+
+/// The single bare worker.
+pub struct BareWorker<'a, S: Seq> {
+    home: &'a Mutex<Option<S>>,
+    data: S,
+}
+
+impl<S: Seq> System for Bare<S> {
+    type Worker<'a> = BareWorker<'a, S>;
+    fn worker(&self, _at: Core) -> BareWorker<'_, S> {
+        let data = self.0.lock().expect("no benchmark thread panics").take();
+        BareWorker {
+            home: &self.0,
+            data: data.expect("the bare structure runs with one thread only"),
+        }
+    }
+}
+
+impl<S: Seq> Worker for BareWorker<'_, S> {
+    #[inline]
+    fn exec(&mut self, op: Op) -> u64 {
+        match op {
+            Op::Read(r) => self.data.read(r),
+            Op::Write(w) => self.data.write(w),
+        }
+    }
+}
+
+impl<S: Seq> Drop for BareWorker<'_, S> {
+    fn drop(&mut self) {
+        if let Ok(mut home) = self.home.lock() {
+            *home = Some(std::mem::take(&mut self.data));
+        }
+    }
+}
