@@ -28,6 +28,11 @@ impl Row {
         self.m.median() / 1e6
     }
 
+    /// Median CPU-time throughput in Mop/s (see `Measurement::cpu_reps`).
+    pub fn cpu_mops(&self) -> f64 {
+        self.m.cpu_median() / 1e6
+    }
+
     /// Latency percentile in nanoseconds (0 without a latency pass).
     pub fn lat(&self, q: f64) -> u64 {
         self.m
@@ -81,8 +86,17 @@ pub fn table(rows: &[Row]) -> String {
         }
     }
     let header = format!(
-        "{:<name_w$}  {:>9}  {:>7}  {:>7}  {:>9}  {:>9}  {:>9}  {:>9}  {:>7}",
-        "implementation", "Mop/s", "spread", "vs best", "p50", "p99", "p99.9", "max", "preempt"
+        "{:<name_w$}  {:>9}  {:>7}  {:>7}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>7}",
+        "implementation",
+        "Mop/s",
+        "spread",
+        "vs best",
+        "CPU Mop/s",
+        "p50",
+        "p99",
+        "p99.9",
+        "max",
+        "preempt"
     );
     for (w, t) in groups {
         let _ = writeln!(out, "\n{w}, {t} thread(s)");
@@ -97,11 +111,12 @@ pub fn table(rows: &[Row]) -> String {
         for r in block {
             let _ = writeln!(
                 out,
-                "{:<name_w$}  {:>9.2}  {:>6.1}%  {:>6.2}x  {:>9}  {:>9}  {:>9}  {:>9}  {:>7}",
+                "{:<name_w$}  {:>9.2}  {:>6.1}%  {:>6.2}x  {:>9.2}  {:>9}  {:>9}  {:>9}  {:>9}  {:>7}",
                 r.imp.name(),
                 r.mops(),
                 r.m.spread() * 100.0,
                 if top > 0.0 { r.mops() / top } else { 0.0 },
+                r.cpu_mops(),
                 fmt_ns(r.lat(0.5)),
                 fmt_ns(r.lat(0.99)),
                 fmt_ns(r.lat(0.999)),
@@ -117,7 +132,7 @@ pub fn table(rows: &[Row]) -> String {
 pub fn csv(rows: &[Row]) -> String {
     let best = best_by_group(rows);
     let mut out = String::from(
-        "workload,write_pct,threads,implementation,mops_median,mops_min,mops_max,spread,vs_best,reps,p50_ns,p99_ns,p999_ns,max_ns,preemptions,latency_rep_mops\n",
+        "workload,write_pct,threads,implementation,mops_median,mops_min,mops_max,spread,vs_best,cpu_mops_median,reps,p50_ns,p99_ns,p999_ns,max_ns,preemptions,latency_rep_mops\n",
     );
     for r in rows {
         let min = r.m.reps.iter().copied().fold(f64::INFINITY, f64::min) / 1e6;
@@ -125,7 +140,7 @@ pub fn csv(rows: &[Row]) -> String {
         let top = best[&(r.workload.clone(), r.threads)];
         let _ = writeln!(
             out,
-            "{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{},{},{},{},{},{},{:.4}",
+            "{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{},{},{},{},{},{},{:.4}",
             r.workload,
             r.write_pct,
             r.threads,
@@ -135,6 +150,7 @@ pub fn csv(rows: &[Row]) -> String {
             max,
             r.m.spread(),
             if top > 0.0 { r.mops() / top } else { 0.0 },
+            r.cpu_mops(),
             r.m.reps.len(),
             r.lat(0.5),
             r.lat(0.99),
@@ -160,6 +176,8 @@ pub fn json_rows(rows: &[Row]) -> serde_json::Value {
                     "threads": r.threads,
                     "implementation": r.imp.name(),
                     "ops_per_sec_reps": r.m.reps,
+                    "ops_per_cpu_sec_reps": r.m.cpu_reps,
+                    "cpu_mops_median": r.cpu_mops(),
                     "mops_median": r.mops(),
                     "spread": r.m.spread(),
                     "vs_best": if top > 0.0 { r.mops() / top } else { 0.0 },

@@ -58,6 +58,10 @@ pub struct Settings {
 pub struct Measurement {
     /// Throughput of each repetition, operations per second.
     pub reps: Vec<f64>,
+    /// The same, per thread CPU time instead of wall time (sum over threads
+    /// of operations / CPU seconds the thread got): what the throughput
+    /// would be if no other process took the CPUs away.
+    pub cpu_reps: Vec<f64>,
     /// Latencies of the latency repetition, in nanoseconds.
     pub latency: Option<Histogram<u64>>,
     /// Throughput during the latency repetition (clock per op included).
@@ -75,7 +79,18 @@ pub struct Measurement {
 impl Measurement {
     /// Median of the repetitions.
     pub fn median(&self) -> f64 {
-        let mut v = self.reps.clone();
+        median(&self.reps)
+    }
+
+    /// Median of the CPU-time repetitions.
+    pub fn cpu_median(&self) -> f64 {
+        median(&self.cpu_reps)
+    }
+}
+
+fn median(reps: &[f64]) -> f64 {
+    {
+        let mut v = reps.to_vec();
         v.sort_by(f64::total_cmp);
         match v.len() {
             0 => 0.0,
@@ -83,7 +98,9 @@ impl Measurement {
             n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
         }
     }
+}
 
+impl Measurement {
     /// Spread of the repetitions: (max - min) / median.
     pub fn spread(&self) -> f64 {
         let min = self.reps.iter().copied().fold(f64::INFINITY, f64::min);
@@ -119,8 +136,8 @@ pub fn run<S: System>(
     let start = Barrier::new(threads + 1);
     let stop = AtomicBool::new(false);
     let done = AtomicUsize::new(0);
-    // (phase, operations, seconds) per worker and phase.
-    let results: Mutex<Vec<(usize, u64, f64)>> = Mutex::new(Vec::new());
+    // (phase, operations, wall seconds, CPU seconds) per worker and phase.
+    let results: Mutex<Vec<(usize, u64, f64, f64)>> = Mutex::new(Vec::new());
     let hist = Mutex::new(new_histogram());
     let preempt = AtomicU64::new(0);
     let clock = Clock::get();
@@ -142,6 +159,7 @@ pub fn run<S: System>(
                 for (phase, &(_, timed)) in phases.iter().enumerate() {
                     start.wait();
                     let t0 = Instant::now();
+                    let c0 = thread_cpu_secs();
                     let mut n = 0u64;
                     let mut sum = 0u64;
                     let csw0 = if timed { involuntary_switches() } else { 0 };
@@ -176,11 +194,12 @@ pub fn run<S: System>(
                         }
                     }
                     let secs = t0.elapsed().as_secs_f64();
+                    let cpu = thread_cpu_secs() - c0;
                     black_box(sum);
                     results
                         .lock()
                         .expect("no worker panics")
-                        .push((phase, n, secs));
+                        .push((phase, n, secs, cpu));
                     if timed {
                         preempt.fetch_add(
                             involuntary_switches().saturating_sub(csw0),
@@ -225,13 +244,22 @@ pub fn run<S: System>(
         results
             .iter()
             .filter(|r| r.0 == p)
-            .map(|&(_, n, secs)| n as f64 / secs.max(1e-9))
+            .map(|&(_, n, secs, _)| n as f64 / secs.max(1e-9))
+            .sum()
+    };
+    let per_phase_cpu = |p: usize| -> f64 {
+        results
+            .iter()
+            .filter(|r| r.0 == p)
+            .map(|&(_, n, _, cpu)| n as f64 / cpu.max(1e-9))
             .sum()
     };
     let reps = (1..=set.reps).map(per_phase).collect();
+    let cpu_reps = (1..=set.reps).map(per_phase_cpu).collect();
     let timed = !set.latency.is_zero();
     Measurement {
         reps,
+        cpu_reps,
         latency: timed.then(|| hist.into_inner().expect("no worker panics")),
         latency_rep_ops: if timed { per_phase(set.reps + 1) } else { 0.0 },
         preemptions: preempt.into_inner(),
@@ -251,11 +279,27 @@ pub fn count_ops<S: System>(sys: &S, ops: &[Op], core: Core, n: u64) -> Measurem
     }
     Measurement {
         reps: Vec::new(),
+        cpu_reps: Vec::new(),
         latency: None,
         latency_rep_ops: 0.0,
         preemptions: 0,
         checksum: black_box(sum),
         max_stop_wait: Duration::ZERO,
+    }
+}
+
+/// CPU time the calling thread has used, in seconds.
+fn thread_cpu_secs() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through the valid pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc == 0 {
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    } else {
+        0.0
     }
 }
 
