@@ -109,16 +109,16 @@ struct Cli {
     /// Simulated nodes for the `*/sim` implementations.
     #[arg(long, default_value_t = 2)]
     sim_nodes: usize,
-    /// Warm-up per cell, milliseconds [default: 100; --full: 200].
+    /// Warm-up per cell, milliseconds [default: 80; --full: 200].
     #[arg(long)]
     warmup_ms: Option<u64>,
-    /// Length of one throughput repetition, milliseconds [default: 150; --full: 500].
+    /// Length of one throughput repetition, milliseconds [default: 120; --full: 500].
     #[arg(long)]
     rep_ms: Option<u64>,
     /// Throughput repetitions per cell [default: 3; --full: 5].
     #[arg(long)]
     reps: Option<usize>,
-    /// Length of the latency repetition, milliseconds (0: none) [default: 150; --full: 500].
+    /// Length of the latency repetition, milliseconds (0: none) [default: 120; --full: 500].
     #[arg(long)]
     latency_ms: Option<u64>,
     /// Operations pre-generated per thread (rounded up to a power of two).
@@ -535,10 +535,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Duration::from_millis(v.unwrap_or(if full { f } else { d }))
     };
     let settings = Settings {
-        warmup: ms(cli.warmup_ms, 100, 200),
-        rep: ms(cli.rep_ms, 150, 500),
+        warmup: ms(cli.warmup_ms, 80, 200),
+        rep: ms(cli.rep_ms, 120, 500),
         reps: cli.reps.unwrap_or(if full { 5 } else { 3 }).max(1),
-        latency: ms(cli.latency_ms, 150, 500),
+        latency: ms(cli.latency_ms, 120, 500),
     };
     let shape = Shape {
         keys: cli.keys,
