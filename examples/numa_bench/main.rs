@@ -133,6 +133,9 @@ struct Cli {
     /// Skip the memory-per-replica measurement.
     #[arg(long)]
     skip_memory: bool,
+    /// noderep's log capacity in entries [default: the library's, 65536].
+    #[arg(long)]
+    nr_log: Option<usize>,
     /// Profiling mode: instead of timing, run exactly N operations of each
     /// cell on the main thread (thread 0's stream) and print a checksum.
     /// Use under `valgrind --tool=callgrind` with two values of N: the
@@ -151,6 +154,7 @@ struct Ctx<'a> {
     sim_nodes: usize,
     bar: &'a ProgressBar,
     count_ops: Option<u64>,
+    nr_log: Option<usize>,
 }
 
 impl Ctx<'_> {
@@ -205,12 +209,13 @@ fn run_cell<S: Seq>(
                 Impl::NoderepCore => ReplicaPolicy::PerCore,
                 _ => ReplicaPolicy::Fixed(1),
             };
-            let sys = systems::Noderep::build(proto, policy, ctx.topo, threads)?;
+            let sys = systems::Noderep::build(proto, policy, ctx.topo, threads, ctx.nr_log)?;
             ctx.measure(&sys, streams, &host)
         }
         Impl::NoderepSim => {
             let topo = ctx.sim(threads);
-            let sys = systems::Noderep::build(proto, ReplicaPolicy::PerNode, &topo, threads)?;
+            let sys =
+                systems::Noderep::build(proto, ReplicaPolicy::PerNode, &topo, threads, ctx.nr_log)?;
             ctx.measure(&sys, streams, &ctx.places(&topo))
         }
         Impl::NodeReplication => {
@@ -633,6 +638,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         sim_nodes: cli.sim_nodes,
         bar: &bar,
         count_ops: cli.count_ops,
+        nr_log: cli.nr_log,
     };
     let mut rows = Vec::new();
     for w in &workloads {

@@ -173,15 +173,23 @@ impl<S: Seq> Noderep<S> {
         policy: ReplicaPolicy,
         topology: &Topology,
         threads: usize,
+        log_entries: Option<usize>,
     ) -> Result<Self, noderep::NrError> {
-        let nr = noderep::NrBuilder::new()
+        let slots = threads.max(64);
+        let mut b = noderep::NrBuilder::new()
             .topology(topology.clone())
             .replicas(policy)
-            .max_threads_per_replica(threads.max(64))
-            .log_capacity(
-                (1 << 16).max(threads.max(64).next_power_of_two() * topology.num_cores().max(1)),
-            )
-            .build(|_| NrD(proto.clone()))?;
+            .max_threads_per_replica(slots);
+        // The library's default log unless asked (a log must hold one batch
+        // per replica: slots x replicas, which the builder checks).
+        if let Some(n) = log_entries {
+            b = b.log_capacity(n);
+        } else if slots > 64 {
+            b = b.log_capacity(
+                (1 << 16).max(slots.next_power_of_two() * topology.num_cores().max(1)),
+            );
+        }
+        let nr = b.build(|_| NrD(proto.clone()))?;
         Ok(Self { nr })
     }
 }
