@@ -269,6 +269,7 @@ impl<T> Log<T> {
     /// The commit point. With a single replica it is not maintained and is
     /// always 0: every completed write is already applied to that replica, so
     /// a read never has to wait for it.
+    #[inline]
     pub(crate) fn ctail(&self) -> usize {
         // Acquire: pairs with the Release in `advance_ctail`.
         self.ctail.load(Ordering::Acquire)
@@ -291,6 +292,7 @@ impl<T> Log<T> {
     }
 
     /// How far replica `r` has applied the log.
+    #[inline]
     pub(crate) fn ltail(&self, r: usize) -> usize {
         // Acquire: pairs with the Release in `set_ltail`; a reader that sees
         // its replica at `pos` will then take the read lock, which gives it

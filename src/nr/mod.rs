@@ -273,6 +273,7 @@ where
         })
     }
 
+    #[inline]
     fn check(&self, token: &ThreadToken<D>) -> Result<(), ExecError> {
         if !Arc::ptr_eq(&self.shared, &token.shared) {
             return Err(ExecError::WrongInstance);
@@ -284,6 +285,7 @@ where
     }
 
     /// Runs a read-only operation on the caller's replica, linearizably.
+    #[inline]
     pub fn execute<'r>(
         &self,
         op: D::ReadOperation<'r>,
@@ -308,6 +310,7 @@ where
     ///
     /// If the operation panics, the panic resumes in the caller and the
     /// instance is poisoned.
+    #[inline]
     pub fn execute_mut(
         &self,
         op: D::WriteOperation,
@@ -392,6 +395,8 @@ where
 {
     /// Waits until replica `r` has applied the log up to `target`, applying
     /// it ourselves when its combiner lock is free.
+    #[cold]
+    #[inline(never)]
     fn sync_replica(&self, r: usize, target: usize) -> Result<(), ExecError> {
         let replica = &self.replicas[r];
         let mut backoff = Backoff::new();

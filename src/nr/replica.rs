@@ -287,6 +287,7 @@ impl<D: Dispatch> Replica<D> {
     }
 
     /// Runs a read-only operation under the read lock of slot `slot`.
+    #[inline]
     pub(crate) fn read<'a>(&self, slot: usize, op: D::ReadOperation<'a>) -> D::Response
     where
         D: 'a,

@@ -83,6 +83,7 @@ impl DistRwLock {
     }
 
     /// Acquires the read side for slot `s`; released when the guard drops.
+    #[inline]
     pub(crate) fn read(&self, s: usize) -> ReadGuard<'_> {
         let flag = &self.readers[s];
         let mut backoff = Backoff::new();
@@ -111,6 +112,7 @@ impl DistRwLock {
 
     /// Acquires the write side. The caller must hold the replica's combiner
     /// lock (single writer); released when the guard drops.
+    #[inline]
     pub(crate) fn write(&self) -> WriteGuard<'_> {
         // Dekker step: store the writer flag, then (SeqCst / fence) scan the
         // readers; pairs with the same step in `read`.
