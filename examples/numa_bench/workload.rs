@@ -14,10 +14,12 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Structure {
     /// `HashMap<u64, u64>`: get / insert.
+    #[value(name = "hashmap")]
     HashMap,
     /// `Vec<u64>` as a stack: peek / push and pop.
     Stack,
     /// `BTreeMap<u64, u64>`: range reads / insert (a kernel address-space map).
+    #[value(name = "btree")]
     BTree,
 }
 
