@@ -1,7 +1,7 @@
 //! The NUMA benchmark suite: noderep against its peers, same workload, same
 //! run — an aligned table, CSV, JSON and an SVG plot.
 //!
-//! Run: `cargo run --release --example numa_bench` (about a minute on a
+//! Run: `cargo run --release --example numa_bench` (under a minute on a
 //! 2-core machine: hashmap with 0 % and 100 % writes, 1 and 2 threads, every
 //! implementation). `-- --full` runs every workload, write share, key
 //! distribution and thread count; `-- --help` lists the options.
@@ -10,20 +10,30 @@
 //!
 //! For each workload the operation streams are generated first (one per
 //! thread, deterministic), then each implementation is built and prefilled,
-//! and [`runner::run`] drives pinned threads through a warm-up, several
-//! throughput repetitions (no clock reading per operation) and one latency
-//! repetition (one clock reading per operation, every operation recorded in
-//! an HDR histogram; the clock's own cost is measured and printed, not
-//! subtracted). The table gives the median of the repetitions, their spread
-//! ((max - min) / median), each row's ratio to the best row of its block,
-//! and the latency percentiles. Results go to `target/numa-bench/`
-//! (`results.csv`, `results.json`, `throughput.svg`, `report.txt`).
+//! and [`runner::run`] drives pinned threads through a warm-up, throughput
+//! repetitions (no clock reading per operation) and one latency repetition
+//! (one clock reading per operation, every operation recorded in an HDR
+//! histogram; the clock's own cost is measured and printed, not subtracted).
+//! The whole list of cells runs several *rounds* (default 3) and each cell's
+//! repetitions are pooled across rounds, so a burst of load from another
+//! process lands on every implementation alike. The table gives the median
+//! of the pooled repetitions, their spread ((max - min) / median), each row's
+//! ratio to the best row of its block, the same throughput per CPU second
+//! the threads actually got (robust to other processes), the latency
+//! percentiles and the involuntary context switches during the latency
+//! repetitions. Results go to `target/numa-bench/` (`report.txt`,
+//! `results.csv`, `results.json`, `throughput.svg`).
+//!
+//! `--count-ops N` runs N operations per cell on one thread, untimed, for
+//! instruction counting under `valgrind --tool=callgrind` (run it with two
+//! values of N and divide the difference).
 //!
 //! # Trade-offs
 //!
-//! Short repetitions keep the default run near a minute; on a noisy machine
-//! use `--reps 7 --rep-ms 1000` (or `--full`) for tighter spreads. Threads
-//! are pinned but the machine is not otherwise isolated.
+//! Short repetitions keep the default run under a minute; on a noisy machine
+//! use `--rounds 7 --rep-ms 500` (or `--full`) for tighter spreads. Threads
+//! are pinned but the machine is not otherwise isolated: the `preempt` and
+//! `CPU Mop/s` columns say how much that mattered.
 
 mod memory;
 mod report;
@@ -115,9 +125,15 @@ struct Cli {
     /// Length of one throughput repetition, milliseconds [default: 120; --full: 500].
     #[arg(long)]
     rep_ms: Option<u64>,
-    /// Throughput repetitions per cell [default: 3; --full: 5].
+    /// Throughput repetitions per cell and round [default: 1; --full: 2].
     #[arg(long)]
     reps: Option<usize>,
+    /// Rounds: the whole list of cells is run this many times, one after
+    /// the other, and each cell's repetitions are pooled across rounds, so a
+    /// burst of load from another process hits every implementation alike
+    /// instead of spoiling one cell [default: 3].
+    #[arg(long)]
+    rounds: Option<usize>,
     /// Length of the latency repetition, milliseconds (0: none) [default: 120; --full: 500].
     #[arg(long)]
     latency_ms: Option<u64>,
@@ -301,6 +317,33 @@ fn run_workload<S: Seq>(
         }
     }
     Ok(())
+}
+
+/// Pools the rows of several rounds: one row per (workload, threads,
+/// implementation), with every round's repetitions, latencies and
+/// preemptions.
+fn pool(rows: Vec<Row>) -> Vec<Row> {
+    let mut out: Vec<Row> = Vec::new();
+    for r in rows {
+        match out
+            .iter_mut()
+            .find(|o| o.workload == r.workload && o.threads == r.threads && o.imp == r.imp)
+        {
+            None => out.push(r),
+            Some(o) => {
+                o.m.reps.extend(&r.m.reps);
+                o.m.cpu_reps.extend(&r.m.cpu_reps);
+                o.m.preemptions += r.m.preemptions;
+                o.m.max_stop_wait = o.m.max_stop_wait.max(r.m.max_stop_wait);
+                o.m.latency_rep_ops = o.m.latency_rep_ops.max(r.m.latency_rep_ops);
+                o.m.checksum = o.m.checksum.wrapping_add(r.m.checksum);
+                if let (Some(a), Some(b)) = (o.m.latency.as_mut(), r.m.latency.as_ref()) {
+                    a.add(b).expect("same histogram bounds");
+                }
+            }
+        }
+    }
+    out
 }
 
 /// One performance target of issue 4 and what was measured.
@@ -540,10 +583,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Duration::from_millis(v.unwrap_or(if full { f } else { d }))
     };
     let settings = Settings {
-        warmup: ms(cli.warmup_ms, 80, 200),
-        rep: ms(cli.rep_ms, 120, 500),
-        reps: cli.reps.unwrap_or(if full { 5 } else { 3 }).max(1),
-        latency: ms(cli.latency_ms, 120, 500),
+        warmup: ms(cli.warmup_ms, 50, 150),
+        rep: ms(cli.rep_ms, 120, 400),
+        reps: cli.reps.unwrap_or(if full { 2 } else { 1 }).max(1),
+        latency: ms(cli.latency_ms, 50, 200),
     };
     let shape = Shape {
         keys: cli.keys,
@@ -582,9 +625,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ));
     let clock = runner::clock_overhead_ns();
     head.push_str(&format!(
-        "settings: warm-up {:?}, {} x {:?} throughput repetitions (median, spread = (max-min)/median), \
-         latency repetition {:?}; keys {}, prefill {}; threads {:?} pinned ({:?}); stream {} ops/thread\n",
-        settings.warmup, settings.reps, settings.rep, settings.latency, shape.keys, shape.prefill, thread_counts, cli.placement, stream_len
+        "settings: {} round(s) over all cells, each: warm-up {:?}, {} x {:?} throughput repetition(s), \
+         latency repetition {:?} (median of the pooled repetitions, spread = (max-min)/median); \
+         keys {}, prefill {}; threads {:?} pinned ({:?}); stream {} ops/thread\n",
+        cli.rounds.unwrap_or(3).max(1), settings.warmup, settings.reps, settings.rep, settings.latency, shape.keys, shape.prefill, thread_counts, cli.placement, stream_len
     ));
     head.push_str(&format!(
         "latency: every operation of the latency repetition is timed with {} (one reading per op, \
@@ -615,9 +659,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .sum();
     let phases = 1 + settings.reps + usize::from(!settings.latency.is_zero());
+    let rounds_est = if cli.count_ops.is_some() {
+        1
+    } else {
+        cli.rounds.unwrap_or(3).max(1)
+    };
+    let cells = cells * rounds_est;
     let per_cell = settings.warmup + settings.rep * settings.reps as u32 + settings.latency;
     println!(
-        "{} workload(s), {cells} cells, about {:.0} s",
+        "{} workload(s), {cells} cell runs, about {:.0} s",
         workloads.len(),
         (per_cell * cells as u32).as_secs_f64() * 1.05
     );
@@ -641,19 +691,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         nr_log: cli.nr_log,
     };
     let mut rows = Vec::new();
-    for w in &workloads {
-        match w.structure {
-            Structure::HashMap => {
-                run_workload::<HashSeq>(w, &thread_counts, &impls, stream_len, &ctx, &mut rows)?
-            }
-            Structure::Stack => {
-                run_workload::<StackSeq>(w, &thread_counts, &impls, stream_len, &ctx, &mut rows)?
-            }
-            Structure::BTree => {
-                run_workload::<BTreeSeq>(w, &thread_counts, &impls, stream_len, &ctx, &mut rows)?
+    let rounds = if cli.count_ops.is_some() {
+        1
+    } else {
+        cli.rounds.unwrap_or(3).max(1)
+    };
+    for _round in 0..rounds {
+        for w in &workloads {
+            match w.structure {
+                Structure::HashMap => {
+                    run_workload::<HashSeq>(w, &thread_counts, &impls, stream_len, &ctx, &mut rows)?
+                }
+                Structure::Stack => run_workload::<StackSeq>(
+                    w,
+                    &thread_counts,
+                    &impls,
+                    stream_len,
+                    &ctx,
+                    &mut rows,
+                )?,
+                Structure::BTree => run_workload::<BTreeSeq>(
+                    w,
+                    &thread_counts,
+                    &impls,
+                    stream_len,
+                    &ctx,
+                    &mut rows,
+                )?,
             }
         }
     }
+    let rows = pool(rows);
     bar.finish_and_clear();
     if cli.count_ops.is_some() {
         for r in &rows {
@@ -738,6 +806,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "warmup_ms": settings.warmup.as_millis() as u64,
             "rep_ms": settings.rep.as_millis() as u64,
             "reps": settings.reps,
+            "rounds": cli.rounds.unwrap_or(3).max(1),
             "latency_ms": settings.latency.as_millis() as u64,
             "keys": shape.keys,
             "prefill": shape.prefill,
