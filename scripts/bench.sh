@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmark suite and leaves every file in target/numa-bench/:
-#   report.txt, results.csv, results.json, throughput.svg   (examples/numa_bench)
+#   report.txt, results.csv, results.json, results.md, throughput.svg (examples/numa_bench)
 #   criterion.txt and criterion/<group>/<bench>/estimates.json (benches/nr_micro)
 # Arguments are passed to numa_bench, e.g. `scripts/bench.sh --full`.
 # NODEREP_SKIP_CRITERION=1 skips the criterion micro-benchmarks.

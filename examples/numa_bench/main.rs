@@ -22,7 +22,7 @@
 //! the threads actually got (robust to other processes), the latency
 //! percentiles and the involuntary context switches during the latency
 //! repetitions. Results go to `target/numa-bench/` (`report.txt`,
-//! `results.csv`, `results.json`, `throughput.svg`).
+//! `results.csv`, `results.json`, `results.md`, `throughput.svg`).
 //!
 //! `--count-ops N` runs N operations per cell on one thread, untimed, for
 //! instruction counting under `valgrind --tool=callgrind` (run it with two
@@ -799,6 +799,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&out_dir)?;
     std::fs::write(out_dir.join("report.txt"), &text)?;
     std::fs::write(out_dir.join("results.csv"), report::csv(&rows))?;
+    std::fs::write(out_dir.join("results.md"), report::markdown(&rows))?;
     let json = serde_json::json!({
         "machine": machine,
         "topology": topo.to_string(),
@@ -835,7 +836,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     report::plot(&rows, &out_dir.join("throughput.svg"), &machine)?;
     println!(
-        "files: {}/{{report.txt,results.csv,results.json,throughput.svg}}",
+        "files: {}/{{report.txt,results.csv,results.json,results.md,throughput.svg}}",
         out_dir.display()
     );
     Ok(())

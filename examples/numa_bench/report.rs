@@ -128,6 +128,45 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
+/// A Markdown table (for a README): one row per cell, blocks in run order,
+/// best first within a block.
+pub fn markdown(rows: &[Row]) -> String {
+    let best = best_by_group(rows);
+    let mut out = String::from(
+        "| workload | threads | implementation | Mop/s | vs best | CPU Mop/s | p50 | p99 | max |\n\
+         |---|---:|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let mut groups: Vec<(String, usize)> = Vec::new();
+    for r in rows {
+        let k = (r.workload.clone(), r.threads);
+        if !groups.contains(&k) {
+            groups.push(k);
+        }
+    }
+    for (w, t) in groups {
+        let mut block: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r.workload == w && r.threads == t)
+            .collect();
+        block.sort_by(|a, b| b.mops().total_cmp(&a.mops()));
+        let top = best[&(w.clone(), t)];
+        for r in block {
+            let _ = writeln!(
+                out,
+                "| {w} | {t} | {} | {:.2} | {:.2}x | {:.2} | {} | {} | {} |",
+                r.imp.name(),
+                r.mops(),
+                if top > 0.0 { r.mops() / top } else { 0.0 },
+                r.cpu_mops(),
+                fmt_ns(r.lat(0.5)),
+                fmt_ns(r.lat(0.99)),
+                fmt_ns(r.lat_max()),
+            );
+        }
+    }
+    out
+}
+
 /// CSV, one line per cell.
 pub fn csv(rows: &[Row]) -> String {
     let best = best_by_group(rows);
