@@ -4,9 +4,10 @@
 //! per replica) so the model checker can explore every interleaving; the
 //! logic that uses them is unchanged.
 
-/// Default log capacity in entries (rounded up to a power of two).
+/// Default log capacity in entries (raised to one entry per thread slot of
+/// every replica when that is more, and rounded up to a power of two).
 #[cfg(not(loom))]
-pub const DEFAULT_LOG_CAPACITY: usize = 1 << 16;
+pub const DEFAULT_LOG_CAPACITY: usize = 1 << 12;
 /// Default log capacity in entries (loom: small enough to wrap in a model).
 #[cfg(loom)]
 pub const DEFAULT_LOG_CAPACITY: usize = 4;
