@@ -6,6 +6,8 @@
 extern crate alloc;
 
 
+#[cfg(feature = "std")]
+pub mod runq;
 pub mod sync;
 #[cfg(feature = "std")]
 pub mod topology;
