@@ -159,6 +159,9 @@ pub enum RunqError {
 /// How operations reach the backup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Replication {
+    /// No backup at all: the baseline an unreplicated scheduler would be
+    /// (a failure loses the queue). Operations are still fenced.
+    None,
     /// Acknowledged only once the record is in the backup's ring: an
     /// acknowledged operation is never lost.
     Sync,
@@ -426,6 +429,7 @@ pub mod fault_points {
             FaultPoint::MigrateDelivered,
         ];
 
+        #[cfg_attr(loom, allow(dead_code))]
         pub(crate) fn from_u8(v: u8) -> Option<Self> {
             Self::ALL.iter().copied().find(|p| *p as u8 == v)
         }
@@ -507,7 +511,10 @@ impl RunQueues {
         }
         let queues: Vec<CachePadded<QueueShared>> = (0..n)
             .map(|c| {
-                let backup = candidates[c].first().copied();
+                let backup = match config.replication {
+                    Replication::None => None,
+                    _ => candidates[c].first().copied(),
+                };
                 CachePadded::new(QueueShared {
                     lease: Lease::new(c as u16),
                     inbox: Inbox::new(1),
@@ -595,6 +602,7 @@ impl RunQueues {
                 continue;
             }
             let got = {
+                let _masked = owner::MaskGuard::new();
                 let s = lock(&self.sh.queues[q].stream);
                 (s.backup == Some(core) && s.generation == generation).then(|| s.ring.clone())
             };

@@ -232,8 +232,8 @@ impl OwnerHandle {
     /// which the operation is acknowledged. Fails only if fenced or stalled.
     fn commit(&mut self, rec: Record) -> Result<(), RunqError> {
         let stats = &self.sh.queues[self.q as usize].stats;
-        if self.backup.is_none() {
-            // No live core left to back this queue up: run unreplicated, but
+        if self.backup.is_none() || self.sh.config.replication == Replication::None {
+            // Unreplicated, or no live core left to back this queue up: run unreplicated, but
             // still refuse the operation if the ring says we were fenced.
             if !self.ring.is_open_for(self.epoch) {
                 return Err(self.fence("commit"));
@@ -243,7 +243,8 @@ impl OwnerHandle {
             return Ok(());
         }
         match self.sh.config.replication {
-            Replication::Sync => {
+            // (`None` took the unreplicated path above.)
+            Replication::Sync | Replication::None => {
                 let mut backoff = Backoff::new();
                 let mut spins = 0u32;
                 loop {
@@ -471,17 +472,21 @@ impl OwnerHandle {
             Exit::Block => (Phase::Blocking, RecordKind::Block, from.with(Phase::Blocked, self.q, 0)),
             Exit::Yield => (Phase::Yielding, RecordKind::Enqueue, from.with(Phase::Queued, self.q, self.epoch)),
         };
-        self.running.remove(&t);
         match self.transition(t, from, intent, kind, to, "complete") {
             Ok(st) => {
                 on_commit();
+                self.running.remove(&t);
                 if exit == Exit::Yield {
                     self.local.push_back((t, st));
                     self.publish_len();
                 }
                 Ok(())
             }
-            Err(Fail::Moved(_)) => Err(RunqError::NotRunning { task: t, queue: self.q }),
+            Err(Fail::Moved(_)) => {
+                self.running.remove(&t);
+                Err(RunqError::NotRunning { task: t, queue: self.q })
+            }
+            // Kept in `running`: a fenced handle can still surrender it.
             Err(Fail::Err(e)) => Err(e),
         }
     }
@@ -635,9 +640,10 @@ impl OwnerHandle {
         }
         self.last_renew = now.max(1);
         self.collect()?;
-        let dead = match self.backup {
-            Some(b) => !self.sh.alive(b),
-            None => self.sh.next_live(self.core).is_some(),
+        let dead = match (self.backup, self.sh.config.replication) {
+            (_, Replication::None) => false,
+            (Some(b), _) => !self.sh.alive(b),
+            (None, _) => self.sh.next_live(self.core).is_some(),
         };
         if dead {
             self.rebackup()?;
@@ -706,7 +712,10 @@ impl OwnerHandle {
     pub(crate) fn seed_backup(&mut self) {
         let sh = self.sh.clone();
         let qs = &sh.queues[self.q as usize];
-        let backup = self.sh.next_live(self.core);
+        let backup = match self.sh.config.replication {
+            Replication::None => None,
+            _ => self.sh.next_live(self.core),
+        };
         let mut snap: Vec<Record> = Vec::with_capacity(self.local.len() + self.running.len() + 1);
         for (&t, &stamp) in &self.running {
             snap.push(Record {
