@@ -75,7 +75,7 @@ pub enum BackupEvent {
         report: TakeoverReport,
     },
     /// This handle no longer backs the queue up (the owner chose another
-    /// backup, someone else took over, or this core was itself fenced): drop it.
+    /// backup, or someone else took over): drop it.
     Detached,
 }
 
@@ -152,7 +152,11 @@ impl BackupHandle {
             n += 1;
         });
         self.records += n as u64;
-        if state != RingState::Open || !self.sh.alive(self.core) || !self.is_current() {
+        // A core fenced from its own queue (it was only slow) keeps backing
+        // up: its replica is still the only one, and its takeover is fenced
+        // by the lease CAS like anyone's. Owners move away from it at their
+        // next tick, which detaches this handle.
+        if state != RingState::Open || !self.is_current() {
             self.detached = true;
             return Ok(BackupEvent::Detached);
         }

@@ -23,7 +23,7 @@ pub enum Step {
     },
     /// Nothing to run right now.
     Idle,
-    /// This core was fenced: it owns nothing and must stop.
+    /// This core was fenced: it owns and backs up nothing; it may stop.
     Fenced,
 }
 
@@ -102,8 +102,10 @@ impl CoreWorker {
         }
     }
 
-    /// Housekeeping (ticks, backups, takeovers), then the next task to run.
-    pub fn step(&mut self, now: u64) -> Result<Step, RunqError> {
+    /// Housekeeping only: lease ticks of the owned queues, backups attached
+    /// and polled, takeovers. Call it from the timer tick, also while a task
+    /// runs. Returns how many queues this core owns afterwards.
+    pub fn housekeep(&mut self, now: u64) -> Result<usize, RunqError> {
         for o in &mut self.owners {
             match o.tick(now) {
                 Ok(_) | Err(RunqError::Fenced { .. }) | Err(RunqError::BackupStalled { .. }) => {}
@@ -130,8 +132,13 @@ impl CoreWorker {
                 BackupEvent::Idle | BackupEvent::Applied(_) => i += 1,
             }
         }
-        if self.owners.is_empty() {
-            return Ok(Step::Fenced);
+        Ok(self.owners.len())
+    }
+
+    /// Housekeeping, then the next task to run.
+    pub fn step(&mut self, now: u64) -> Result<Step, RunqError> {
+        if self.housekeep(now)? == 0 {
+            return Ok(if self.backups.is_empty() { Step::Fenced } else { Step::Idle });
         }
         let n = self.owners.len();
         for k in 0..n {
@@ -162,7 +169,11 @@ impl CoreWorker {
                 }
             }
         }
-        Ok(if self.owners.is_empty() { Step::Fenced } else { Step::Idle })
+        Ok(if self.owners.is_empty() && self.backups.is_empty() {
+            Step::Fenced
+        } else {
+            Step::Idle
+        })
     }
 
     /// Ends the run of `task` from `queue`; `on_commit` runs once the

@@ -215,8 +215,13 @@ impl Sim {
             }
             Op::Advance(ms) => {
                 self.now += u64::from(ms) * MS;
+                let now = self.now;
                 for c in 0..CORES {
-                    // Housekeeping for cores that are idle (not mid-run).
+                    // The timer tick: housekeeping runs even mid-task, as a
+                    // timer interrupt would; idle cores also pick.
+                    if self.usable(c) {
+                        let _ = self.on_core(c, |w, _| w.housekeep(now));
+                    }
                     if self.cores[c].running.is_none() {
                         self.step(c);
                     }
