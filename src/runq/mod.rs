@@ -669,6 +669,18 @@ impl RunQueues {
         t
     }
 
+    /// `(acked, shipped, lag_ns_sum)` of queue `q` since its last takeover.
+    pub fn queue_stats(&self, q: QueueId) -> Result<(u64, u64, u64), RunqError> {
+        self.check_queue(q as usize)?;
+        let st = &self.sh.queues[q as usize].stats;
+        // Relaxed: statistics.
+        Ok((
+            st.acked.load(Ordering::Relaxed),
+            st.shipped.load(Ordering::Relaxed),
+            st.lag_ns.load(Ordering::Relaxed),
+        ))
+    }
+
     /// Every slot whose word is not reusable: `(id, state)` (for audits).
     pub fn live_tasks(&self) -> Vec<(TaskId, TaskState)> {
         (0..self.sh.tasks.capacity())
