@@ -77,19 +77,23 @@ struct Cluster {
     stop: Arc<AtomicBool>,
     freezers: Vec<Freezer>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// Per core: true while it runs a task (so the demo can freeze it mid-task).
+    busy: Arc<Vec<AtomicBool>>,
 }
 
 fn start(topo: &Topology, cfg: Config, max_tasks: usize, work_us: u64) -> Cluster {
     let rq = RunQueues::new(topo, cfg).expect("run queues");
     let ledger = Arc::new(Ledger::new(rq.config().task_capacity, max_tasks));
     let stop = Arc::new(AtomicBool::new(false));
+    let busy: Arc<Vec<AtomicBool>> = Arc::new((0..topo.num_cores()).map(|_| AtomicBool::new(false)).collect());
     let (tx, rx) = std::sync::mpsc::channel();
     let barrier = Arc::new(std::sync::Barrier::new(topo.num_cores()));
     let threads = topo
         .cores()
         .iter()
         .map(|core| {
-            let (rq, ledger, stop, tx, barrier) = (rq.clone(), ledger.clone(), stop.clone(), tx.clone(), barrier.clone());
+            let (rq, ledger, stop, tx, barrier, busy) =
+                (rq.clone(), ledger.clone(), stop.clone(), tx.clone(), barrier.clone(), busy.clone());
             let (id, cpu) = (core.id, core.os_cpu);
             std::thread::spawn(move || {
                 let _ = pin_to_cpu(cpu);
@@ -101,7 +105,9 @@ fn start(topo: &Topology, cfg: Config, max_tasks: usize, work_us: u64) -> Cluste
                         match w.step(rq.now()).expect("step") {
                             Step::Run { queue, task } => {
                                 ledger.started(task);
+                                busy[id].store(true, Ordering::Release);
                                 spin(work_us);
+                                busy[id].store(false, Ordering::Release);
                                 let _ = w.finish(queue, task, Exit::Done, || ledger.committed(task));
                             }
                             Step::Idle => std::thread::sleep(Duration::from_micros(30)),
@@ -120,6 +126,7 @@ fn start(topo: &Topology, cfg: Config, max_tasks: usize, work_us: u64) -> Cluste
         stop,
         freezers: f.into_iter().map(|x| x.1).collect(),
         threads,
+        busy,
     }
 }
 
@@ -205,6 +212,14 @@ fn demo(o: &Opts) -> ExitCode {
             crash_armed = true;
         }
         if !froze && spawned >= o.tasks / 2 {
+            // Freeze it in the middle of running a task, as a stopped core would be.
+            let wait = Instant::now();
+            while !c.busy[freeze_core].load(Ordering::Acquire) && wait.elapsed() < Duration::from_millis(200) {
+                if spawned < o.tasks && c.spawn(spawned) {
+                    spawned += 1;
+                }
+                std::hint::spin_loop();
+            }
             let at = c.rq.now();
             c.freezers[freeze_core].freeze().expect("freeze");
             notes.push((at, format!("core {freeze_core} FROZEN by SIGUSR2 (parked in its signal handler)")));

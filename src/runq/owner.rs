@@ -342,8 +342,9 @@ impl OwnerHandle {
     ) -> Result<Stamp, Fail> {
         let mine = from.with(intent, self.q, self.epoch);
         if let Cas::Saw(s) = self.sh.tasks.cas(t, from, mine) {
-            if s.generation == t.generation() && s.place == self.q && s.epoch > self.epoch && !s.phase.is_reusable() {
-                // A later epoch claimed this queue's task: we are fenced.
+            if s.generation == t.generation() && s.place == self.q && s.epoch > self.epoch {
+                // A later epoch of this queue claimed (and maybe already
+                // finished) the task: we are fenced.
                 return Err(Fail::Err(self.fence(op)));
             }
             return Err(Fail::Moved(s));
