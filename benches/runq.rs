@@ -89,7 +89,9 @@ fn bench(c: &mut Criterion) {
     ];
     for (name, mode) in modes {
         let mut s = setup(mode);
-        g.bench_function(BenchmarkId::new("runq", name), |b| b.iter(|| run_batch(&mut s)));
+        g.bench_function(BenchmarkId::new("runq", name), |b| {
+            b.iter(|| run_batch(&mut s))
+        });
         s.stop.store(true, Ordering::Release);
         if let Some(h) = s.backup.take() {
             h.join().expect("backup thread");

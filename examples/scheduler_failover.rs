@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use noderep::runq::check::{check_owners, Ledger};
 use noderep::runq::fault::{catch_crash, FaultAction, Freezer};
 use noderep::runq::fault_points::FaultPoint;
-use noderep::runq::{Config, CoreWorker, EventKind, Exit, Phase, QueueId, Replication, RunQueues, Step};
+use noderep::runq::{
+    Config, CoreWorker, EventKind, Exit, Phase, QueueId, Replication, RunQueues, Step,
+};
 use noderep::topology::{pin_to_cpu, Topology};
 
 struct Opts {
@@ -52,7 +54,10 @@ fn parse() -> Result<Opts, String> {
             "--trials" => o.trials = num("--trials")? as usize,
             "--compare" => o.compare = true,
             "-h" | "--help" => {
-                return Err("usage: scheduler_failover [--tasks N] [--work-us US] [--compare [--trials N]]".into())
+                return Err(
+                    "usage: scheduler_failover [--tasks N] [--work-us US] [--compare [--trials N]]"
+                        .into(),
+                )
             }
             other => return Err(format!("unknown argument {other:?} (try --help)")),
         }
@@ -85,19 +90,30 @@ fn start(topo: &Topology, cfg: Config, max_tasks: usize, work_us: u64) -> Cluste
     let rq = RunQueues::new(topo, cfg).expect("run queues");
     let ledger = Arc::new(Ledger::new(rq.config().task_capacity, max_tasks));
     let stop = Arc::new(AtomicBool::new(false));
-    let busy: Arc<Vec<AtomicBool>> = Arc::new((0..topo.num_cores()).map(|_| AtomicBool::new(false)).collect());
+    let busy: Arc<Vec<AtomicBool>> = Arc::new(
+        (0..topo.num_cores())
+            .map(|_| AtomicBool::new(false))
+            .collect(),
+    );
     let (tx, rx) = std::sync::mpsc::channel();
     let barrier = Arc::new(std::sync::Barrier::new(topo.num_cores()));
     let threads = topo
         .cores()
         .iter()
         .map(|core| {
-            let (rq, ledger, stop, tx, barrier, busy) =
-                (rq.clone(), ledger.clone(), stop.clone(), tx.clone(), barrier.clone(), busy.clone());
+            let (rq, ledger, stop, tx, barrier, busy) = (
+                rq.clone(),
+                ledger.clone(),
+                stop.clone(),
+                tx.clone(),
+                barrier.clone(),
+                busy.clone(),
+            );
             let (id, cpu) = (core.id, core.os_cpu);
             std::thread::spawn(move || {
                 let _ = pin_to_cpu(cpu);
-                tx.send((id, Freezer::register_current().expect("freezer"))).expect("send");
+                tx.send((id, Freezer::register_current().expect("freezer")))
+                    .expect("send");
                 let mut w = CoreWorker::new(&rq, id).expect("worker");
                 barrier.wait();
                 let _ = catch_crash(|| {
@@ -108,7 +124,8 @@ fn start(topo: &Topology, cfg: Config, max_tasks: usize, work_us: u64) -> Cluste
                                 busy[id].store(true, Ordering::Release);
                                 spin(work_us);
                                 busy[id].store(false, Ordering::Release);
-                                let _ = w.finish(queue, task, Exit::Done, || ledger.committed(task));
+                                let _ =
+                                    w.finish(queue, task, Exit::Done, || ledger.committed(task));
                             }
                             Step::Idle => std::thread::sleep(Duration::from_micros(30)),
                             Step::Fenced => std::thread::sleep(Duration::from_millis(1)),
@@ -118,7 +135,9 @@ fn start(topo: &Topology, cfg: Config, max_tasks: usize, work_us: u64) -> Cluste
             })
         })
         .collect();
-    let mut f: Vec<(usize, Freezer)> = (0..topo.num_cores()).map(|_| rx.recv().expect("freezer")).collect();
+    let mut f: Vec<(usize, Freezer)> = (0..topo.num_cores())
+        .map(|_| rx.recv().expect("freezer"))
+        .collect();
     f.sort_by_key(|x| x.0);
     Cluster {
         rq,
@@ -133,7 +152,11 @@ fn start(topo: &Topology, cfg: Config, max_tasks: usize, work_us: u64) -> Cluste
 impl Cluster {
     fn spawn(&self, n: usize) -> bool {
         let q = (n % self.rq.queues()) as QueueId;
-        match self.rq.spawner().spawn_with(q, |t| self.ledger.register(n, t)) {
+        match self
+            .rq
+            .spawner()
+            .spawn_with(q, |t| self.ledger.register(n, t))
+        {
             Ok(_) => {
                 self.ledger.acked(n);
                 true
@@ -171,6 +194,10 @@ impl Cluster {
     }
 }
 
+/// Refused zombie operations of one (core, queue): first time, old epoch,
+/// count, operation names.
+type Refused = (u64, u32, usize, Vec<&'static str>);
+
 fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
 }
@@ -207,14 +234,20 @@ fn demo(o: &Opts) -> ExitCode {
             }
         }
         if !crash_armed && spawned >= o.tasks / 4 {
-            c.rq.faults().arm(crash_core, FaultPoint::AfterCommit, 1, FaultAction::Crash);
-            notes.push((c.rq.now(), format!("armed: core {crash_core} crashes after its next commit")));
+            c.rq.faults()
+                .arm(crash_core, FaultPoint::AfterCommit, 1, FaultAction::Crash);
+            notes.push((
+                c.rq.now(),
+                format!("armed: core {crash_core} crashes after its next commit"),
+            ));
             crash_armed = true;
         }
         if !froze && spawned >= o.tasks / 2 {
             // Freeze it in the middle of running a task, as a stopped core would be.
             let wait = Instant::now();
-            while !c.busy[freeze_core].load(Ordering::Acquire) && wait.elapsed() < Duration::from_millis(200) {
+            while !c.busy[freeze_core].load(Ordering::Acquire)
+                && wait.elapsed() < Duration::from_millis(200)
+            {
                 if spawned < o.tasks && c.spawn(spawned) {
                     spawned += 1;
                 }
@@ -222,22 +255,30 @@ fn demo(o: &Opts) -> ExitCode {
             }
             let at = c.rq.now();
             c.freezers[freeze_core].freeze().expect("freeze");
-            notes.push((at, format!("core {freeze_core} FROZEN by SIGUSR2 (parked in its signal handler)")));
+            notes.push((
+                at,
+                format!("core {freeze_core} FROZEN by SIGUSR2 (parked in its signal handler)"),
+            ));
             std::thread::sleep(Duration::from_millis(80));
             c.freezers[freeze_core].thaw().expect("thaw");
-            notes.push((c.rq.now(), format!("core {freeze_core} THAWED after 80 ms: it wakes up as a zombie")));
+            notes.push((
+                c.rq.now(),
+                format!("core {freeze_core} THAWED after 80 ms: it wakes up as a zombie"),
+            ));
             froze = true;
         }
         std::thread::sleep(Duration::from_millis(1));
     }
     c.settle(spawned, Duration::from_millis(500), Duration::from_secs(8));
     let elapsed = wall.elapsed();
-    let crashed_at = (0..topo.num_cores()).filter(|&k| c.rq.faults().has_crashed(k)).collect::<Vec<_>>();
+    let crashed_at = (0..topo.num_cores())
+        .filter(|&k| c.rq.faults().has_crashed(k))
+        .collect::<Vec<_>>();
     let (rq, ledger) = c.shutdown();
     let events = rq.take_events();
     // Timeline.
     let mut lines: Vec<(u64, String)> = notes;
-    let mut refused: BTreeMap<(usize, QueueId), (u64, u32, usize, Vec<&'static str>)> = BTreeMap::new();
+    let mut refused: BTreeMap<(usize, QueueId), Refused> = BTreeMap::new();
     let mut takeover_ms = Vec::new();
     for e in &events {
         match &e.kind {
@@ -306,10 +347,24 @@ fn demo(o: &Opts) -> ExitCode {
         .filter(|(_, s)| s.phase != Phase::Blocked)
         .count();
     println!("\nchecks:");
-    println!("  crashed cores: {crashed_at:?}; takeovers: {}; faults fired: {}", rq.takeovers(), rq.faults().fired());
-    println!("  at most one owner per (queue, epoch): {}", if owners.is_empty() { "ok".to_string() } else { owners.join("; ") });
+    println!(
+        "  crashed cores: {crashed_at:?}; takeovers: {}; faults fired: {}",
+        rq.takeovers(),
+        rq.faults().fired()
+    );
+    println!(
+        "  at most one owner per (queue, epoch): {}",
+        if owners.is_empty() {
+            "ok".to_string()
+        } else {
+            owners.join("; ")
+        }
+    );
     println!("  task words left in flight: {stranded}");
-    println!("  runs re-executed after a takeover (fenced or interrupted): {}", rep.aborted_runs);
+    println!(
+        "  runs re-executed after a takeover (fenced or interrupted): {}",
+        rep.aborted_runs
+    );
     println!(
         "  throughput: {:.0} tasks/s over {:.2} s (wall, including failures)",
         rep.completed as f64 / elapsed.as_secs_f64(),
@@ -324,7 +379,11 @@ fn demo(o: &Opts) -> ExitCode {
         rep.duplicated,
         rep.resurrected,
         rq.fenced_ops(),
-        if tk.is_empty() { "none".into() } else { tk.join(",") }
+        if tk.is_empty() {
+            "none".into()
+        } else {
+            tk.join(",")
+        }
     );
     let ok = rep.lost == 0
         && rep.violations() == 0
@@ -368,7 +427,7 @@ fn measure(mode: Replication, o: &Opts) -> Measured {
     }
     c.settle(n, Duration::from_millis(300), Duration::from_secs(10));
     let secs = t.elapsed().as_secs_f64();
-    let (rq, ledger) = c.shutdown();
+    let (_rq, ledger) = c.shutdown();
     let done = ledger.report().completed as f64;
     let ops_per_s = 3.0 * done / secs; // accept + pick + complete per task
     let mut m = Measured {
@@ -382,7 +441,11 @@ fn measure(mode: Replication, o: &Opts) -> Measured {
     };
     // Loss per failure: crash core 1 at a random moment of a steady stream.
     let mut rng = rand::rng();
-    let trials = if mode == Replication::None { 0 } else { o.trials };
+    let trials = if mode == Replication::None {
+        0
+    } else {
+        o.trials
+    };
     for _ in 0..trials {
         let per = 6_000;
         let c = start(&topo, cfg.clone(), per, 0);
@@ -408,12 +471,17 @@ fn measure(mode: Replication, o: &Opts) -> Measured {
                     let b = c.rq.queue_stats(1).expect("queue 1");
                     let secs = t0.elapsed().as_secs_f64();
                     let lambda = (b.0 - a.0) as f64 / secs;
-                    let lag_s = if b.1 > a.1 { (b.2 - a.2) as f64 / (b.1 - a.1) as f64 / 1e9 } else { 0.0 };
+                    let lag_s = if b.1 > a.1 {
+                        (b.2 - a.2) as f64 / (b.1 - a.1) as f64 / 1e9
+                    } else {
+                        0.0
+                    };
                     m.trial_lambda.push(lambda);
                     m.trial_lag_ms.push(lag_s * 1e3);
                     m.estimate.push(lambda * lag_s);
                 }
-                c.rq.faults().arm(1, FaultPoint::OpStart, 1, FaultAction::Crash);
+                c.rq.faults()
+                    .arm(1, FaultPoint::OpStart, 1, FaultAction::Crash);
             }
             std::thread::sleep(Duration::from_micros(200));
         }
@@ -445,7 +513,9 @@ fn mean(v: &[u64]) -> f64 {
 }
 
 fn compare(o: &Opts) -> ExitCode {
-    println!("replication modes on 2 simulated cores (zero-work tasks; 3 queue operations per task)");
+    println!(
+        "replication modes on 2 simulated cores (zero-work tasks; 3 queue operations per task)"
+    );
     println!("ops/s: a 40k-task burst, no failure. λ, L: the crashed queue's write rate and mean");
     println!("replication lag in the steady stream just before each crash; lost: measured at the takeover.");
     let modes = [
@@ -474,7 +544,13 @@ fn compare(o: &Opts) -> ExitCode {
         if mode == Replication::Sync {
             bad += m.lost_tasks.iter().sum::<u64>() + m.lost_ops.iter().sum::<u64>();
         }
-        let avg = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 };
+        let avg = |v: &[f64]| {
+            if v.is_empty() {
+                0.0
+            } else {
+                v.iter().sum::<f64>() / v.len() as f64
+            }
+        };
         println!(
             "{:<32} {:>11.0} {:>7.2}x | {:>10.0} {:>8.3} {:>8.1} {:>13.1} {:>15.1}",
             name,

@@ -15,7 +15,8 @@
 
 use loom::thread;
 use noderep::runq::{
-    BackupEvent, BackupHandle, Config, Exit, Kill, Phase, Pick, Replicated, RunQueues, RunqError, Tick,
+    BackupEvent, BackupHandle, Config, Exit, Kill, Phase, Pick, Replicated, RunQueues, RunqError,
+    Tick,
 };
 
 /// Far beyond lease + margin: a backup polling at this time sees an expired
@@ -45,7 +46,10 @@ fn lease_renewal_races_takeover() {
         let lease = rq.lease(0).unwrap();
         match renewed {
             Ok(Tick::Renewed) => {
-                assert!(!taken, "the owner renewed and the neighbour took over: two owners");
+                assert!(
+                    !taken,
+                    "the owner renewed and the neighbour took over: two owners"
+                );
                 assert_eq!((lease.epoch, lease.owner), (1, 0));
             }
             Err(RunqError::Fenced { .. }) => {
@@ -88,7 +92,11 @@ fn zombie_completion_races_takeover() {
             !(zombie_ok && adopted),
             "an operation of the old epoch was accepted after the task was adopted"
         );
-        assert_eq!(u32::from(zombie_ok) + completed_by_new_owner, 1, "exactly one completion");
+        assert_eq!(
+            u32::from(zombie_ok) + completed_by_new_owner,
+            1,
+            "exactly one completion"
+        );
     });
 }
 
@@ -130,7 +138,11 @@ fn kill_races_wake_and_pick() {
         backup.poll(1).unwrap();
         let replicated = backup.replica().get(task).map(|e| e.1);
         if killed == Kill::Killed {
-            assert_eq!(replicated, Some(Replicated::Gone), "the replica must hold a tombstone");
+            assert_eq!(
+                replicated,
+                Some(Replicated::Gone),
+                "the replica must hold a tombstone"
+            );
         } else {
             assert_eq!(replicated, Some(Replicated::Running));
         }

@@ -104,7 +104,13 @@ impl core::fmt::Debug for BackupHandle {
 }
 
 impl BackupHandle {
-    pub(crate) fn new(sh: Arc<Shared>, q: QueueId, core: usize, ring: Arc<Ring>, generation: u64) -> Self {
+    pub(crate) fn new(
+        sh: Arc<Shared>,
+        q: QueueId,
+        core: usize,
+        ring: Arc<Ring>,
+        generation: u64,
+    ) -> Self {
         Self {
             sh,
             q,
@@ -136,7 +142,11 @@ impl BackupHandle {
 
     pub(crate) fn is_current(&self) -> bool {
         // Acquire: pairs with the Release store of a new stream generation.
-        !self.detached && self.sh.queues[self.q as usize].stream_gen.load(Ordering::Acquire) == self.generation
+        !self.detached
+            && self.sh.queues[self.q as usize]
+                .stream_gen
+                .load(Ordering::Acquire)
+                == self.generation
     }
 
     /// Applies what the owner shipped, then watches the lease at time `now`
@@ -161,8 +171,15 @@ impl BackupHandle {
             return Ok(BackupEvent::Detached);
         }
         let qs = &self.sh.queues[self.q as usize];
-        match self.watch.observe(&qs.lease, now, self.sh.config.expiry_ns()) {
-            Watch::Live => Ok(if n == 0 { BackupEvent::Idle } else { BackupEvent::Applied(n) }),
+        match self
+            .watch
+            .observe(&qs.lease, now, self.sh.config.expiry_ns())
+        {
+            Watch::Live => Ok(if n == 0 {
+                BackupEvent::Idle
+            } else {
+                BackupEvent::Applied(n)
+            }),
             Watch::Expired { word, since } => {
                 if word.owner as usize == self.core {
                     return Ok(BackupEvent::Idle);
@@ -176,7 +193,9 @@ impl BackupHandle {
     /// epoch of `q` (or is in transit to `q`).
     fn claim(&self, t: TaskId, epoch: u32) -> bool {
         loop {
-            let Some(s) = self.sh.tasks.state(t) else { return false };
+            let Some(s) = self.sh.tasks.state(t) else {
+                return false;
+            };
             let ours = match s.phase {
                 Phase::Transit => s.place == self.q,
                 Phase::Queued | Phase::Running => s.place == self.q && s.epoch < epoch,
@@ -186,13 +205,23 @@ impl BackupHandle {
             if !ours {
                 return false;
             }
-            if self.sh.tasks.cas(t, s, s.with(Phase::Queued, self.q, epoch)) == Cas::Done {
+            if self
+                .sh
+                .tasks
+                .cas(t, s, s.with(Phase::Queued, self.q, epoch))
+                == Cas::Done
+            {
                 return true;
             }
         }
     }
 
-    fn takeover(&mut self, word: super::LeaseWord, since: u64, now: u64) -> Result<BackupEvent, RunqError> {
+    fn takeover(
+        &mut self,
+        word: super::LeaseWord,
+        since: u64,
+        now: u64,
+    ) -> Result<BackupEvent, RunqError> {
         if u64::from(word.epoch) + 1 > MASK24 {
             return Err(RunqError::EpochExhausted { queue: self.q });
         }
@@ -262,7 +291,15 @@ impl BackupHandle {
         let lost_ops = acked.saturating_sub(shipped);
         // (7) become the owner and give the queue a new backup.
         let adopted_n = adopted.len();
-        let mut owner = OwnerHandle::new(self.sh.clone(), self.q, self.core, epoch, self.ring.clone(), None, adopted);
+        let mut owner = OwnerHandle::new(
+            self.sh.clone(),
+            self.q,
+            self.core,
+            epoch,
+            self.ring.clone(),
+            None,
+            adopted,
+        );
         owner.seed_backup();
         self.detached = true;
         // Relaxed: statistics.

@@ -47,7 +47,9 @@ const KILLED: u64 = 2;
 
 impl core::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Ledger").field("report", &self.report()).finish()
+        f.debug_struct("Ledger")
+            .field("report", &self.report())
+            .finish()
     }
 }
 
@@ -80,7 +82,10 @@ impl LedgerReport {
 }
 
 fn atomics(n: usize) -> Box<[AtomicU64]> {
-    (0..n).map(|_| AtomicU64::new(0)).collect::<Vec<_>>().into_boxed_slice()
+    (0..n)
+        .map(|_| AtomicU64::new(0))
+        .collect::<Vec<_>>()
+        .into_boxed_slice()
 }
 
 impl Ledger {
@@ -214,12 +219,19 @@ pub fn check_owners(events: &[Event]) -> Vec<String> {
     for e in events {
         let (q, epoch, who) = match &e.kind {
             EventKind::TakeOver(r) => (r.queue, r.epoch, r.by),
-            EventKind::Rebackup { queue, owner, epoch, .. } => (*queue, *epoch, *owner),
+            EventKind::Rebackup {
+                queue,
+                owner,
+                epoch,
+                ..
+            } => (*queue, *epoch, *owner),
             _ => continue,
         };
         if let Some(&prev) = owners.get(&(q, epoch)) {
             if prev != who {
-                bad.push(format!("queue {q} epoch {epoch} owned by both core {prev} and core {who}"));
+                bad.push(format!(
+                    "queue {q} epoch {epoch} owned by both core {prev} and core {who}"
+                ));
             }
         } else {
             owners.insert((q, epoch), who);
@@ -247,7 +259,17 @@ mod tests {
         l.started(b);
         l.started(TaskId::new(0, 2)); // a reused slot: unknown
         let r = l.report();
-        assert_eq!((r.tasks, r.completed, r.lost, r.duplicated, r.resurrected, r.killed), (3, 1, 1, 1, 1, 1));
+        assert_eq!(
+            (
+                r.tasks,
+                r.completed,
+                r.lost,
+                r.duplicated,
+                r.resurrected,
+                r.killed
+            ),
+            (3, 1, 1, 1, 1, 1)
+        );
         assert_eq!(r.unknown, 1);
         assert_eq!(r.violations(), 3);
     }

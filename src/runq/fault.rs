@@ -63,15 +63,23 @@ pub struct FaultTable {
 
 impl core::fmt::Debug for FaultTable {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("FaultTable").field("cores", &self.armed.len()).finish()
+        f.debug_struct("FaultTable")
+            .field("cores", &self.armed.len())
+            .finish()
     }
 }
 
 impl FaultTable {
     pub(crate) fn new(cores: usize) -> Self {
         Self {
-            armed: (0..cores).map(|_| AtomicU64::new(0)).collect::<Vec<_>>().into_boxed_slice(),
-            crashed: (0..cores).map(|_| AtomicBool::new(false)).collect::<Vec<_>>().into_boxed_slice(),
+            armed: (0..cores)
+                .map(|_| AtomicU64::new(0))
+                .collect::<Vec<_>>()
+                .into_boxed_slice(),
+            crashed: (0..cores)
+                .map(|_| AtomicBool::new(false))
+                .collect::<Vec<_>>()
+                .into_boxed_slice(),
             park_on_crash: AtomicBool::new(true),
             released: AtomicBool::new(false),
             hits: AtomicU64::new(0),
@@ -116,7 +124,9 @@ impl FaultTable {
     /// Has `core` crashed?
     pub fn has_crashed(&self, core: usize) -> bool {
         // Acquire: pairs with the Release store when crashing.
-        self.crashed.get(core).is_some_and(|c| c.load(Ordering::Acquire))
+        self.crashed
+            .get(core)
+            .is_some_and(|c| c.load(Ordering::Acquire))
     }
 
     /// Faults that fired so far.
@@ -127,7 +137,9 @@ impl FaultTable {
     /// A fault point on `core`.
     #[inline]
     pub(crate) fn hit(&self, core: usize, point: FaultPoint) {
-        let Some(a) = self.armed.get(core) else { return };
+        let Some(a) = self.armed.get(core) else {
+            return;
+        };
         // Relaxed: the fast path; the CAS below re-reads with Acquire.
         let mut w = a.load(Ordering::Relaxed);
         loop {

@@ -104,7 +104,12 @@ impl Inbox {
             }
             // AcqRel: Acquire pairs with the producers' Release CAS (node
             // contents); Release is for the tag we keep.
-            match self.head.compare_exchange_weak(h, tag(epoch), Ordering::AcqRel, Ordering::Acquire) {
+            match self.head.compare_exchange_weak(
+                h,
+                tag(epoch),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => break,
                 Err(a) => h = a,
             }
@@ -169,7 +174,11 @@ mod tests {
         }
         assert_eq!(
             ib.take(1),
-            Take::Tasks(vec![TaskId::new(1, 1), TaskId::new(2, 1), TaskId::new(3, 1)])
+            Take::Tasks(vec![
+                TaskId::new(1, 1),
+                TaskId::new(2, 1),
+                TaskId::new(3, 1)
+            ])
         );
         ib.push(TaskId::new(9, 1));
         ib.retag(2);

@@ -12,7 +12,7 @@
 //!
 //! The word packs `epoch:24 | owner:16 | beat:24` ([`LeaseWord`]). The owner
 //! renews with CAS `(e, me, b) -> (e, me, b+1)`. The neighbour watches the word
-//! with its *own* clock ([`LeaseWatch`]): it notes when it last saw the word
+//! with its *own* clock (`LeaseWatch`): it notes when it last saw the word
 //! change, and when the word has stayed the same for `lease + margin` it tries
 //! CAS `(e, owner, b) -> (e+1, itself, 0)`, exactly the word it watched. Because
 //! the neighbour starts timing only after it observed the renewal, its deadline
@@ -248,7 +248,9 @@ mod tests {
         assert!(matches!(l.try_takeover(w, 4), Takeover::Changed { .. }));
         let w = l.load();
         assert_eq!(l.try_takeover(w, 4), Takeover::Won { epoch: 2 });
-        assert!(matches!(l.renew(1, 3), Renewal::Fenced { now } if now.epoch == 2 && now.owner == 4));
+        assert!(
+            matches!(l.renew(1, 3), Renewal::Fenced { now } if now.epoch == 2 && now.owner == 4)
+        );
     }
 
     #[test]
@@ -260,6 +262,9 @@ mod tests {
         l.renew(1, 0);
         assert_eq!(watch.observe(&l, 120, 100), Watch::Live, "renewed at 120");
         assert_eq!(watch.observe(&l, 200, 100), Watch::Live);
-        assert!(matches!(watch.observe(&l, 220, 100), Watch::Expired { since: 120, .. }));
+        assert!(matches!(
+            watch.observe(&l, 220, 100),
+            Watch::Expired { since: 120, .. }
+        ));
     }
 }

@@ -363,7 +363,10 @@ impl Shared {
 
     /// The first live backup candidate of `core`.
     pub(crate) fn next_live(&self, core: usize) -> Option<usize> {
-        self.candidates[core].iter().copied().find(|&c| self.alive(c))
+        self.candidates[core]
+            .iter()
+            .copied()
+            .find(|&c| self.alive(c))
     }
 
     pub(crate) fn log(&self, kind: EventKind) {
@@ -502,7 +505,9 @@ impl RunQueues {
         let mut candidates = alloc::vec![Vec::new(); n];
         for (ni, node) in nodes.iter().enumerate() {
             for (i, &c) in node.iter().enumerate() {
-                let mut cand: Vec<usize> = (1..node.len()).map(|k| node[(i + k) % node.len()]).collect();
+                let mut cand: Vec<usize> = (1..node.len())
+                    .map(|k| node[(i + k) % node.len()])
+                    .collect();
                 for k in 1..nodes.len() {
                     cand.extend(nodes[(ni + k) % nodes.len()].iter().copied());
                 }
@@ -577,7 +582,10 @@ impl RunQueues {
     pub fn owner(&self, core: usize) -> Result<OwnerHandle, RunqError> {
         self.check_queue(core)?;
         // AcqRel: exactly one caller wins the flag.
-        if self.sh.queues[core].home_claimed.swap(true, Ordering::AcqRel) {
+        if self.sh.queues[core]
+            .home_claimed
+            .swap(true, Ordering::AcqRel)
+        {
             return Err(RunqError::AlreadyClaimed { core });
         }
         let ring = self.sh.queues[core]
@@ -585,20 +593,35 @@ impl RunQueues {
             .lock()
             .map(|s| (s.ring.clone(), s.backup, s.generation))
             .map_err(|_| RunqError::BadConfig("stream lock poisoned".into()))?;
-        Ok(OwnerHandle::new(self.sh.clone(), core as QueueId, core, 1, ring.0, ring.1, Vec::new()))
+        Ok(OwnerHandle::new(
+            self.sh.clone(),
+            core as QueueId,
+            core,
+            1,
+            ring.0,
+            ring.1,
+            Vec::new(),
+        ))
     }
 
     /// Adds to `backups` a handle for every queue whose current backup is
     /// `core` and that `backups` does not already follow; drops handles whose
     /// stream moved on. Returns how many were added.
-    pub fn attach_backups(&self, core: usize, backups: &mut Vec<BackupHandle>) -> Result<usize, RunqError> {
+    pub fn attach_backups(
+        &self,
+        core: usize,
+        backups: &mut Vec<BackupHandle>,
+    ) -> Result<usize, RunqError> {
         self.check_queue(core)?;
         backups.retain(|b| b.is_current());
         let mut added = 0;
         for q in 0..self.sh.queues.len() {
             // Acquire: pairs with the Release store after a stream change.
             let generation = self.sh.queues[q].stream_gen.load(Ordering::Acquire);
-            if backups.iter().any(|b| b.queue() as usize == q && b.generation() == generation) {
+            if backups
+                .iter()
+                .any(|b| b.queue() as usize == q && b.generation() == generation)
+            {
                 continue;
             }
             let got = {
@@ -607,7 +630,13 @@ impl RunQueues {
                 (s.backup == Some(core) && s.generation == generation).then(|| s.ring.clone())
             };
             if let Some(ring) = got {
-                backups.push(BackupHandle::new(self.sh.clone(), q as QueueId, core, ring, generation));
+                backups.push(BackupHandle::new(
+                    self.sh.clone(),
+                    q as QueueId,
+                    core,
+                    ring,
+                    generation,
+                ));
                 added += 1;
             }
         }
@@ -616,7 +645,9 @@ impl RunQueues {
 
     /// A handle for spawning, waking and killing tasks from any core.
     pub fn spawner(&self) -> Spawner {
-        Spawner { sh: self.sh.clone() }
+        Spawner {
+            sh: self.sh.clone(),
+        }
     }
 
     /// The state of a task (`None` once its slot was reused).
@@ -752,7 +783,11 @@ impl Spawner {
 
     /// As [`Spawner::spawn`], calling `before_delivery` with the new id before
     /// the task can reach any core (to register it in a ledger).
-    pub fn spawn_with(&self, q: QueueId, before_delivery: impl FnOnce(TaskId)) -> Result<TaskId, RunqError> {
+    pub fn spawn_with(
+        &self,
+        q: QueueId,
+        before_delivery: impl FnOnce(TaskId),
+    ) -> Result<TaskId, RunqError> {
         if q as usize >= self.sh.queues.len() {
             return Err(RunqError::NoSuchQueue {
                 queue: q as usize,
@@ -793,11 +828,18 @@ impl Spawner {
                     {
                         // MUTANT: "check, then act": a blind store of Removed
                         // after the check above, racing the owner's CASes.
-                        self.sh.tasks.store_for_mutant(t, s.with(Phase::Removed, s.place, s.epoch));
+                        self.sh
+                            .tasks
+                            .store_for_mutant(t, s.with(Phase::Removed, s.place, s.epoch));
                         return Kill::Killed;
                     }
                     #[cfg(not(noderep_mutant = "kill_check_then_store"))]
-                    if self.sh.tasks.cas(t, s, s.with(Phase::Removed, s.place, s.epoch)) == task::Cas::Done {
+                    if self
+                        .sh
+                        .tasks
+                        .cas(t, s, s.with(Phase::Removed, s.place, s.epoch))
+                        == task::Cas::Done
+                    {
                         return Kill::Killed;
                     }
                 }

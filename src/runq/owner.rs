@@ -319,7 +319,10 @@ impl OwnerHandle {
         }
         if sent > 0 {
             let now = self.sh.now();
-            let lag: u64 = self.batch_at[..sent].iter().map(|&a| now.saturating_sub(a)).sum();
+            let lag: u64 = self.batch_at[..sent]
+                .iter()
+                .map(|&a| now.saturating_sub(a))
+                .sum();
             let stats = &self.sh.queues[self.q as usize].stats;
             // Relaxed: statistics.
             stats.shipped.fetch_add(sent as u64, Ordering::Relaxed);
@@ -351,7 +354,11 @@ impl OwnerHandle {
         }
         self.sh.fault(self.core, FaultPoint::AfterIntent);
         let stamp = self.stamp();
-        if let Err(e) = self.commit(Record { task: t, kind, stamp }) {
+        if let Err(e) = self.commit(Record {
+            task: t,
+            kind,
+            stamp,
+        }) {
             // Undo the intent; if a taker claimed it meanwhile, its claim stands.
             let _ = self.sh.tasks.cas(t, mine, from);
             return Err(Fail::Err(e));
@@ -390,11 +397,14 @@ impl OwnerHandle {
         let mut accepted = 0;
         let mut rest = delivered.into_iter();
         while let Some(t) = rest.next() {
-            let Some(s) = self.sh.tasks.state(t) else { continue };
+            let Some(s) = self.sh.tasks.state(t) else {
+                continue;
+            };
             match s.phase {
                 Phase::Transit if s.place == self.q => {
                     let to = s.with(Phase::Queued, self.q, self.epoch);
-                    match self.transition(t, s, Phase::Accepting, RecordKind::Enqueue, to, "accept") {
+                    match self.transition(t, s, Phase::Accepting, RecordKind::Enqueue, to, "accept")
+                    {
                         Ok(st) => {
                             self.local.push_back((t, st));
                             accepted += 1;
@@ -462,16 +472,36 @@ impl OwnerHandle {
     /// As [`OwnerHandle::complete`], calling `on_commit` right after the
     /// completion became final and before anything can fail (so a ledger
     /// stays exact even if the core crashes just after).
-    pub fn complete_then(&mut self, t: TaskId, exit: Exit, on_commit: impl FnOnce()) -> Result<(), RunqError> {
+    pub fn complete_then(
+        &mut self,
+        t: TaskId,
+        exit: Exit,
+        on_commit: impl FnOnce(),
+    ) -> Result<(), RunqError> {
         self.refuse_if_fenced("complete")?;
         let Some(&picked) = self.running.get(&t) else {
-            return Err(RunqError::NotRunning { task: t, queue: self.q });
+            return Err(RunqError::NotRunning {
+                task: t,
+                queue: self.q,
+            });
         };
         let from = TaskState::new(t.generation(), Phase::Running, self.q, picked.epoch);
         let (intent, kind, to) = match exit {
-            Exit::Done => (Phase::Finishing, RecordKind::Complete, from.with(Phase::Done, self.q, self.epoch)),
-            Exit::Block => (Phase::Blocking, RecordKind::Block, from.with(Phase::Blocked, self.q, 0)),
-            Exit::Yield => (Phase::Yielding, RecordKind::Enqueue, from.with(Phase::Queued, self.q, self.epoch)),
+            Exit::Done => (
+                Phase::Finishing,
+                RecordKind::Complete,
+                from.with(Phase::Done, self.q, self.epoch),
+            ),
+            Exit::Block => (
+                Phase::Blocking,
+                RecordKind::Block,
+                from.with(Phase::Blocked, self.q, 0),
+            ),
+            Exit::Yield => (
+                Phase::Yielding,
+                RecordKind::Enqueue,
+                from.with(Phase::Queued, self.q, self.epoch),
+            ),
         };
         match self.transition(t, from, intent, kind, to, "complete") {
             Ok(st) => {
@@ -485,7 +515,10 @@ impl OwnerHandle {
             }
             Err(Fail::Moved(_)) => {
                 self.running.remove(&t);
-                Err(RunqError::NotRunning { task: t, queue: self.q })
+                Err(RunqError::NotRunning {
+                    task: t,
+                    queue: self.q,
+                })
             }
             // Kept in `running`: a fenced handle can still surrender it.
             Err(Fail::Err(e)) => Err(e),
@@ -495,7 +528,11 @@ impl OwnerHandle {
     fn take_queued(&mut self, t: TaskId) -> Result<Stamp, RunqError> {
         let Some(i) = self.local.iter().position(|e| e.0 == t) else {
             let phase = self.sh.tasks.state(t).map_or(Phase::Free, |s| s.phase);
-            return Err(RunqError::NotQueued { task: t, queue: self.q, phase });
+            return Err(RunqError::NotQueued {
+                task: t,
+                queue: self.q,
+                phase,
+            });
         };
         let (_, st) = self.local.remove(i).expect("index from position");
         self.publish_len();
@@ -584,7 +621,12 @@ impl OwnerHandle {
         // AcqRel: one request at a time; pairs with the Acquire swap in `serve_steal`.
         Ok(self.sh.queues[victim as usize]
             .steal
-            .compare_exchange(0, u64::from(self.q) + 1, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(
+                0,
+                u64::from(self.q) + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
             .is_ok())
     }
 
@@ -599,14 +641,18 @@ impl OwnerHandle {
 
     fn serve_steal(&mut self) -> Result<(), RunqError> {
         // Acquire: pairs with the AcqRel CAS in `request_steal`.
-        let req = self.sh.queues[self.q as usize].steal.swap(0, Ordering::Acquire);
+        let req = self.sh.queues[self.q as usize]
+            .steal
+            .swap(0, Ordering::Acquire);
         if req == 0 {
             return Ok(());
         }
         let thief = (req - 1) as QueueId;
         let n = self.local.len() / 2;
         for _ in 0..n {
-            let Some((t, st)) = self.local.pop_back() else { break };
+            let Some((t, st)) = self.local.pop_back() else {
+                break;
+            };
             match self.migrate_entry(t, st, thief) {
                 Ok(()) | Err(RunqError::NotQueued { .. }) => {}
                 Err(e) => {
@@ -636,7 +682,10 @@ impl OwnerHandle {
             return Ok(Tick::Idle);
         }
         self.sh.fault(self.core, FaultPoint::Tick);
-        if let super::Renewal::Fenced { .. } = self.sh.queues[self.q as usize].lease.renew(self.epoch, self.core as u16) {
+        if let super::Renewal::Fenced { .. } = self.sh.queues[self.q as usize]
+            .lease
+            .renew(self.epoch, self.core as u16)
+        {
             return Err(self.fence("renew"));
         }
         self.last_renew = now.max(1);
@@ -738,7 +787,9 @@ impl OwnerHandle {
             kind: RecordKind::Collect,
             stamp: mark,
         });
-        let cap = (snap.len() * 2).next_power_of_two().max(self.sh.config.ring_capacity);
+        let cap = (snap.len() * 2)
+            .next_power_of_two()
+            .max(self.sh.config.ring_capacity);
         let ring = Arc::new(Ring::new(self.epoch, cap));
         if backup.is_some() {
             let pushed = ring.push(&snap, self.epoch);
@@ -762,7 +813,9 @@ impl OwnerHandle {
         self.backup = backup;
         // The snapshot covers what the batch held: count it as shipped.
         // Relaxed: statistics.
-        qs.stats.shipped.fetch_add(self.batch.len() as u64, Ordering::Relaxed);
+        qs.stats
+            .shipped
+            .fetch_add(self.batch.len() as u64, Ordering::Relaxed);
         self.batch.clear();
         self.batch_at.clear();
         self.tombs.clear();
@@ -789,7 +842,12 @@ impl OwnerHandle {
         let entries: Vec<(TaskId, Stamp, Phase)> = queued.chain(running).collect();
         for (t, st, phase) in entries {
             let from = TaskState::new(t.generation(), phase, self.q, st.epoch);
-            if self.sh.tasks.cas(t, from, from.with(Phase::Transit, self.q, 0)) == Cas::Done {
+            if self
+                .sh
+                .tasks
+                .cas(t, from, from.with(Phase::Transit, self.q, 0))
+                == Cas::Done
+            {
                 self.sh.queues[self.q as usize].inbox.push(t);
                 n += 1;
             }

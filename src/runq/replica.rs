@@ -145,7 +145,10 @@ impl Replica {
 
     /// Number of tombstones held.
     pub fn tombstones(&self) -> usize {
-        self.entries.values().filter(|(_, st)| *st == Replicated::Gone).count()
+        self.entries
+            .values()
+            .filter(|(_, st)| *st == Replicated::Gone)
+            .count()
     }
 
     /// The collection watermark.
@@ -197,7 +200,13 @@ mod tests {
         assert_eq!(rep.apply(c), Apply::Collected(1));
         assert_eq!(rep.tombstones(), 0);
         // The replayed enqueue is now refused by the watermark instead.
-        assert_eq!(rep.apply(r(1, RecordKind::Enqueue, 1)), Apply::BelowWatermark);
-        assert_eq!(rep.queued().iter().map(|x| x.0).collect::<Vec<_>>(), vec![TaskId::new(2, 1)]);
+        assert_eq!(
+            rep.apply(r(1, RecordKind::Enqueue, 1)),
+            Apply::BelowWatermark
+        );
+        assert_eq!(
+            rep.queued().iter().map(|x| x.0).collect::<Vec<_>>(),
+            vec![TaskId::new(2, 1)]
+        );
     }
 }

@@ -21,7 +21,7 @@
 //! # Trade-offs
 //!
 //! Bounded: when the backup falls a ring behind, a synchronous owner gets
-//! [`Push::Full`] and backs off (a frozen backup stalls its owner's writes
+//! `Push::Full` and backs off (a frozen backup stalls its owner's writes
 //! until the backup is fenced and replaced). Slots are pairs of atomics rather
 //! than an `UnsafeCell` array: slightly slower, but no `unsafe` and loom checks
 //! every access.
@@ -161,8 +161,9 @@ impl Ring {
     /// An open ring for the owner of `epoch`, with `capacity` (a power of two) slots.
     pub(crate) fn new(epoch: u32, capacity: usize) -> Self {
         debug_assert!(capacity.is_power_of_two());
-        let slots: Vec<(AtomicU64, AtomicU64)> =
-            (0..capacity).map(|_| (AtomicU64::new(0), AtomicU64::new(0))).collect();
+        let slots: Vec<(AtomicU64, AtomicU64)> = (0..capacity)
+            .map(|_| (AtomicU64::new(0), AtomicU64::new(0)))
+            .collect();
         Self {
             tail: CachePadded::new(AtomicU64::new((u64::from(epoch) & MASK24) << POS_BITS)),
             head: CachePadded::new(AtomicU64::new(0)),
@@ -211,7 +212,10 @@ impl Ring {
             // AcqRel: Release publishes the slot stores to the backup's Acquire
             // load of `tail` in `drain`; the CAS fails if `close` got there first,
             // which is the fence: no record is appended after a takeover.
-            match self.tail.compare_exchange(t, next, Ordering::AcqRel, Ordering::Acquire) {
+            match self
+                .tail
+                .compare_exchange(t, next, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => Push::Pushed { end: pos + n },
                 Err(_) => Push::Closed,
             }
@@ -234,7 +238,10 @@ impl Ring {
             // AcqRel: Acquire reads every push published before (their slots
             // are then visible to our drain); Release makes the close visible to
             // the owner's push CAS, which fails from now on.
-            match self.tail.compare_exchange_weak(t, next, Ordering::AcqRel, Ordering::Acquire) {
+            match self
+                .tail
+                .compare_exchange_weak(t, next, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => return t & POS_MASK,
                 Err(a) => t = a,
             }
@@ -253,7 +260,10 @@ impl Ring {
         while head < end {
             let slot = &self.slots[(head & self.mask) as usize];
             // Relaxed: ordered after the pusher's stores by the Acquire above.
-            let r = Record::unpack(slot.0.load(Ordering::Relaxed), slot.1.load(Ordering::Relaxed));
+            let r = Record::unpack(
+                slot.0.load(Ordering::Relaxed),
+                slot.1.load(Ordering::Relaxed),
+            );
             f(r);
             head += 1;
         }
@@ -297,7 +307,10 @@ mod tests {
         let mut got = Vec::new();
         assert_eq!(r.drain(|x| got.push(x)), RingState::Open);
         assert_eq!(got, vec![rec(1, 1), rec(2, 2)]);
-        assert_eq!(r.push(&[rec(3, 3), rec(4, 4), rec(5, 5)], 1), Push::Pushed { end: 5 });
+        assert_eq!(
+            r.push(&[rec(3, 3), rec(4, 4), rec(5, 5)], 1),
+            Push::Pushed { end: 5 }
+        );
         assert_eq!(r.close(2), 5);
         assert_eq!(r.push(&[rec(6, 6)], 1), Push::Closed);
         got.clear();

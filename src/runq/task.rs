@@ -280,7 +280,10 @@ impl TaskTable {
 
     /// MUTANT ONLY: a blind store of a task word (what "check, then act" code
     /// would do); compiled only into the loom mutants that need it.
-    #[cfg(any(noderep_mutant = "kill_check_then_store", noderep_mutant = "finalize_blind"))]
+    #[cfg(any(
+        noderep_mutant = "kill_check_then_store",
+        noderep_mutant = "finalize_blind"
+    ))]
     pub(crate) fn store_for_mutant(&self, t: TaskId, to: TaskState) {
         // Release: publishes like the CAS it replaces (minus the comparison).
         self.words[t.slot() as usize].store(to.pack(), Ordering::Release);
@@ -330,7 +333,10 @@ mod tests {
     fn reused_slot_gets_new_generation_and_old_id_is_refused() {
         let t = TaskTable::new(1);
         let a = t.allocate(Phase::Transit, 0).unwrap();
-        assert_eq!(t.allocate(Phase::Transit, 0), Err(RunqError::TableFull { capacity: 1 }));
+        assert_eq!(
+            t.allocate(Phase::Transit, 0),
+            Err(RunqError::TableFull { capacity: 1 })
+        );
         let s = t.state(a).unwrap();
         assert_eq!(t.cas(a, s, s.with(Phase::Done, 0, 0)), Cas::Done);
         let b = t.allocate(Phase::Transit, 0).unwrap();
@@ -339,6 +345,9 @@ mod tests {
         assert_eq!(t.state(a), None, "the old id must not see the new task");
         // A CAS with the old generation fails even if phase/place match.
         let stale = TaskState::new(a.generation(), Phase::Transit, 0, 0);
-        assert!(matches!(t.cas(a, stale, stale.with(Phase::Queued, 0, 1)), Cas::Saw(_)));
+        assert!(matches!(
+            t.cas(a, stale, stale.with(Phase::Queued, 0, 1)),
+            Cas::Saw(_)
+        ));
     }
 }

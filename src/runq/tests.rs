@@ -26,7 +26,10 @@ fn sched(cores: usize, replication: Replication) -> RunQueues {
 fn backup_of(rq: &RunQueues, core: usize, q: QueueId) -> BackupHandle {
     let mut v = Vec::new();
     rq.attach_backups(core, &mut v).unwrap();
-    let i = v.iter().position(|b| b.queue() == q).expect("core backs the queue up");
+    let i = v
+        .iter()
+        .position(|b| b.queue() == q)
+        .expect("core backs the queue up");
     v.swap_remove(i)
 }
 
@@ -52,7 +55,10 @@ fn bad_configuration_is_an_error_not_a_panic() {
         ring_capacity: 6,
         ..Config::default()
     };
-    assert!(matches!(RunQueues::with_cores(2, ring), Err(RunqError::BadConfig(_))));
+    assert!(matches!(
+        RunQueues::with_cores(2, ring),
+        Err(RunqError::BadConfig(_))
+    ));
     let batch = Config {
         replication: Replication::Async {
             batch: 0,
@@ -60,12 +66,27 @@ fn bad_configuration_is_an_error_not_a_panic() {
         },
         ..Config::default()
     };
-    assert!(matches!(RunQueues::with_cores(2, batch), Err(RunqError::BadConfig(_))));
+    assert!(matches!(
+        RunQueues::with_cores(2, batch),
+        Err(RunqError::BadConfig(_))
+    ));
     let rq = sched(2, Replication::Sync);
     assert!(rq.owner(0).is_ok());
-    assert_eq!(rq.owner(0).unwrap_err(), RunqError::AlreadyClaimed { core: 0 });
-    assert!(matches!(rq.owner(5), Err(RunqError::NoSuchQueue { queue: 5, queues: 2 })));
-    assert!(matches!(rq.spawner().spawn(9), Err(RunqError::NoSuchQueue { .. })));
+    assert_eq!(
+        rq.owner(0).unwrap_err(),
+        RunqError::AlreadyClaimed { core: 0 }
+    );
+    assert!(matches!(
+        rq.owner(5),
+        Err(RunqError::NoSuchQueue {
+            queue: 5,
+            queues: 2
+        })
+    ));
+    assert!(matches!(
+        rq.spawner().spawn(9),
+        Err(RunqError::NoSuchQueue { .. })
+    ));
 }
 
 #[test]
@@ -87,13 +108,26 @@ fn spawn_pick_complete_and_the_replica_agrees() {
     let t = pick(&mut o);
     assert_eq!(t, ts[0], "FIFO");
     assert_eq!(rq.task_state(t).unwrap().phase, Phase::Running);
-    assert!(matches!(o.complete(ts[1], Exit::Done), Err(RunqError::NotRunning { .. })));
+    assert!(matches!(
+        o.complete(ts[1], Exit::Done),
+        Err(RunqError::NotRunning { .. })
+    ));
     o.complete(t, Exit::Done).unwrap();
-    assert!(matches!(o.complete(t, Exit::Done), Err(RunqError::NotRunning { .. })));
+    assert!(matches!(
+        o.complete(t, Exit::Done),
+        Err(RunqError::NotRunning { .. })
+    ));
     assert!(matches!(b.poll(0).unwrap(), BackupEvent::Applied(5)));
     let rep = b.replica();
-    assert_eq!(rep.queued().iter().map(|x| x.0).collect::<Vec<_>>(), vec![ts[1], ts[2]]);
-    assert_eq!(rep.get(t).unwrap().1, Replicated::Gone, "completion leaves a tombstone");
+    assert_eq!(
+        rep.queued().iter().map(|x| x.0).collect::<Vec<_>>(),
+        vec![ts[1], ts[2]]
+    );
+    assert_eq!(
+        rep.get(t).unwrap().1,
+        Replicated::Gone,
+        "completion leaves a tombstone"
+    );
     assert_eq!(o.queued(), vec![ts[1], ts[2]]);
 }
 
@@ -105,7 +139,10 @@ fn renewals_keep_the_neighbour_out() {
     for step in 0..20u64 {
         let now = step * 10 * MS;
         o.tick(now).unwrap();
-        assert!(!matches!(b.poll(now).unwrap(), BackupEvent::TookOver { .. }));
+        assert!(!matches!(
+            b.poll(now).unwrap(),
+            BackupEvent::TookOver { .. }
+        ));
     }
     assert_eq!(rq.lease(0).unwrap().owner, 0);
 }
@@ -125,11 +162,22 @@ fn takeover_adopts_queued_and_running_tasks_and_fences_the_zombie() {
     let (mut o1, rep) = took_over(b.poll(26 * MS).unwrap());
     assert_eq!((rep.queue, rep.from, rep.by, rep.epoch), (0, 0, 1, 2));
     assert_eq!((rep.adopted, rep.requeued_running), (3, 1));
-    assert_eq!(o1.queued(), vec![running, ts[1], ts[2]], "the interrupted run goes first");
+    assert_eq!(
+        o1.queued(),
+        vec![running, ts[1], ts[2]],
+        "the interrupted run goes first"
+    );
     assert_eq!(rq.lease(0).unwrap().owner, 1);
     // The zombie wakes up: every operation of epoch 1 is refused.
     let before = rq.fenced_ops();
-    assert!(matches!(o.complete(running, Exit::Done), Err(RunqError::Fenced { queue: 0, epoch: 1, .. })));
+    assert!(matches!(
+        o.complete(running, Exit::Done),
+        Err(RunqError::Fenced {
+            queue: 0,
+            epoch: 1,
+            ..
+        })
+    ));
     assert!(matches!(o.pick(), Err(RunqError::Fenced { .. })));
     assert!(matches!(o.tick(30 * MS), Err(RunqError::Fenced { .. })));
     assert_eq!(rq.fenced_ops() - before, 3);
@@ -145,7 +193,9 @@ fn takeover_adopts_queued_and_running_tasks_and_fences_the_zombie() {
     assert_eq!(o1.backup(), Some(2));
     let events = rq.take_events();
     assert!(check::check_owners(&events).is_empty());
-    assert!(events.iter().any(|e| matches!(e.kind, EventKind::TakeOver(_))));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e.kind, EventKind::TakeOver(_))));
 }
 
 #[test]
@@ -199,7 +249,14 @@ fn an_owner_replaces_a_dead_backup_and_the_old_backup_cannot_take_over() {
     assert!(matches!(b1.poll(90 * MS).unwrap(), BackupEvent::Detached));
     let mut nb = backup_of(&rq, 2, 0);
     nb.poll(31 * MS).unwrap();
-    assert_eq!(nb.replica().queued().iter().map(|x| x.0).collect::<Vec<_>>(), vec![t]);
+    assert_eq!(
+        nb.replica()
+            .queued()
+            .iter()
+            .map(|x| x.0)
+            .collect::<Vec<_>>(),
+        vec![t]
+    );
     assert_eq!(pick(&mut o0), t);
 }
 
@@ -318,7 +375,10 @@ fn async_mode_loses_only_unshipped_enqueues_and_a_zombie_gives_them_back() {
     b.poll(0).unwrap();
     assert!(b.replica().queued().is_empty());
     let (mut o1, rep) = took_over(b.poll(30 * MS).unwrap());
-    assert_eq!(rep.lost_ops, 3, "three acknowledged enqueues were never shipped");
+    assert_eq!(
+        rep.lost_ops, 3,
+        "three acknowledged enqueues were never shipped"
+    );
     assert_eq!(rep.adopted, 0);
     assert_eq!(o1.pick().unwrap(), Pick::Empty);
     // The thawed zombie is refused, then hands back what only it knew.
@@ -360,7 +420,11 @@ fn async_mode_ships_in_batches() {
 
 #[test]
 fn a_crash_inside_an_operation_is_recovered_without_loss_or_duplicate() {
-    for point in [FaultPoint::AfterIntent, FaultPoint::AfterCommit, FaultPoint::MigrateDelivered] {
+    for point in [
+        FaultPoint::AfterIntent,
+        FaultPoint::AfterCommit,
+        FaultPoint::MigrateDelivered,
+    ] {
         let rq = sched(3, Replication::Sync);
         let sp = rq.spawner();
         let mut o0 = rq.owner(0).unwrap();
@@ -374,7 +438,11 @@ fn a_crash_inside_an_operation_is_recovered_without_loss_or_duplicate() {
             }
             let _ = o0.pick();
         });
-        assert_eq!(r.map(|_| ()), Err(fault::Crashed { core: 0, point }), "{point:?}");
+        assert_eq!(
+            r.map(|_| ()),
+            Err(fault::Crashed { core: 0, point }),
+            "{point:?}"
+        );
         assert!(rq.faults().has_crashed(0));
         b.poll(0).unwrap();
         let (mut o1, _) = took_over(b.poll(30 * MS).unwrap());
@@ -410,7 +478,12 @@ fn a_stall_beyond_the_lease_makes_a_zombie() {
     let zombie = std::thread::spawn(move || {
         let mut o = rq2.owner(0).unwrap();
         o.tick(rq2.now()).unwrap();
-        rq2.faults().arm(0, FaultPoint::OpStart, 1, FaultAction::Stall(Duration::from_millis(200)));
+        rq2.faults().arm(
+            0,
+            FaultPoint::OpStart,
+            1,
+            FaultAction::Stall(Duration::from_millis(200)),
+        );
         tx.send(()).unwrap();
         o.pick() // stalls 200 ms at its start, then runs as a zombie
     });
@@ -423,7 +496,10 @@ fn a_stall_beyond_the_lease_makes_a_zombie() {
         }
     };
     let zombie_pick = zombie.join().unwrap();
-    assert!(matches!(zombie_pick, Err(RunqError::Fenced { .. })), "{zombie_pick:?}");
+    assert!(
+        matches!(zombie_pick, Err(RunqError::Fenced { .. })),
+        "{zombie_pick:?}"
+    );
     let mut owner = *owner;
     assert_eq!(owner.pick().unwrap(), Pick::Task(t));
 }
@@ -446,7 +522,11 @@ fn freeze_parks_a_thread_by_signal_until_thawed() {
     f.freeze().unwrap();
     let a = counter.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(20));
-    assert_eq!(counter.load(Ordering::Relaxed), a, "a frozen thread makes no progress");
+    assert_eq!(
+        counter.load(Ordering::Relaxed),
+        a,
+        "a frozen thread makes no progress"
+    );
     f.thaw().unwrap();
     while counter.load(Ordering::Relaxed) == a {
         std::thread::yield_now();

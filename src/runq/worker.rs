@@ -114,7 +114,10 @@ impl CoreWorker {
         }
         self.drop_fenced();
         let quarter = self.rq.config().lease.as_nanos() as u64 / 4;
-        if self.last_attach.is_none_or(|t| now.saturating_sub(t) >= quarter) {
+        if self
+            .last_attach
+            .is_none_or(|t| now.saturating_sub(t) >= quarter)
+        {
             self.last_attach = Some(now);
             self.rq.attach_backups(self.core, &mut self.backups)?;
         }
@@ -138,7 +141,11 @@ impl CoreWorker {
     /// Housekeeping, then the next task to run.
     pub fn step(&mut self, now: u64) -> Result<Step, RunqError> {
         if self.housekeep(now)? == 0 {
-            return Ok(if self.backups.is_empty() { Step::Fenced } else { Step::Idle });
+            return Ok(if self.backups.is_empty() {
+                Step::Fenced
+            } else {
+                Step::Idle
+            });
         }
         let n = self.owners.len();
         for k in 0..n {
@@ -151,7 +158,9 @@ impl CoreWorker {
                         task,
                     });
                 }
-                Ok(Pick::Empty) | Err(RunqError::Fenced { .. }) | Err(RunqError::BackupStalled { .. }) => {}
+                Ok(Pick::Empty)
+                | Err(RunqError::Fenced { .. })
+                | Err(RunqError::BackupStalled { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -178,7 +187,13 @@ impl CoreWorker {
 
     /// Ends the run of `task` from `queue`; `on_commit` runs once the
     /// completion is final (see [`OwnerHandle::complete_then`]).
-    pub fn finish(&mut self, queue: QueueId, task: TaskId, exit: Exit, on_commit: impl FnOnce()) -> Result<(), RunqError> {
+    pub fn finish(
+        &mut self,
+        queue: QueueId,
+        task: TaskId,
+        exit: Exit,
+        on_commit: impl FnOnce(),
+    ) -> Result<(), RunqError> {
         match self.owners.iter_mut().find(|o| o.queue() == queue) {
             Some(o) => o.complete_then(task, exit, on_commit),
             None => Err(RunqError::Fenced {

@@ -151,7 +151,9 @@ impl Sim {
         if !self.usable(c) {
             return;
         }
-        let Some((q, t)) = self.cores[c].running.take() else { return };
+        let Some((q, t)) = self.cores[c].running.take() else {
+            return;
+        };
         let n = self.ledger.logical(t).expect("registered");
         let done = self
             .on_core(c, |w, l| {
@@ -181,7 +183,11 @@ impl Sim {
                     return;
                 }
                 let ledger = &self.ledger;
-                if let Ok(t) = self.rq.spawner().spawn_with((q as usize % CORES) as QueueId, |t| ledger.register(n, t)) {
+                if let Ok(t) = self
+                    .rq
+                    .spawner()
+                    .spawn_with((q as usize % CORES) as QueueId, |t| ledger.register(n, t))
+                {
                     self.ledger.acked(n);
                     self.model.ids.push(t);
                 }
@@ -207,7 +213,12 @@ impl Sim {
                 }
             }
             Op::Wake(i) => {
-                if let Some(&n) = self.model.blocked.iter().nth(i as usize % self.model.blocked.len().max(1)) {
+                if let Some(&n) = self
+                    .model
+                    .blocked
+                    .iter()
+                    .nth(i as usize % self.model.blocked.len().max(1))
+                {
                     if self.rq.spawner().wake(self.model.ids[n]) == Wake::Woken {
                         self.model.blocked.remove(&n);
                     }
@@ -234,7 +245,9 @@ impl Sim {
                 }
                 self.failures += 1;
                 let point = FaultPoint::SURVIVABLE[p as usize % FaultPoint::SURVIVABLE.len()];
-                self.rq.faults().arm(c, point, u32::from(after), FaultAction::Crash);
+                self.rq
+                    .faults()
+                    .arm(c, point, u32::from(after), FaultAction::Crash);
                 self.armed = Some((c, 12));
             }
             Op::Freeze(c, ms) => {
@@ -304,7 +317,9 @@ impl Sim {
                 .ids
                 .iter()
                 .enumerate()
-                .filter(|(n, _)| !self.model.completed.contains_key(n) && !self.model.killed.contains(n))
+                .filter(|(n, _)| {
+                    !self.model.completed.contains_key(n) && !self.model.killed.contains(n)
+                })
                 .count();
             if open == 0 {
                 return;
@@ -388,4 +403,3 @@ proptest! {
         prop_assert_eq!(inorder.tombstones(), shuffled.tombstones());
     }
 }
-

@@ -22,7 +22,11 @@ fn worker(
     start: Arc<std::sync::Barrier>,
 ) {
     let _ = crate::topology::pin_to_cpu(core % crate::topology::online_cpus().len().max(1));
-    tx.send((core, Freezer::register_current().expect("register for freezing"))).unwrap();
+    tx.send((
+        core,
+        Freezer::register_current().expect("register for freezing"),
+    ))
+    .unwrap();
     let mut w = CoreWorker::new(&rq, core).unwrap();
     start.wait();
     let mut i = 0u64;
@@ -58,7 +62,10 @@ fn settled(rq: &RunQueues) -> bool {
 
 #[test]
 fn soak_thousands_of_tasks_with_crashes_and_freezes() {
-    let tasks: usize = std::env::var("NODEREP_SOAK_TASKS").ok().and_then(|s| s.parse().ok()).unwrap_or(3000);
+    let tasks: usize = std::env::var("NODEREP_SOAK_TASKS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3000);
     let cfg = Config {
         // Generous: the machine may be loaded (a starved thread that misses
         // its lease is fenced, which is safe but spends the failure budget).
@@ -73,7 +80,13 @@ fn soak_thousands_of_tasks_with_crashes_and_freezes() {
     let barrier = Arc::new(std::sync::Barrier::new(CORES));
     let handles: Vec<_> = (0..CORES)
         .map(|c| {
-            let (rq, l, s, tx, b) = (rq.clone(), ledger.clone(), stop.clone(), tx.clone(), barrier.clone());
+            let (rq, l, s, tx, b) = (
+                rq.clone(),
+                ledger.clone(),
+                stop.clone(),
+                tx.clone(),
+                barrier.clone(),
+            );
             std::thread::spawn(move || worker(rq, l, s, c, tx, b))
         })
         .collect();
@@ -155,7 +168,11 @@ fn soak_thousands_of_tasks_with_crashes_and_freezes() {
                 }
             }
             for q in 0..CORES {
-                eprintln!("q{q}: {:?} backup {:?}", rq.lease(q as QueueId), lock(&rq.sh.queues[q].stream).backup);
+                eprintln!(
+                    "q{q}: {:?} backup {:?}",
+                    rq.lease(q as QueueId),
+                    lock(&rq.sh.queues[q].stream).backup
+                );
             }
             panic!(
                 "failure of core {core} ({crash:?}) was never taken over (crashed: {}, settled: {}, fired: {})",
@@ -169,7 +186,9 @@ fn soak_thousands_of_tasks_with_crashes_and_freezes() {
     }
     spawn_some(tasks, &mut spawned);
     let start = Instant::now();
-    while ledger.report().completed + ledger.report().killed < spawned as u64 && start.elapsed() < Duration::from_secs(20) {
+    while ledger.report().completed + ledger.report().killed < spawned as u64
+        && start.elapsed() < Duration::from_secs(20)
+    {
         std::thread::sleep(Duration::from_millis(5));
     }
     // Release: pairs with the workers' Acquire load.
@@ -186,21 +205,50 @@ fn soak_thousands_of_tasks_with_crashes_and_freezes() {
             }
         }
         for q in 0..CORES {
-            eprintln!("q{q}: {:?} backup {:?}", rq.lease(q as QueueId), lock(&rq.sh.queues[q].stream).backup);
+            eprintln!(
+                "q{q}: {:?} backup {:?}",
+                rq.lease(q as QueueId),
+                lock(&rq.sh.queues[q].stream).backup
+            );
         }
         let mut phases = std::collections::BTreeMap::new();
         for (_, st) in rq.live_tasks() {
-            *phases.entry(format!("{:?}@{}e{}", st.phase, st.place, st.epoch)).or_insert(0) += 1;
+            *phases
+                .entry(format!("{:?}@{}e{}", st.phase, st.place, st.epoch))
+                .or_insert(0) += 1;
         }
-        eprintln!("live task words: {phases:?}; crashed: {:?}", (0..CORES).map(|c| rq.faults().has_crashed(c)).collect::<Vec<_>>());
+        eprintln!(
+            "live task words: {phases:?}; crashed: {:?}",
+            (0..CORES)
+                .map(|c| rq.faults().has_crashed(c))
+                .collect::<Vec<_>>()
+        );
     }
-    eprintln!("soak: {tasks} tasks, {injected} failures injected, {} takeovers, {} fenced ops", rq.takeovers(), rq.fenced_ops());
-    assert!(injected >= 2, "only {injected} failures could be injected (machine too loaded?)");
+    eprintln!(
+        "soak: {tasks} tasks, {injected} failures injected, {} takeovers, {} fenced ops",
+        rq.takeovers(),
+        rq.fenced_ops()
+    );
+    assert!(
+        injected >= 2,
+        "only {injected} failures could be injected (machine too loaded?)"
+    );
     assert_eq!(rep.tasks, tasks as u64);
-    assert_eq!((rep.lost, rep.duplicated, rep.resurrected, rep.unknown), (0, 0, 0, 0), "{rep:?}");
+    assert_eq!(
+        (rep.lost, rep.duplicated, rep.resurrected, rep.unknown),
+        (0, 0, 0, 0),
+        "{rep:?}"
+    );
     assert_eq!(rep.completed, tasks as u64);
     assert!(rq.fenced_ops() > 0 || rq.faults().fired() > 0);
     assert!(check_owners(&rq.take_events()).is_empty());
-    let stranded: Vec<_> = rq.live_tasks().into_iter().filter(|(_, s)| s.phase != Phase::Blocked).collect();
-    assert!(stranded.is_empty(), "task words left in flight: {stranded:?}");
+    let stranded: Vec<_> = rq
+        .live_tasks()
+        .into_iter()
+        .filter(|(_, s)| s.phase != Phase::Blocked)
+        .collect();
+    assert!(
+        stranded.is_empty(),
+        "task words left in flight: {stranded:?}"
+    );
 }
