@@ -12,6 +12,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 const CORES: usize = 4;
+
+/// Faults injected (crashes fired + freezes/stalls) and takeovers, over all cases.
+static FAULTS: crate::sync::AtomicU64 = crate::sync::AtomicU64::new(0);
+static TAKEOVERS: crate::sync::AtomicU64 = crate::sync::AtomicU64::new(0);
 const MS: u64 = 1_000_000;
 
 #[derive(Clone, Debug)]
@@ -63,6 +67,7 @@ struct Sim {
     model: Model,
     now: u64,
     failures: usize,
+    freezes: u64,
     crashed_any: bool,
     /// A crash armed and not yet fired: (core, ops left before disarming).
     armed: Option<(usize, u32)>,
@@ -96,6 +101,7 @@ impl Sim {
             model: Model::default(),
             now: 1,
             failures: 0,
+            freezes: 0,
             crashed_any: false,
             armed: None,
         }
@@ -256,6 +262,7 @@ impl Sim {
                     return;
                 }
                 self.failures += 1;
+                self.freezes += 1;
                 self.cores[c].frozen_until = self.now + u64::from(ms) * MS;
             }
         }
@@ -349,6 +356,12 @@ fn run(ops: &[Op], replication: Replication) -> Result<(), TestCaseError> {
     }
     let violations = check_owners(&sim.rq.take_events());
     prop_assert!(violations.is_empty(), "{:?}", violations);
+    let faults = sim.rq.faults().fired() + sim.freezes;
+    // Relaxed: report counters, summed across proptest cases.
+    let total = FAULTS.fetch_add(faults, crate::sync::Ordering::Relaxed) + faults;
+    let takeovers = TAKEOVERS.fetch_add(sim.rq.takeovers(), crate::sync::Ordering::Relaxed)
+        + sim.rq.takeovers();
+    eprintln!("prop ({replication:?}): {total} faults injected, {takeovers} takeovers so far, 0 violations");
     Ok(())
 }
 
