@@ -226,6 +226,7 @@ fn demo(o: &Opts) -> ExitCode {
     let mut spawned = 0;
     let mut crash_armed = false;
     let mut froze = false;
+    let mut freeze_at = 0;
     let rate_per_ms = 8usize;
     while spawned < o.tasks {
         for _ in 0..rate_per_ms {
@@ -254,6 +255,7 @@ fn demo(o: &Opts) -> ExitCode {
                 std::hint::spin_loop();
             }
             let at = c.rq.now();
+            freeze_at = at;
             c.freezers[freeze_core].freeze().expect("freeze");
             notes.push((
                 at,
@@ -278,6 +280,14 @@ fn demo(o: &Opts) -> ExitCode {
     let events = rq.take_events();
     // Timeline.
     let mut lines: Vec<(u64, String)> = notes;
+    let mut failed_at = BTreeMap::new();
+    for &k in &crashed_at {
+        if let Some((point, at)) = rq.faults().last_fired(k) {
+            failed_at.insert(k, at);
+            lines.push((at, format!("core {k} CRASHED at fault point {point:?} (inside an operation; its thread stops there)")));
+        }
+    }
+    failed_at.insert(freeze_core, freeze_at);
     let mut refused: BTreeMap<(usize, QueueId), Refused> = BTreeMap::new();
     let mut takeover_ms = Vec::new();
     for e in &events {
@@ -296,10 +306,14 @@ fn demo(o: &Opts) -> ExitCode {
             )),
             EventKind::TakeOver(r) => {
                 takeover_ms.push(ms(r.takeover_ns));
+                let since_failure = failed_at
+                    .get(&r.from)
+                    .map(|&f| format!(", {:.1} ms after the failure", ms(e.at_ns.saturating_sub(f))))
+                    .unwrap_or_default();
                 lines.push((
                     e.at_ns,
                     format!(
-                        "core {} TOOK OVER queue {} from core {}: epoch {} -> {}, adopted {} tasks ({} were running, {} in transit/mid-op), replica had {} records; {:.1} ms after the last renewal",
+                        "core {} TOOK OVER queue {} from core {}: epoch {} -> {}, adopted {} tasks ({} were running, {} in transit/mid-op), replica had {} records; {:.1} ms after the last renewal{since_failure}",
                         r.by, r.queue, r.from, r.epoch - 1, r.epoch, r.adopted, r.requeued_running, r.from_scan, r.replica_records, ms(r.takeover_ns)
                     ),
                 ))

@@ -56,6 +56,8 @@ pub struct FaultTable {
     /// stall milliseconds); 0 = nothing armed.
     armed: Box<[AtomicU64]>,
     crashed: Box<[AtomicBool]>,
+    /// Per core: `point << 56 | ns` of the last fault that fired (0 = none).
+    last_fired: Box<[AtomicU64]>,
     park_on_crash: AtomicBool,
     released: AtomicBool,
     hits: AtomicU64,
@@ -78,6 +80,10 @@ impl FaultTable {
                 .into_boxed_slice(),
             crashed: (0..cores)
                 .map(|_| AtomicBool::new(false))
+                .collect::<Vec<_>>()
+                .into_boxed_slice(),
+            last_fired: (0..cores)
+                .map(|_| AtomicU64::new(0))
                 .collect::<Vec<_>>()
                 .into_boxed_slice(),
             park_on_crash: AtomicBool::new(true),
@@ -134,9 +140,17 @@ impl FaultTable {
         self.hits.load(Ordering::Relaxed)
     }
 
-    /// A fault point on `core`.
+    /// The last fault that fired on `core`: where, and when (ns on the
+    /// scheduler's clock, [`super::RunQueues::now`]).
+    pub fn last_fired(&self, core: usize) -> Option<(FaultPoint, u64)> {
+        // Acquire: pairs with the Release store when firing.
+        let w = self.last_fired.get(core)?.load(Ordering::Acquire);
+        FaultPoint::from_u8((w >> 56) as u8).map(|p| (p, w & ((1 << 56) - 1)))
+    }
+
+    /// A fault point on `core`; `now` reads the clock (only when firing).
     #[inline]
-    pub(crate) fn hit(&self, core: usize, point: FaultPoint) {
+    pub(crate) fn hit(&self, core: usize, point: FaultPoint, now: impl FnOnce() -> u64) {
         let Some(a) = self.armed.get(core) else {
             return;
         };
@@ -155,7 +169,13 @@ impl FaultTable {
                 Err(x) => w = x,
             }
         }
+        // Relaxed: a statistics counter.
         self.hits.fetch_add(1, Ordering::Relaxed);
+        // Release: pairs with the Acquire load in `last_fired`.
+        self.last_fired[core].store(
+            (point as u64) << 56 | (now() & ((1 << 56) - 1)),
+            Ordering::Release,
+        );
         let act = w & 0xffff_ffff;
         if act != 0 {
             std::thread::sleep(Duration::from_millis(act));

@@ -387,7 +387,7 @@ impl Shared {
     #[inline]
     pub(crate) fn fault(&self, _core: usize, _point: fault_points::FaultPoint) {
         #[cfg(not(loom))]
-        self.faults.hit(_core, _point);
+        self.faults.hit(_core, _point, || self.now());
     }
 }
 
