@@ -246,7 +246,7 @@ impl OwnerHandle {
             // (`None` took the unreplicated path above.)
             Replication::Sync | Replication::None => {
                 let mut backoff = Backoff::new();
-                let mut spins = 0u32;
+                let mut waited = StallClock::new();
                 loop {
                     match self.ring.push(&[rec], self.epoch) {
                         Push::Pushed { end } => {
@@ -260,8 +260,8 @@ impl OwnerHandle {
                         }
                         Push::Closed => return Err(self.fence("commit")),
                         Push::Full => {
-                            spins += 1;
-                            if spins > 10_000 {
+                            // Wait for the backup to drain, up to half a lease.
+                            if waited.exceeded(self.sh.config.lease / 2) {
                                 return Err(RunqError::BackupStalled { queue: self.q });
                             }
                             backoff.snooze();
@@ -853,6 +853,40 @@ impl OwnerHandle {
             }
         }
         n
+    }
+}
+
+/// How long a synchronous commit has waited for ring space (a bounded spin
+/// count under loom, where there is no time).
+struct StallClock {
+    #[cfg(not(loom))]
+    start: Option<std::time::Instant>,
+    #[cfg(loom)]
+    spins: u32,
+}
+
+impl StallClock {
+    fn new() -> Self {
+        Self {
+            #[cfg(not(loom))]
+            start: None,
+            #[cfg(loom)]
+            spins: 0,
+        }
+    }
+
+    #[cfg_attr(loom, allow(unused_variables))]
+    fn exceeded(&mut self, limit: core::time::Duration) -> bool {
+        #[cfg(not(loom))]
+        {
+            let start = *self.start.get_or_insert_with(std::time::Instant::now);
+            start.elapsed() > limit
+        }
+        #[cfg(loom)]
+        {
+            self.spins += 1;
+            self.spins > 16
+        }
     }
 }
 

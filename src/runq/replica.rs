@@ -20,8 +20,9 @@
 //!
 //! # Trade-offs
 //!
-//! A `BTreeMap` keyed by task id costs `O(log n)` per record and the queue
-//! order is rebuilt (sorted by stamp) only at takeover, which is rare. The
+//! A hash map keyed by task id (fixed hasher, so runs are reproducible) costs
+//! `O(1)` per record; the queue order is rebuilt (sorted by stamp) only at
+//! takeover, which is rare. The
 //! replica keeps running tasks too, so a takeover can re-queue the tasks that
 //! were running on the failed core.
 //!
@@ -30,8 +31,14 @@
 //! Shapiro et al., "Conflict-free replicated data types", 2011 (LWW registers,
 //! tombstones and their collection).
 
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
+use core::hash::BuildHasherDefault;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+
+/// A hash map with a fixed hasher: deterministic (loom replays need that) and
+/// the keys are task ids the replica's owner chose, not attacker input.
+type Map = HashMap<TaskId, (Stamp, Replicated), BuildHasherDefault<DefaultHasher>>;
 
 use super::ring::{Record, RecordKind, Stamp};
 use super::task::TaskId;
@@ -65,7 +72,7 @@ pub enum Apply {
 /// A replica of one queue.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Replica {
-    entries: BTreeMap<TaskId, (Stamp, Replicated)>,
+    entries: Map,
     watermark: Stamp,
     last: Stamp,
 }
@@ -131,11 +138,14 @@ impl Replica {
 
     /// Tasks the replica believes are running on the owner.
     pub fn running(&self) -> Vec<TaskId> {
-        self.entries
+        let mut v: Vec<TaskId> = self
+            .entries
             .iter()
             .filter(|(_, (_, st))| *st == Replicated::Running)
             .map(|(t, _)| *t)
-            .collect()
+            .collect();
+        v.sort_unstable();
+        v
     }
 
     /// The replica's state of `t`, if it has an entry (tombstones included).
