@@ -39,6 +39,7 @@ fn setup(replication: Replication) -> Setup {
         let (rq, stop) = (rq.clone(), stop.clone());
         Some(std::thread::spawn(move || {
             let mut handles = Vec::new();
+            // Acquire: pairs with the Release store after the measurement.
             while !stop.load(Ordering::Acquire) {
                 rq.attach_backups(1, &mut handles).expect("attach");
                 for h in &mut handles {
@@ -92,6 +93,7 @@ fn bench(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("runq", name), |b| {
             b.iter(|| run_batch(&mut s))
         });
+        // Release: pairs with the backup thread's Acquire load.
         s.stop.store(true, Ordering::Release);
         if let Some(h) = s.backup.take() {
             h.join().expect("backup thread");

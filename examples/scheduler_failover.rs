@@ -117,10 +117,12 @@ fn start(topo: &Topology, cfg: Config, max_tasks: usize, work_us: u64) -> Cluste
                 let mut w = CoreWorker::new(&rq, id).expect("worker");
                 barrier.wait();
                 let _ = catch_crash(|| {
+                    // Acquire: pairs with the Release store in `shutdown`.
                     while !stop.load(Ordering::Acquire) {
                         match w.step(rq.now()).expect("step") {
                             Step::Run { queue, task } => {
                                 ledger.started(task);
+                                // Release/Acquire: a hint for the demo's freeze timing only.
                                 busy[id].store(true, Ordering::Release);
                                 spin(work_us);
                                 busy[id].store(false, Ordering::Release);
@@ -185,6 +187,7 @@ impl Cluster {
     }
 
     fn shutdown(self) -> (RunQueues, Arc<Ledger>) {
+        // Release: pairs with the workers' Acquire load.
         self.stop.store(true, Ordering::Release);
         self.rq.faults().release_crashed();
         for t in self.threads {

@@ -153,6 +153,7 @@ impl Ledger {
                 }
             }
             None => {
+                // Relaxed: a violation counter, read after the workers stop.
                 self.unknown.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -171,6 +172,7 @@ impl Ledger {
                 }
             }
             None => {
+                // Relaxed: a violation counter, read after the workers stop.
                 self.unknown.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -178,11 +180,14 @@ impl Ledger {
 
     /// Commits of logical task `n` so far.
     pub fn commits_of(&self, n: usize) -> u64 {
+        // Acquire: pairs with the AcqRel increment in `committed`.
         self.commits[n].load(Ordering::Acquire)
     }
 
     /// Totals (exact once the workers are stopped).
     pub fn report(&self) -> LedgerReport {
+        // Acquire (all loads below): pairs with the workers' read-modify-writes;
+        // exact once they are joined, a snapshot while they run.
         let mut r = LedgerReport {
             duplicated: self.duplicated.load(Ordering::Acquire),
             resurrected: self.resurrected.load(Ordering::Acquire),

@@ -137,6 +137,7 @@ impl FaultTable {
 
     /// Faults that fired so far.
     pub fn fired(&self) -> u64 {
+        // Relaxed: a statistics counter.
         self.hits.load(Ordering::Relaxed)
     }
 
@@ -260,6 +261,7 @@ fn install() -> Result<(), FreezeError> {
     if rc == 0 {
         Ok(())
     } else {
+        // Release: lets a later call try installing again.
         INSTALLED.store(false, Ordering::Release);
         Err(FreezeError::Install)
     }
@@ -314,6 +316,7 @@ impl Freezer {
             FREEZE[self.slot].store(false, Ordering::Release);
             return Err(FreezeError::Signal);
         }
+        // Acquire: pairs with the handler's Release store of PARKED.
         wait_for(|| PARKED[self.slot].load(Ordering::Acquire))
     }
 

@@ -73,6 +73,7 @@ impl Inbox {
         assert_eq!(addr & !PTR_MASK, 0, "heap pointer does not fit in 48 bits");
         // Acquire: the next CAS needs the current tag; the node list itself is
         // never read by producers.
+        // Acquire: a first guess of the tag; the CAS below re-reads.
         let mut h = self.head.load(Ordering::Acquire);
         loop {
             // SAFETY: `node` came from Box::into_raw above and is not yet
@@ -94,6 +95,7 @@ impl Inbox {
 
     /// Detaches every delivered task if the inbox still belongs to `epoch`.
     pub(crate) fn take(&self, epoch: u32) -> Take {
+        // Acquire: a first guess of the tag; the CAS below re-reads.
         let mut h = self.head.load(Ordering::Acquire);
         loop {
             if h & !PTR_MASK != tag(epoch) {
@@ -132,6 +134,7 @@ impl Inbox {
     /// Hands the inbox to the owner of `new_epoch` (the takeover's fence for
     /// deliveries); the queued deliveries stay for the new owner.
     pub(crate) fn retag(&self, new_epoch: u32) {
+        // Acquire: a first guess of the tag; the CAS below re-reads.
         let mut h = self.head.load(Ordering::Acquire);
         loop {
             // AcqRel: Release makes the new tag visible to a zombie's `take`

@@ -135,11 +135,13 @@ impl Lease {
                 beat: ((u64::from(w.beat) + 1) & MASK24) as u32,
                 ..w
             };
+            // Release: publishes the renewal (the mutant's only ordering).
             self.word.store(next.pack(), Ordering::Release);
             Renewal::Renewed
         }
         #[cfg(not(noderep_mutant = "renew_blind_store"))]
         {
+            // Acquire: a first guess; the CAS below re-reads.
             let mut cur = self.word.load(Ordering::Acquire);
             loop {
                 let w = LeaseWord::unpack(cur);

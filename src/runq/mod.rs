@@ -668,11 +668,13 @@ impl RunQueues {
 
     /// Operations refused because they carried an old epoch.
     pub fn fenced_ops(&self) -> u64 {
+        // Relaxed: a statistics counter.
         self.sh.fenced_ops.load(Ordering::Relaxed)
     }
 
     /// Takeovers so far.
     pub fn takeovers(&self) -> u64 {
+        // Relaxed: a statistics counter.
         self.sh.takeovers.load(Ordering::Relaxed)
     }
 
@@ -693,6 +695,7 @@ impl RunQueues {
     pub fn replication_stats(&self) -> (u64, u64, u64) {
         let mut t = (0, 0, 0);
         for q in self.sh.queues.iter() {
+            // Relaxed: statistics counters.
             t.0 += q.stats.acked.load(Ordering::Relaxed);
             t.1 += q.stats.shipped.load(Ordering::Relaxed);
             t.2 += q.stats.lag_ns.load(Ordering::Relaxed);

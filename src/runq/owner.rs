@@ -238,6 +238,7 @@ impl OwnerHandle {
             if !self.ring.is_open_for(self.epoch) {
                 return Err(self.fence("commit"));
             }
+            // Relaxed: statistics.
             stats.acked.fetch_add(1, Ordering::Relaxed);
             stats.shipped.fetch_add(1, Ordering::Relaxed);
             return Ok(());
@@ -277,6 +278,7 @@ impl OwnerHandle {
                 }
                 self.batch.push(rec);
                 self.batch_at.push(self.sh.now());
+                // Relaxed: statistics.
                 stats.acked.fetch_add(1, Ordering::Relaxed);
                 if self.batch.len() >= batch {
                     // A failed shipment only means we will learn of the fence

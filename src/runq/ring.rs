@@ -204,6 +204,7 @@ impl Ring {
         {
             // MUTANT: publish with a blind store, as if checking the epoch
             // above were enough: a close between the check and here is undone.
+            // Release: publishes the slots, like the CAS it replaces.
             self.tail.store(next, Ordering::Release);
             Push::Pushed { end: pos + n }
         }
@@ -232,6 +233,7 @@ impl Ring {
 
     /// Fences the ring for epoch `new_epoch`; returns the final tail position.
     pub(crate) fn close(&self, new_epoch: u32) -> u64 {
+        // Acquire: a first guess; the CAS below re-reads.
         let mut t = self.tail.load(Ordering::Acquire);
         loop {
             let next = CLOSED | (u64::from(new_epoch) & MASK24) << POS_BITS | (t & POS_MASK);

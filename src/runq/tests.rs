@@ -513,13 +513,16 @@ fn freeze_parks_a_thread_by_signal_until_thawed() {
     let (tx, rx) = std::sync::mpsc::channel();
     let h = std::thread::spawn(move || {
         tx.send(Freezer::register_current().unwrap()).unwrap();
+        // Acquire: pairs with the Release store of `stop` below.
         while !s.load(Ordering::Acquire) {
+            // Relaxed: the counter is only compared for progress.
             c.fetch_add(1, Ordering::Relaxed);
             std::hint::spin_loop();
         }
     });
     let f = rx.recv().unwrap();
     f.freeze().unwrap();
+    // Relaxed: progress counter (see above).
     let a = counter.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(20));
     assert_eq!(
@@ -531,6 +534,7 @@ fn freeze_parks_a_thread_by_signal_until_thawed() {
     while counter.load(Ordering::Relaxed) == a {
         std::thread::yield_now();
     }
+    // Release: pairs with the Acquire load in the spinning thread.
     stop.store(true, Ordering::Release);
     h.join().unwrap();
 }
