@@ -247,19 +247,35 @@ fn demo(o: &Opts) -> ExitCode {
             crash_armed = true;
         }
         if !froze && spawned >= o.tasks / 2 {
-            // Freeze it in the middle of running a task, as a stopped core would be.
-            let wait = Instant::now();
-            while !c.busy[freeze_core].load(Ordering::Acquire)
-                && wait.elapsed() < Duration::from_millis(200)
-            {
-                if spawned < o.tasks && c.spawn(spawned) {
-                    spawned += 1;
+            // Freeze it in the middle of running a task, as a stopped core would
+            // be: a freeze that lands between tasks is undone at once (a stall
+            // far shorter than the lease, harmless) and tried again.
+            let mut at = c.rq.now();
+            const ATTEMPTS: usize = 40;
+            for attempt in 0..ATTEMPTS {
+                let wait = Instant::now();
+                let mut last_spawn = wait;
+                // Acquire: the busy flag is only a timing hint.
+                while !c.busy[freeze_core].load(Ordering::Acquire)
+                    && wait.elapsed() < Duration::from_millis(20)
+                {
+                    if last_spawn.elapsed() > Duration::from_micros(50)
+                        && spawned < o.tasks
+                        && c.spawn(spawned)
+                    {
+                        spawned += 1;
+                        last_spawn = Instant::now();
+                    }
+                    std::hint::spin_loop();
                 }
-                std::hint::spin_loop();
+                at = c.rq.now();
+                c.freezers[freeze_core].freeze().expect("freeze");
+                if c.busy[freeze_core].load(Ordering::Acquire) || attempt + 1 == ATTEMPTS {
+                    break;
+                }
+                c.freezers[freeze_core].thaw().expect("thaw");
             }
-            let at = c.rq.now();
             freeze_at = at;
-            c.freezers[freeze_core].freeze().expect("freeze");
             notes.push((
                 at,
                 format!("core {freeze_core} FROZEN by SIGUSR2 (parked in its signal handler)"),
