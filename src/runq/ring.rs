@@ -200,26 +200,15 @@ impl Ring {
             slot.1.store(b, Ordering::Relaxed);
         }
         let next = (t & !POS_MASK) | ((pos + n) & POS_MASK);
-        #[cfg(noderep_mutant = "ring_push_ignores_close")]
+        // AcqRel: Release publishes the slot stores to the backup's Acquire
+        // load of `tail` in `drain`; the CAS fails if `close` got there first,
+        // which is the fence: no record is appended after a takeover.
+        match self
+            .tail
+            .compare_exchange(t, next, Ordering::AcqRel, Ordering::Acquire)
         {
-            // MUTANT: publish with a blind store, as if checking the epoch
-            // above were enough: a close between the check and here is undone.
-            // Release: publishes the slots, like the CAS it replaces.
-            self.tail.store(next, Ordering::Release);
-            Push::Pushed { end: pos + n }
-        }
-        #[cfg(not(noderep_mutant = "ring_push_ignores_close"))]
-        {
-            // AcqRel: Release publishes the slot stores to the backup's Acquire
-            // load of `tail` in `drain`; the CAS fails if `close` got there first,
-            // which is the fence: no record is appended after a takeover.
-            match self
-                .tail
-                .compare_exchange(t, next, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => Push::Pushed { end: pos + n },
-                Err(_) => Push::Closed,
-            }
+            Ok(_) => Push::Pushed { end: pos + n },
+            Err(_) => Push::Closed,
         }
     }
 
