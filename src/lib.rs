@@ -10,6 +10,8 @@ pub mod cost;
 #[cfg(feature = "std")]
 pub mod mirror;
 pub mod nr;
+#[cfg(feature = "std")]
+pub mod runq;
 pub mod sync;
 #[cfg(feature = "std")]
 pub mod topology;

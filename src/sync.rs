@@ -44,6 +44,15 @@ pub(crate) use std::thread;
 #[allow(unused_imports)]
 pub(crate) use crossbeam_utils::CachePadded;
 
+/// A blocking mutex, for cold paths only (registration, re-backup, event logs).
+#[cfg(all(loom, feature = "std"))]
+#[allow(unused_imports)]
+pub(crate) use loom::sync::{Mutex, MutexGuard};
+/// A blocking mutex, for cold paths only (registration, re-backup, event logs).
+#[cfg(all(not(loom), feature = "std"))]
+#[allow(unused_imports)]
+pub(crate) use std::sync::{Mutex, MutexGuard};
+
 /// An `UnsafeCell` with loom's closure-based access API.
 #[cfg(loom)]
 pub(crate) use loom::cell::UnsafeCell;

@@ -1,0 +1,117 @@
+//! Enqueue/pick throughput of one run queue: synchronous and asynchronous
+//! replication against the same queue unreplicated, and a bare `VecDeque`
+//! for reference, all in one group. Each element is one task: spawned
+//! (delivered to the inbox), accepted (enqueue), picked and completed — three
+//! replicated operations. A backup thread drains the replication ring the
+//! whole time, as the neighbour core would.
+
+use std::collections::VecDeque;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use noderep::runq::{Config, Exit, OwnerHandle, Pick, Replication, RunQueues, Spawner};
+
+const BATCH: usize = 256;
+
+struct Setup {
+    rq: RunQueues,
+    owner: OwnerHandle,
+    spawner: Spawner,
+    stop: Arc<AtomicBool>,
+    backup: Option<JoinHandle<()>>,
+}
+
+fn setup(replication: Replication) -> Setup {
+    let cfg = Config {
+        replication,
+        // Long lease: no failover during the measurement.
+        lease: Duration::from_secs(30),
+        ..Config::default()
+    };
+    let rq = RunQueues::with_cores(2, cfg).expect("config");
+    let owner = rq.owner(0).expect("owner");
+    let stop = Arc::new(AtomicBool::new(false));
+    let backup = {
+        let (rq, stop) = (rq.clone(), stop.clone());
+        Some(std::thread::spawn(move || {
+            let mut handles = Vec::new();
+            // Acquire: pairs with the Release store after the measurement.
+            while !stop.load(Ordering::Acquire) {
+                rq.attach_backups(1, &mut handles).expect("attach");
+                for h in &mut handles {
+                    let _ = h.poll(rq.now());
+                }
+                std::thread::yield_now();
+            }
+        }))
+    };
+    Setup {
+        spawner: rq.spawner(),
+        rq,
+        owner,
+        stop,
+        backup,
+    }
+}
+
+fn run_batch(s: &mut Setup) {
+    for _ in 0..BATCH {
+        s.spawner.spawn(0).expect("spawn");
+    }
+    let mut n = 0;
+    while let Pick::Task(t) = s.owner.pick().expect("pick") {
+        s.owner.complete(t, Exit::Done).expect("complete");
+        n += 1;
+    }
+    assert_eq!(n, BATCH);
+    s.owner.tick(s.rq.now()).expect("tick");
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("runq_enqueue_pick");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.sample_size(20);
+    g.measurement_time(Duration::from_secs(3));
+    g.warm_up_time(Duration::from_millis(500));
+    let modes = [
+        ("unreplicated", Replication::None),
+        ("sync", Replication::Sync),
+        (
+            "async_b32",
+            Replication::Async {
+                batch: 32,
+                max_lag: Duration::from_millis(1),
+            },
+        ),
+    ];
+    for (name, mode) in modes {
+        let mut s = setup(mode);
+        g.bench_function(BenchmarkId::new("runq", name), |b| {
+            b.iter(|| run_batch(&mut s))
+        });
+        // Release: pairs with the backup thread's Acquire load.
+        s.stop.store(true, Ordering::Release);
+        if let Some(h) = s.backup.take() {
+            h.join().expect("backup thread");
+        }
+    }
+    g.bench_function(BenchmarkId::new("vecdeque", "reference"), |b| {
+        let mut q: VecDeque<u64> = VecDeque::with_capacity(BATCH);
+        b.iter(|| {
+            for i in 0..BATCH as u64 {
+                q.push_back(black_box(i));
+            }
+            while let Some(x) = q.pop_front() {
+                black_box(x);
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

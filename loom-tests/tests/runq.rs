@@ -1,0 +1,150 @@
+//! Loom models of the run-queue failover protocol (`noderep::runq`), run on
+//! the real code through `noderep::sync` (sizes shrink under `cfg(loom)`:
+//! rings of 4 records, 4 task slots; the logic is unchanged).
+//!
+//! | model | race | mutant that makes it fail |
+//! |---|---|---|
+//! | `lease_renewal_races_takeover` | owner renews while the neighbour takes over | `renew_blind_store` |
+//! | `zombie_completion_races_takeover` | a fenced owner completes a task while the neighbour adopts it | `finalize_blind` |
+//! | `kill_races_wake_and_pick` | a kill races a wake-up, accept and pick of the same task | `kill_check_then_store` |
+//!
+//! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom
+//! cargo test --release -p loom-tests --test runq`; add
+//! `--cfg noderep_mutant="name"` to RUSTFLAGS to see a model fail.
+#![cfg(loom)]
+
+use loom::thread;
+use noderep::runq::{
+    BackupEvent, BackupHandle, Config, Exit, Kill, Phase, Pick, Replicated, RunQueues, RunqError,
+    Tick,
+};
+
+/// Far beyond lease + margin: a backup polling at this time sees an expired
+/// lease if the word did not change since it last looked (at time 0).
+const LATER: u64 = 1_000_000_000;
+
+fn backup_of(rq: &RunQueues, core: usize) -> BackupHandle {
+    let mut v = Vec::new();
+    rq.attach_backups(core, &mut v).unwrap();
+    assert_eq!(v.len(), 1);
+    v.pop().unwrap()
+}
+
+/// The owner renews its lease while the neighbour, which watched the old
+/// word for longer than the lease, tries to take over. Exactly one wins: never
+/// a renewed owner and a new owner at once.
+#[test]
+fn lease_renewal_races_takeover() {
+    loom::model(|| {
+        let rq = RunQueues::with_cores(2, Config::default()).unwrap();
+        let mut owner = rq.owner(0).unwrap();
+        let mut backup = backup_of(&rq, 1);
+        assert!(matches!(backup.poll(0).unwrap(), BackupEvent::Idle));
+        let t = thread::spawn(move || owner.tick(1));
+        let taken = matches!(backup.poll(LATER).unwrap(), BackupEvent::TookOver { .. });
+        let renewed = t.join().unwrap();
+        let lease = rq.lease(0).unwrap();
+        match renewed {
+            Ok(Tick::Renewed) => {
+                assert!(
+                    !taken,
+                    "the owner renewed and the neighbour took over: two owners"
+                );
+                assert_eq!((lease.epoch, lease.owner), (1, 0));
+            }
+            Err(RunqError::Fenced { .. }) => {
+                assert!(taken);
+                assert_eq!((lease.epoch, lease.owner), (2, 1));
+            }
+            other => panic!("unexpected tick result {other:?}"),
+        }
+    });
+}
+
+/// A frozen owner wakes up and completes the task it was running while its
+/// neighbour takes the queue over. The completion is either accepted before
+/// the fence (then the neighbour does not adopt the task) or refused (then
+/// the neighbour adopts and completes it): exactly one completion.
+#[test]
+fn zombie_completion_races_takeover() {
+    loom::model(|| {
+        let rq = RunQueues::with_cores(2, Config::default()).unwrap();
+        let task = rq.spawner().spawn(0).unwrap();
+        let mut owner = rq.owner(0).unwrap();
+        assert_eq!(owner.pick().unwrap(), Pick::Task(task));
+        let mut backup = backup_of(&rq, 1);
+        backup.poll(0).unwrap();
+        let zombie = thread::spawn(move || owner.complete(task, Exit::Done));
+        let mut adopted = false;
+        let mut completed_by_new_owner = 0;
+        if let BackupEvent::TookOver { mut owner, .. } = backup.poll(LATER).unwrap() {
+            adopted = owner.queued().contains(&task);
+            while let Pick::Task(t) = owner.pick().unwrap() {
+                assert_eq!(t, task);
+                owner.complete(t, Exit::Done).unwrap();
+                completed_by_new_owner += 1;
+            }
+        } else {
+            panic!("nobody renews: the takeover must happen");
+        }
+        let zombie_ok = zombie.join().unwrap().is_ok();
+        assert!(
+            !(zombie_ok && adopted),
+            "an operation of the old epoch was accepted after the task was adopted"
+        );
+        assert_eq!(
+            u32::from(zombie_ok) + completed_by_new_owner,
+            1,
+            "exactly one completion"
+        );
+    });
+}
+
+/// A kill races a wake-up of the same blocked task and its owner's accept and
+/// pick. A killed task never runs, and the backup's replica keeps a tombstone
+/// (never a queued or running entry) for it.
+#[test]
+fn kill_races_wake_and_pick() {
+    loom::model(|| {
+        let rq = RunQueues::with_cores(2, Config::default()).unwrap();
+        let sp = rq.spawner();
+        let task = sp.spawn(0).unwrap();
+        let mut owner = rq.owner(0).unwrap();
+        assert_eq!(owner.pick().unwrap(), Pick::Task(task));
+        owner.complete(task, Exit::Block).unwrap();
+        let mut backup = backup_of(&rq, 1);
+        backup.poll(0).unwrap();
+        let sp2 = sp.clone();
+        let runner = thread::spawn(move || {
+            let woke = sp2.wake(task);
+            let picked = owner.pick().unwrap() == Pick::Task(task);
+            (woke, picked, owner)
+        });
+        // A kill that meets an owner mid-operation is told to retry.
+        let killed = loop {
+            match sp.kill(task) {
+                Kill::Busy => thread::yield_now(),
+                k => break k,
+            }
+        };
+        let (woke, picked, _owner) = runner.join().unwrap();
+        if killed == Kill::Killed {
+            assert!(!picked, "a killed task ran (wake: {woke:?})");
+            assert_eq!(rq.task_state(task).map(|s| s.phase), Some(Phase::Removed));
+        } else {
+            assert_eq!(killed, Kill::Running, "{killed:?} {woke:?}");
+            assert!(picked);
+        }
+        backup.poll(1).unwrap();
+        let replicated = backup.replica().get(task).map(|e| e.1);
+        if killed == Kill::Killed {
+            assert_eq!(
+                replicated,
+                Some(Replicated::Gone),
+                "the replica must hold a tombstone"
+            );
+        } else {
+            assert_eq!(replicated, Some(Replicated::Running));
+        }
+    });
+}

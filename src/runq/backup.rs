@@ -1,0 +1,326 @@
+//! The neighbour core's handle of a queue it backs up: it applies the
+//! replication stream to its replica, watches the owner's lease, and when the
+//! lease has expired takes the queue over.
+//!
+//! A backup handle cannot change the queue; its one power is the takeover,
+//! which turns it into an [`OwnerHandle`] of the next epoch.
+//!
+//! # How it works
+//!
+//! The takeover, in order: (1) CAS the lease word it watched to
+//! `(epoch+1, itself)` — losing means the owner renewed; (2) close the ring
+//! with the new epoch (every later push of the old owner fails); (3) re-tag
+//! the inbox (every later take of the old owner fails); (4) drain the ring's
+//! last records; (5) claim, by CAS on each task word, the tasks the replica
+//! shows running (they are re-queued first: their runs died with the core) or
+//! queued; (6) scan the task table for tasks in transit to the queue and for
+//! intents of the old epoch (operations the old owner had not finished) and
+//! claim those too; (7) seed a new backup with a snapshot. Each claim is a CAS
+//! from a word of an *older* epoch, so a zombie's finalising CAS fails.
+
+use core::cell::Cell;
+use core::marker::PhantomData;
+
+use crate::sync::{Arc, Ordering};
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+
+use super::fault_points::FaultPoint;
+use super::lease::{LeaseWatch, Takeover, Watch};
+use super::owner::{MaskGuard, OwnerHandle};
+use super::replica::Replica;
+use super::ring::{Ring, RingState};
+use super::task::{Cas, Phase, QueueId, TaskId, MASK24};
+use super::{lock, EventKind, RunqError, Shared};
+
+/// What a takeover did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TakeoverReport {
+    /// The queue taken over.
+    pub queue: QueueId,
+    /// Its previous owner core.
+    pub from: usize,
+    /// The new owner core.
+    pub by: usize,
+    /// The new epoch.
+    pub epoch: u32,
+    /// Tasks adopted in all.
+    pub adopted: usize,
+    /// Of which were running on the failed core (re-queued first).
+    pub requeued_running: usize,
+    /// Of which were found in transit or mid-operation by the table scan.
+    pub from_scan: usize,
+    /// Records the replica had applied.
+    pub replica_records: u64,
+    /// Operations the old owner acknowledged but never shipped (async loss).
+    pub lost_ops: u64,
+    /// How long the owner had been silent when the lease was taken (ns).
+    pub silent_ns: u64,
+    /// Time from the last renewal seen to the end of the takeover (ns).
+    pub takeover_ns: u64,
+}
+
+/// What a poll did.
+#[derive(Debug)]
+pub enum BackupEvent {
+    /// Nothing new.
+    Idle,
+    /// This many records were applied.
+    Applied(usize),
+    /// The lease had expired and this core now owns the queue.
+    TookOver {
+        /// The new owner handle (on the polling core).
+        owner: Box<OwnerHandle>,
+        /// What the takeover did.
+        report: TakeoverReport,
+    },
+    /// This handle no longer backs the queue up (the owner chose another
+    /// backup, or someone else took over): drop it.
+    Detached,
+}
+
+/// A backup core's handle of one queue (one per stream it follows).
+pub struct BackupHandle {
+    sh: Arc<Shared>,
+    q: QueueId,
+    core: usize,
+    ring: Arc<Ring>,
+    generation: u64,
+    replica: Replica,
+    watch: LeaseWatch,
+    records: u64,
+    detached: bool,
+    _not_sync: PhantomData<Cell<()>>,
+}
+
+impl core::fmt::Debug for BackupHandle {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("BackupHandle")
+            .field("queue", &self.q)
+            .field("core", &self.core)
+            .field("records", &self.records)
+            .finish()
+    }
+}
+
+impl BackupHandle {
+    pub(crate) fn new(
+        sh: Arc<Shared>,
+        q: QueueId,
+        core: usize,
+        ring: Arc<Ring>,
+        generation: u64,
+    ) -> Self {
+        Self {
+            sh,
+            q,
+            core,
+            ring,
+            generation,
+            replica: Replica::new(),
+            watch: LeaseWatch::new(),
+            records: 0,
+            detached: false,
+            _not_sync: PhantomData,
+        }
+    }
+
+    /// The queue backed up.
+    pub fn queue(&self) -> QueueId {
+        self.q
+    }
+
+    /// The stream generation this handle follows.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The replica as applied so far.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    pub(crate) fn is_current(&self) -> bool {
+        // Acquire: pairs with the Release store of a new stream generation.
+        !self.detached
+            && self.sh.queues[self.q as usize]
+                .stream_gen
+                .load(Ordering::Acquire)
+                == self.generation
+    }
+
+    /// Applies what the owner shipped, then watches the lease at time `now`
+    /// (ns, [`super::RunQueues::now`]) and takes the queue over if it expired.
+    pub fn poll(&mut self, now: u64) -> Result<BackupEvent, RunqError> {
+        if self.detached {
+            return Ok(BackupEvent::Detached);
+        }
+        let mut n = 0usize;
+        let replica = &mut self.replica;
+        let state = self.ring.drain(|r| {
+            replica.apply(r);
+            n += 1;
+        });
+        self.records += n as u64;
+        // A core fenced from its own queue (it was only slow) keeps backing
+        // up: its replica is still the only one, and its takeover is fenced
+        // by the lease CAS like anyone's. Owners move away from it at their
+        // next tick, which detaches this handle.
+        if state != RingState::Open || !self.is_current() {
+            self.detached = true;
+            return Ok(BackupEvent::Detached);
+        }
+        let qs = &self.sh.queues[self.q as usize];
+        match self
+            .watch
+            .observe(&qs.lease, now, self.sh.config.expiry_ns())
+        {
+            Watch::Live => Ok(if n == 0 {
+                BackupEvent::Idle
+            } else {
+                BackupEvent::Applied(n)
+            }),
+            Watch::Expired { word, since } => {
+                if word.owner as usize == self.core {
+                    return Ok(BackupEvent::Idle);
+                }
+                self.takeover(word, since, now)
+            }
+        }
+    }
+
+    /// Claims `t` for queue `q` in `epoch` if its word belongs to an older
+    /// epoch of `q` (or is in transit to `q`).
+    fn claim(&self, t: TaskId, epoch: u32) -> bool {
+        loop {
+            let Some(s) = self.sh.tasks.state(t) else {
+                return false;
+            };
+            let ours = match s.phase {
+                Phase::Transit => s.place == self.q,
+                Phase::Queued | Phase::Running => s.place == self.q && s.epoch < epoch,
+                p if p.is_intent() => s.place == self.q && s.epoch < epoch,
+                _ => false,
+            };
+            if !ours {
+                return false;
+            }
+            if self
+                .sh
+                .tasks
+                .cas(t, s, s.with(Phase::Queued, self.q, epoch))
+                == Cas::Done
+            {
+                return true;
+            }
+        }
+    }
+
+    fn takeover(
+        &mut self,
+        word: super::LeaseWord,
+        since: u64,
+        now: u64,
+    ) -> Result<BackupEvent, RunqError> {
+        if u64::from(word.epoch) + 1 > MASK24 {
+            return Err(RunqError::EpochExhausted { queue: self.q });
+        }
+        self.sh.log(EventKind::LeaseExpired {
+            queue: self.q,
+            owner: word.owner,
+            epoch: word.epoch,
+            silent_ns: now.saturating_sub(since),
+        });
+        let qs = &self.sh.queues[self.q as usize];
+        // (1) the lease word: one winner per epoch.
+        let epoch = match qs.lease.try_takeover(word, self.core as u16) {
+            Takeover::Won { epoch } => epoch,
+            Takeover::Changed { .. } => return Ok(BackupEvent::Idle),
+        };
+        self.sh.fault(self.core, FaultPoint::AfterLeaseWon);
+        // (2) close the ring: the fence for the old owner's commits.
+        {
+            let _masked = MaskGuard::new();
+            let s = lock(&qs.stream);
+            s.ring.close(epoch);
+            if !Arc::ptr_eq(&s.ring, &self.ring) {
+                self.ring.close(epoch);
+            }
+        }
+        // (3) the inbox: the fence for the old owner's takes.
+        qs.inbox.retag(epoch);
+        // (4) the last records.
+        let replica = &mut self.replica;
+        let mut n = 0u64;
+        self.ring.drain(|r| {
+            replica.apply(r);
+            n += 1;
+        });
+        self.records += n;
+        // (5) claim what the replica knows: running tasks first.
+        let mut adopted: Vec<TaskId> = Vec::new();
+        let mut requeued = 0;
+        for t in self.replica.running() {
+            if self.claim(t, epoch) {
+                adopted.push(t);
+                requeued += 1;
+            }
+        }
+        for (t, _) in self.replica.queued() {
+            if self.claim(t, epoch) {
+                adopted.push(t);
+            }
+        }
+        // (6) tasks in transit to the queue and unfinished operations.
+        let mut from_scan = 0;
+        for slot in 0..self.sh.tasks.capacity() {
+            let s = self.sh.tasks.state_of_slot(slot);
+            let candidate = s.place == self.q
+                && (s.phase == Phase::Transit || (s.phase.is_intent() && s.epoch < epoch));
+            if candidate {
+                let t = TaskId::new(slot as u32, s.generation);
+                if self.claim(t, epoch) {
+                    adopted.push(t);
+                    from_scan += 1;
+                }
+            }
+        }
+        // Relaxed: statistics (the async loss estimate of this failure).
+        let acked = qs.stats.acked.swap(0, Ordering::Relaxed);
+        let shipped = qs.stats.shipped.swap(0, Ordering::Relaxed);
+        let lost_ops = acked.saturating_sub(shipped);
+        // (7) become the owner and give the queue a new backup.
+        let adopted_n = adopted.len();
+        let mut owner = OwnerHandle::new(
+            self.sh.clone(),
+            self.q,
+            self.core,
+            epoch,
+            self.ring.clone(),
+            None,
+            adopted,
+        );
+        owner.seed_backup();
+        self.detached = true;
+        // Relaxed: statistics.
+        self.sh.takeovers.fetch_add(1, Ordering::Relaxed);
+        let report = TakeoverReport {
+            queue: self.q,
+            from: word.owner as usize,
+            by: self.core,
+            epoch,
+            adopted: adopted_n,
+            requeued_running: requeued,
+            from_scan,
+            replica_records: self.records,
+            lost_ops,
+            silent_ns: now.saturating_sub(since),
+            takeover_ns: self.sh.now().max(now).saturating_sub(since),
+        };
+        self.sh.log(EventKind::TakeOver(report.clone()));
+        Ok(BackupEvent::TookOver {
+            owner: Box::new(owner),
+            report,
+        })
+    }
+}
