@@ -53,6 +53,9 @@ mod context;
 mod dispatch;
 mod error;
 pub(crate) mod log;
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod loom_api;
 mod replica;
 pub(crate) mod rwlock;
 
@@ -256,6 +259,9 @@ where
             .ok_or(NrError::NoSuchReplica { replica, replicas })?;
         for (slot, ctx) in rep.contexts.iter().enumerate() {
             if ctx.claim() {
+                // Mutant `register_no_note_slot` (loom model 6): the slot
+                // stays invisible to the combiner and the writer side.
+                #[cfg(not(noderep_mutant = "register_no_note_slot"))]
                 rep.rwlock.note_slot(slot);
                 // Relaxed: a placement hint only.
                 rep.registered.fetch_add(1, Ordering::Relaxed);
@@ -296,9 +302,14 @@ where
         let shared = &*self.shared;
         let replica = &shared.replicas[token.replica];
         let commit = shared.log.ctail();
+        // Mutant `read_skips_sync` (loom model 2): read whatever the replica
+        // holds without catching it up to the commit point.
+        #[cfg(not(noderep_mutant = "read_skips_sync"))]
         if shared.log.ltail(token.replica) < commit {
             shared.sync_replica(token.replica, commit)?;
         }
+        #[cfg(noderep_mutant = "read_skips_sync")]
+        let _ = commit;
         Ok(replica.read(token.slot, op))
     }
 
@@ -319,6 +330,10 @@ where
         let ctx = &replica.contexts[token.slot];
         ctx.submit(op);
         let mut backoff = Backoff::new();
+        // Mutant `no_combine_retry` (loom model 4): try the combiner lock
+        // only once, then wait for some other combiner forever.
+        #[cfg(noderep_mutant = "no_combine_retry")]
+        let mut tried = false;
         loop {
             if let Some(out) = ctx.poll() {
                 return match out {
@@ -329,6 +344,11 @@ where
             }
             if self.is_poisoned() {
                 return Err(ExecError::Poisoned);
+            }
+            #[cfg(noderep_mutant = "no_combine_retry")]
+            if core::mem::replace(&mut tried, true) {
+                backoff.snooze();
+                continue;
             }
             if let Some(guard) = replica.try_combine() {
                 // An Err means poisoned, which the next iteration reports
@@ -462,7 +482,18 @@ where
                         if q == r || self.log.ltail(q) >= needed_head {
                             continue;
                         }
-                        #[cfg(not(noderep_mutant = "no_helping"))]
+                        // Mutant `help_unlocked` (loom model 5): help without
+                        // taking the lagging replica's combiner lock.
+                        #[cfg(noderep_mutant = "help_unlocked")]
+                        {
+                            let dummy = AtomicBool::new(true);
+                            let forged = CombinerGuard::forged(&dummy);
+                            lagging.exec(&forged, &self.log, tail, &self.poisoned)?;
+                        }
+                        #[cfg(not(any(
+                            noderep_mutant = "no_helping",
+                            noderep_mutant = "help_unlocked"
+                        )))]
                         if let Some(their_guard) = lagging.try_combine() {
                             lagging.exec(&their_guard, &self.log, tail, &self.poisoned)?;
                             #[cfg(test)]

@@ -92,7 +92,19 @@ impl Drop for CombinerGuard<'_> {
         // Release: everything the combiner did (applied entries, advanced
         // ltail, delivered responses) happens before the next holder's
         // Acquire CAS in `try_combine`.
+        #[cfg(not(noderep_mutant = "combiner_unlock_relaxed"))]
         self.lock.store(false, Ordering::Release);
+        #[cfg(noderep_mutant = "combiner_unlock_relaxed")]
+        self.lock.store(false, Ordering::Relaxed);
+    }
+}
+
+#[cfg(noderep_mutant = "help_unlocked")]
+impl<'a> CombinerGuard<'a> {
+    /// Mutant `help_unlocked` (loom model 5): a guard that proves nothing,
+    /// for helping a replica without taking its combiner lock.
+    pub(crate) fn forged(dummy: &'a AtomicBool) -> Self {
+        Self { lock: dummy }
     }
 }
 
@@ -245,11 +257,18 @@ impl<D: Dispatch> Replica<D> {
                 }
             }
             core::mem::forget(unwind_guard);
+            // Both before the write lock is released: see module docs.
+            // Mutant `ctail_after_unlock` (loom model 2) publishes them after.
+            #[cfg(not(noderep_mutant = "ctail_after_unlock"))]
             if outcome.is_ok() {
-                // Both before the write lock is released: see module docs.
                 log.set_ltail(self.id, to);
                 log.advance_ctail(to);
             }
+        }
+        #[cfg(noderep_mutant = "ctail_after_unlock")]
+        if outcome.is_ok() {
+            log.set_ltail(self.id, to);
+            log.advance_ctail(to);
         }
         if own > 0 {
             self.batch.with(|b| {
