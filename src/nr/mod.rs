@@ -23,7 +23,9 @@
 //!   0.1.1 waits for the lagging replica's own threads instead, and stalls
 //!   forever if they never come back.
 //! * A panicking write poisons the instance: the issuing thread sees the
-//!   panic, every other call returns [`ExecError::Poisoned`].
+//!   panic, every other call returns [`ExecError::Poisoned`]. (With several
+//!   replicas, if a combiner of *another* replica runs the operation first,
+//!   the issuing thread may get `Poisoned` instead of the panic.)
 //!
 //! # Linearizability
 //!
@@ -317,8 +319,9 @@ where
     /// the replica's other pending writes) and returns its response once it
     /// has been applied to the caller's replica.
     ///
-    /// If the operation panics, the panic resumes in the caller and the
-    /// instance is poisoned.
+    /// If the operation panics, the instance is poisoned and the panic
+    /// resumes in the caller (or, when a combiner of another replica ran the
+    /// operation first, the caller gets [`ExecError::Poisoned`]).
     pub fn execute_mut(
         &self,
         op: D::WriteOperation,
@@ -335,14 +338,28 @@ where
         #[cfg(noderep_mutant = "no_combine_retry")]
         let mut tried = false;
         loop {
+            // Load the poison flag *before* polling: a combiner publishes
+            // every outcome of its batch before it poisons (replica.rs), so
+            // once we see the flag, our outcome — if our operation ran — is
+            // visible to the poll below, and the thread whose operation
+            // panicked gets its panic when its own replica ran it.
+            let poisoned = self.is_poisoned();
             if let Some(out) = ctx.poll() {
                 return match out {
                     Outcome::Response(r) => Ok(r),
                     #[cfg(feature = "std")]
-                    Outcome::Panicked(payload) => std::panic::resume_unwind(payload),
+                    Outcome::Panicked(payload) => {
+                        // The combiner raises the flag only after publishing
+                        // the outcomes; raise it here too so that the
+                        // instance is poisoned by the time the panic
+                        // reaches our caller.
+                        // Release: pairs with the Acquire loads of the flag.
+                        self.shared.poisoned.store(true, Ordering::Release);
+                        std::panic::resume_unwind(payload)
+                    }
                 };
             }
-            if self.is_poisoned() {
+            if poisoned {
                 return Err(ExecError::Poisoned);
             }
             #[cfg(noderep_mutant = "no_combine_retry")]
