@@ -32,7 +32,7 @@ m3_rwlock              rwlock_writer_unlock_relaxed
 m4_combiner            context_submit_relaxed
 m4_combiner            context_finish_relaxed
 m4_combiner            combiner_unlock_relaxed
-m4_combiner            context_take_keeps_pending
+m7_poisoning           context_take_keeps_pending
 m4_combiner            no_combine_retry
 m5_helping             no_helping
 m5_helping             help_unlocked

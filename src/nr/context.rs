@@ -117,8 +117,9 @@ impl<W, R> Context<W, R> {
         });
         // Relaxed: only the combiner reads TAKEN (the thread waits for DONE);
         // the thread learns of our progress through the Release in `finish`.
-        // Mutant `context_take_keeps_pending` (loom model 4) leaves the slot
-        // PENDING, so the next combiner collects it again.
+        // Mutant `context_take_keeps_pending` (loom model 7) leaves the slot
+        // PENDING, so the next combiner collects it again (visible only
+        // when a taken operation is never published, i.e. after a panic).
         #[cfg(not(noderep_mutant = "context_take_keeps_pending"))]
         self.state.store(TAKEN, Ordering::Relaxed);
         op.expect("a PENDING context holds an operation")
