@@ -42,6 +42,10 @@ fn m5_helping() {
         writer.join().unwrap();
         // The idle thread's slot is free again: check replica 1 caught up.
         let tok = nr.register_on(1).unwrap();
-        assert_eq!(nr.execute((), &tok).unwrap(), vec![1, 2, 3], "replica 1 caught up with every write");
+        assert_eq!(
+            nr.execute((), &tok).unwrap(),
+            vec![1, 2, 3],
+            "replica 1 caught up with every write"
+        );
     });
 }
