@@ -319,9 +319,12 @@ where
     /// the replica's other pending writes) and returns its response once it
     /// has been applied to the caller's replica.
     ///
-    /// If the operation panics, the instance is poisoned and the panic
-    /// resumes in the caller (or, when a combiner of another replica ran the
-    /// operation first, the caller gets [`ExecError::Poisoned`]).
+    /// With several replicas, a panicking operation that a combiner of
+    /// another replica runs first makes this call return
+    /// [`ExecError::Poisoned`] instead of resuming the panic.
+    ///
+    /// If the operation panics, the panic resumes in the caller and the
+    /// instance is poisoned.
     pub fn execute_mut(
         &self,
         op: D::WriteOperation,
