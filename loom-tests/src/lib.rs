@@ -3,7 +3,8 @@
 //! They only do something when built with `RUSTFLAGS="--cfg loom"`; see
 //! `scripts/loom.sh` and this crate's README for the models and the
 //! mutations each of them catches. This library holds what the models share:
-//! a tiny replicated data structure ([`Seq`]) and constructors.
+//! a tiny replicated data structure (`Seq`, built only under `cfg(loom)`)
+//! and constructors.
 
 #[cfg(loom)]
 pub use support::*;
