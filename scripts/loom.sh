@@ -3,6 +3,9 @@
 #   scripts/loom.sh          LOOM_MAX_PREEMPTIONS=2 (the CI bound)
 #   scripts/loom.sh --quick  LOOM_MAX_PREEMPTIONS=1
 # Extra arguments are passed to the test binary (e.g. a model name filter).
+# On a 2-core machine the models take about 3 s at bound 2 (0.3 s at bound 1)
+# after a 1-minute cold build; loom-tests/README.md has the figures and why 2.
+# scripts/loom-mutants.sh checks that every model catches its mutants.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bound=2

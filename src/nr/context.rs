@@ -77,7 +77,10 @@ impl<W, R> Context<W, R> {
     /// Frees the slot (token drop). The slot must be `EMPTY`.
     pub(crate) fn release(&self) {
         // Release: pairs with the Acquire in `claim`.
+        #[cfg(not(noderep_mutant = "token_release_relaxed"))]
         self.in_use.store(false, Ordering::Release);
+        #[cfg(noderep_mutant = "token_release_relaxed")]
+        self.in_use.store(false, Ordering::Relaxed);
     }
 
     /// The owning thread submits `op`. The slot must be `EMPTY`.
@@ -114,6 +117,10 @@ impl<W, R> Context<W, R> {
         });
         // Relaxed: only the combiner reads TAKEN (the thread waits for DONE);
         // the thread learns of our progress through the Release in `finish`.
+        // Mutant `context_take_keeps_pending` (loom model 7) leaves the slot
+        // PENDING, so the next combiner collects it again (visible only
+        // when a taken operation is never published, i.e. after a panic).
+        #[cfg(not(noderep_mutant = "context_take_keeps_pending"))]
         self.state.store(TAKEN, Ordering::Relaxed);
         op.expect("a PENDING context holds an operation")
     }

@@ -142,7 +142,14 @@ impl<T> Log<T> {
     /// The alive-bit value that marks position `pos` as published.
     #[inline]
     fn lap_parity(&self, pos: usize) -> bool {
-        (pos >> self.shift) & 1 == 0
+        // Mutant `log_no_lap_flip` (loom model 1): the bit never flips, so a
+        // stale entry of the previous lap looks published.
+        #[cfg(noderep_mutant = "log_no_lap_flip")]
+        let _ = pos;
+        #[cfg(noderep_mutant = "log_no_lap_flip")]
+        return true;
+        #[cfg(not(noderep_mutant = "log_no_lap_flip"))]
+        return (pos >> self.shift) & 1 == 0;
     }
 
     /// Reserves `n` consecutive positions, returning the first, or reports
@@ -305,7 +312,10 @@ impl<T> Log<T> {
     pub(crate) fn set_ltail(&self, r: usize, pos: usize) {
         // Release: our reads (clones) of the entries below `pos` happen
         // before an appender that frees them (Acquire in `advance_head`).
+        #[cfg(not(noderep_mutant = "log_ltail_relaxed"))]
         self.ltails[r].store(pos, Ordering::Release);
+        #[cfg(noderep_mutant = "log_ltail_relaxed")]
+        self.ltails[r].store(pos, Ordering::Relaxed);
     }
 }
 

@@ -23,7 +23,9 @@
 //!   0.1.1 waits for the lagging replica's own threads instead, and stalls
 //!   forever if they never come back.
 //! * A panicking write poisons the instance: the issuing thread sees the
-//!   panic, every other call returns [`ExecError::Poisoned`].
+//!   panic, every other call returns [`ExecError::Poisoned`]. (With several
+//!   replicas, if a combiner of *another* replica runs the operation first,
+//!   the issuing thread may get `Poisoned` instead of the panic.)
 //!
 //! # Linearizability
 //!
@@ -53,6 +55,9 @@ mod context;
 mod dispatch;
 mod error;
 pub(crate) mod log;
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod loom_api;
 mod replica;
 pub(crate) mod rwlock;
 
@@ -256,6 +261,9 @@ where
             .ok_or(NrError::NoSuchReplica { replica, replicas })?;
         for (slot, ctx) in rep.contexts.iter().enumerate() {
             if ctx.claim() {
+                // Mutant `register_no_note_slot` (loom model 6): the slot
+                // stays invisible to the combiner and the writer side.
+                #[cfg(not(noderep_mutant = "register_no_note_slot"))]
                 rep.rwlock.note_slot(slot);
                 // Relaxed: a placement hint only.
                 rep.registered.fetch_add(1, Ordering::Relaxed);
@@ -298,15 +306,24 @@ where
         let shared = &*self.shared;
         let replica = &shared.replicas[token.replica];
         let commit = shared.log.ctail();
+        // Mutant `read_skips_sync` (loom model 2): read whatever the replica
+        // holds without catching it up to the commit point.
+        #[cfg(not(noderep_mutant = "read_skips_sync"))]
         if shared.log.ltail(token.replica) < commit {
             shared.sync_replica(token.replica, commit)?;
         }
+        #[cfg(noderep_mutant = "read_skips_sync")]
+        let _ = commit;
         Ok(replica.read(token.slot, op))
     }
 
     /// Runs a write operation: appends it to the shared log (combined with
     /// the replica's other pending writes) and returns its response once it
     /// has been applied to the caller's replica.
+    ///
+    /// With several replicas, a panicking operation that a combiner of
+    /// another replica runs first makes this call return
+    /// [`ExecError::Poisoned`] instead of resuming the panic.
     ///
     /// If the operation panics, the panic resumes in the caller and the
     /// instance is poisoned.
@@ -322,16 +339,39 @@ where
         let ctx = &replica.contexts[token.slot];
         ctx.submit(op);
         let mut backoff = Backoff::new();
+        // Mutant `no_combine_retry` (loom model 4): try the combiner lock
+        // only once, then wait for some other combiner forever.
+        #[cfg(noderep_mutant = "no_combine_retry")]
+        let mut tried = false;
         loop {
+            // Load the poison flag *before* polling: a combiner publishes
+            // every outcome of its batch before it poisons (replica.rs), so
+            // once we see the flag, our outcome — if our operation ran — is
+            // visible to the poll below, and the thread whose operation
+            // panicked gets its panic when its own replica ran it.
+            let poisoned = self.is_poisoned();
             if let Some(out) = ctx.poll() {
                 return match out {
                     Outcome::Response(r) => Ok(r),
                     #[cfg(feature = "std")]
-                    Outcome::Panicked(payload) => std::panic::resume_unwind(payload),
+                    Outcome::Panicked(payload) => {
+                        // The combiner raises the flag only after publishing
+                        // the outcomes; raise it here too so that the
+                        // instance is poisoned by the time the panic
+                        // reaches our caller.
+                        // Release: pairs with the Acquire loads of the flag.
+                        self.shared.poisoned.store(true, Ordering::Release);
+                        std::panic::resume_unwind(payload)
+                    }
                 };
             }
-            if self.is_poisoned() {
+            if poisoned {
                 return Err(ExecError::Poisoned);
+            }
+            #[cfg(noderep_mutant = "no_combine_retry")]
+            if core::mem::replace(&mut tried, true) {
+                backoff.snooze();
+                continue;
             }
             if let Some(guard) = replica.try_combine() {
                 // An Err means poisoned, which the next iteration reports
@@ -467,7 +507,18 @@ where
                         if q == r || self.log.ltail(q) >= needed_head {
                             continue;
                         }
-                        #[cfg(not(noderep_mutant = "no_helping"))]
+                        // Mutant `help_unlocked` (loom model 5): help without
+                        // taking the lagging replica's combiner lock.
+                        #[cfg(noderep_mutant = "help_unlocked")]
+                        {
+                            let dummy = AtomicBool::new(true);
+                            let forged = CombinerGuard::forged(&dummy);
+                            lagging.exec(&forged, &self.log, tail, &self.poisoned)?;
+                        }
+                        #[cfg(not(any(
+                            noderep_mutant = "no_helping",
+                            noderep_mutant = "help_unlocked"
+                        )))]
                         if let Some(their_guard) = lagging.try_combine() {
                             lagging.exec(&their_guard, &self.log, tail, &self.poisoned)?;
                             #[cfg(test)]

@@ -92,7 +92,19 @@ impl Drop for CombinerGuard<'_> {
         // Release: everything the combiner did (applied entries, advanced
         // ltail, delivered responses) happens before the next holder's
         // Acquire CAS in `try_combine`.
+        #[cfg(not(noderep_mutant = "combiner_unlock_relaxed"))]
         self.lock.store(false, Ordering::Release);
+        #[cfg(noderep_mutant = "combiner_unlock_relaxed")]
+        self.lock.store(false, Ordering::Relaxed);
+    }
+}
+
+#[cfg(noderep_mutant = "help_unlocked")]
+impl<'a> CombinerGuard<'a> {
+    /// Mutant `help_unlocked` (loom model 5): a guard that proves nothing,
+    /// for helping a replica without taking its combiner lock.
+    pub(crate) fn forged(dummy: &'a AtomicBool) -> Self {
+        Self { lock: dummy }
     }
 }
 
@@ -191,6 +203,18 @@ impl<D: Dispatch> Replica<D> {
         to: usize,
         poisoned: &AtomicBool,
     ) -> Result<(), PoisonedInstance> {
+        // A combiner that stopped at a panic has applied entries beyond this
+        // replica's ltail without advancing it; applying them again would run
+        // the panicking operation a second time and store a second outcome in
+        // its issuer's slot while that thread may be taking the first (a data
+        // race on the slot's result, found by loom model 7). That combiner
+        // raised the flag before it released the combiner lock we now hold,
+        // so the lock's Acquire makes the flag visible here.
+        // Acquire: pairs with the Release that poisons.
+        #[cfg(not(noderep_mutant = "exec_ignores_poison"))]
+        if poisoned.load(Ordering::Acquire) {
+            return Err(PoisonedInstance);
+        }
         let from = log.ltail(self.id);
         if from >= to {
             return Ok(());
@@ -232,8 +256,13 @@ impl<D: Dispatch> Replica<D> {
                     }
                     #[cfg(feature = "std")]
                     (origin, slot, Outcome::Panicked(p)) => {
-                        // Release: pairs with the Acquire loads of the flag.
-                        poisoned.store(true, Ordering::Release);
+                        // The poison flag is raised below, after the
+                        // outcomes are published (see there). Mutant
+                        // `panic_not_forwarded` (loom model 7) drops the
+                        // payload instead of handing it to its thread.
+                        #[cfg(noderep_mutant = "panic_not_forwarded")]
+                        let _ = (origin, slot, p);
+                        #[cfg(not(noderep_mutant = "panic_not_forwarded"))]
                         if origin == self.id {
                             // SAFETY: as for a response above.
                             unsafe { self.contexts[slot].store_result(Outcome::Panicked(p)) };
@@ -245,11 +274,18 @@ impl<D: Dispatch> Replica<D> {
                 }
             }
             core::mem::forget(unwind_guard);
+            // Both before the write lock is released: see module docs.
+            // Mutant `ctail_after_unlock` (loom model 2) publishes them after.
+            #[cfg(not(noderep_mutant = "ctail_after_unlock"))]
             if outcome.is_ok() {
-                // Both before the write lock is released: see module docs.
                 log.set_ltail(self.id, to);
                 log.advance_ctail(to);
             }
+        }
+        #[cfg(noderep_mutant = "ctail_after_unlock")]
+        if outcome.is_ok() {
+            log.set_ltail(self.id, to);
+            log.advance_ctail(to);
         }
         if own > 0 {
             self.batch.with(|b| {
@@ -262,6 +298,23 @@ impl<D: Dispatch> Replica<D> {
                     unsafe { self.contexts[slot].publish() };
                 }
             });
+        }
+        if outcome.is_err() {
+            // Poison only after the batch's outcomes are published, the panic
+            // payload included: a thread of this replica that sees the flag
+            // then also sees its outcome (`execute_mut` loads the flag before
+            // it polls), so the thread whose operation panicked gets the
+            // panic, not `Poisoned`, and a write applied before the panic
+            // gets its response (found by loom model 7: raising the flag
+            // before publishing let the issuer see the flag first). A reader
+            // that starts between the unlock above and this store sees what a
+            // reader that passed its poison check just before the panic and
+            // then waited for the write lock would see.
+            // Release: pairs with the Acquire loads of the flag and orders
+            // the `publish` stores above before them. Mutant
+            // `poison_flag_skipped` (loom model 7) forgets to poison.
+            #[cfg(not(noderep_mutant = "poison_flag_skipped"))]
+            poisoned.store(true, Ordering::Release);
         }
         outcome
     }

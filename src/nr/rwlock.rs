@@ -101,9 +101,14 @@ impl DistRwLock {
             flag.store(true, Ordering::Relaxed);
             // DEKKER_LOAD (SeqCst natively, Acquire after the loom fence):
             // Acquire also pairs with the Release in `WriteGuard::drop`.
+            // Mutant `rwlock_no_recheck` (loom model 3) enters without
+            // looking again.
+            #[cfg(not(noderep_mutant = "rwlock_no_recheck"))]
             if !self.writer.load(DEKKER_LOAD) {
                 return ReadGuard { flag };
             }
+            #[cfg(noderep_mutant = "rwlock_no_recheck")]
+            return ReadGuard { flag };
             // Release: our earlier reads are done (none happened yet).
             flag.store(false, Ordering::Release);
             backoff.snooze();
@@ -116,7 +121,12 @@ impl DistRwLock {
     pub(crate) fn write(&self) -> WriteGuard<'_> {
         // Dekker step: store the writer flag, then (SeqCst / fence) scan the
         // readers; pairs with the same step in `read`.
+        #[cfg(not(noderep_mutant = "rwlock_no_writer_fence"))]
         store_then_fence(&self.writer, true);
+        // Mutant `rwlock_no_writer_fence` (loom model 3): a plain store, so
+        // the reader scan may be ordered before it.
+        #[cfg(noderep_mutant = "rwlock_no_writer_fence")]
+        self.writer.store(true, Ordering::Relaxed);
         let hwm = self.hwm.load(DEKKER_LOAD);
         for flag in &self.readers[..hwm] {
             let mut backoff = Backoff::new();
@@ -155,7 +165,10 @@ impl Drop for WriteGuard<'_> {
     fn drop(&mut self) {
         // Release: the batch we applied happens before any reader that sees
         // the flag down (Acquire in `read`).
+        #[cfg(not(noderep_mutant = "rwlock_writer_unlock_relaxed"))]
         self.lock.writer.store(false, Ordering::Release);
+        #[cfg(noderep_mutant = "rwlock_writer_unlock_relaxed")]
+        self.lock.writer.store(false, Ordering::Relaxed);
     }
 }
 
