@@ -41,6 +41,9 @@ m6_registration        token_release_relaxed
 m7_poisoning           poison_flag_skipped
 m7_poisoning           panic_not_forwarded
 m7_poisoning           exec_ignores_poison
+runq                   renew_blind_store
+runq                   finalize_blind
+runq                   kill_check_then_store
 "
 
 MODELS="$(ls loom-tests/tests/*.rs | xargs -n1 basename | sed 's/\.rs$//' | sort)"
