@@ -75,8 +75,8 @@ fn zombie_completion_races_takeover() {
         let mut backup = backup_of(&rq, 1);
         backup.poll(0).unwrap();
         let zombie = thread::spawn(move || owner.complete(task, Exit::Done));
-        let mut adopted = false;
         let mut completed_by_new_owner = 0;
+        let adopted;
         if let BackupEvent::TookOver { mut owner, .. } = backup.poll(LATER).unwrap() {
             adopted = owner.queued().contains(&task);
             while let Pick::Task(t) = owner.pick().unwrap() {

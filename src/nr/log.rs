@@ -265,6 +265,12 @@ impl<T> Log<T> {
         }))
     }
 
+    /// Whether only one replica replays the log (no commit point is kept).
+    #[inline]
+    pub(crate) fn is_single(&self) -> bool {
+        self.single
+    }
+
     /// The next position to be handed out.
     pub(crate) fn tail(&self) -> usize {
         // Acquire: a caller that waits for positions below the tail will read

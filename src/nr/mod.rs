@@ -69,7 +69,7 @@ use crate::sync::{Arc, AtomicBool, Backoff, Ordering};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use context::Outcome;
-use core::marker::PhantomData;
+use core::ptr::NonNull;
 use log::{Log, LogFull};
 use replica::{CombinerGuard, PoisonedInstance, Replica};
 
@@ -134,11 +134,33 @@ pub struct ThreadToken<D: Dispatch> {
     shared: Arc<Shared<D>>,
     replica: usize,
     slot: usize,
-    /// `!Send + !Sync`.
-    _not_send: PhantomData<*const ()>,
+    /// The replica itself, cached to save two dependent loads per read.
+    /// Points into `shared.replicas[replica]`, a `Box` that never moves and
+    /// lives as long as `shared`, which this token keeps alive. Being a raw
+    /// pointer, it also makes the token `!Send + !Sync`.
+    replica_ptr: NonNull<Replica<D>>,
+    /// This slot's reader flag in that replica's lock, cached likewise (it
+    /// lives in the same replica's boxed slice).
+    flag_ptr: NonNull<AtomicBool>,
 }
 
 impl<D: Dispatch> ThreadToken<D> {
+    /// The replica this token is bound to.
+    #[inline]
+    fn replica_ref(&self) -> &Replica<D> {
+        // SAFETY: see `replica_ptr`: the boxed replica is alive and unmoved
+        // while `self.shared` is, and it is only ever accessed through `&`.
+        unsafe { self.replica_ptr.as_ref() }
+    }
+
+    /// This slot's reader flag.
+    #[inline]
+    fn reader_flag(&self) -> &AtomicBool {
+        // SAFETY: as for `replica_ref`: the flag lives in the replica's
+        // boxed reader slice, alive and unmoved while `self.shared` is.
+        unsafe { self.flag_ptr.as_ref() }
+    }
+
     /// The replica this thread reads from and combines for.
     pub fn replica(&self) -> usize {
         self.replica
@@ -271,7 +293,8 @@ where
                     shared: Arc::clone(&self.shared),
                     replica,
                     slot,
-                    _not_send: PhantomData,
+                    replica_ptr: NonNull::from(&**rep),
+                    flag_ptr: NonNull::from(rep.rwlock.reader_flag(slot)),
                 });
             }
         }
@@ -304,17 +327,21 @@ where
     {
         self.check(token)?;
         let shared = &*self.shared;
-        let replica = &shared.replicas[token.replica];
-        let commit = shared.log.ctail();
-        // Mutant `read_skips_sync` (loom model 2): read whatever the replica
-        // holds without catching it up to the commit point.
-        #[cfg(not(noderep_mutant = "read_skips_sync"))]
-        if shared.log.ltail(token.replica) < commit {
-            shared.sync_replica(token.replica, commit)?;
+        let replica = token.replica_ref();
+        // With one replica every completed write is already applied to it:
+        // no commit point to wait for (see `Log::ctail`).
+        if !shared.log.is_single() {
+            let commit = shared.log.ctail();
+            // Mutant `read_skips_sync` (loom model 2): read whatever the
+            // replica holds without catching it up to the commit point.
+            #[cfg(not(noderep_mutant = "read_skips_sync"))]
+            if shared.log.ltail(token.replica) < commit {
+                shared.sync_replica(token.replica, commit)?;
+            }
+            #[cfg(noderep_mutant = "read_skips_sync")]
+            let _ = commit;
         }
-        #[cfg(noderep_mutant = "read_skips_sync")]
-        let _ = commit;
-        Ok(replica.read(token.slot, op))
+        Ok(replica.read(token.reader_flag(), op))
     }
 
     /// Runs a write operation: appends it to the shared log (combined with

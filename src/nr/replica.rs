@@ -339,13 +339,14 @@ impl<D: Dispatch> Replica<D> {
         (rec.replica, rec.slot, out)
     }
 
-    /// Runs a read-only operation under the read lock of slot `slot`.
+    /// Runs a read-only operation under the read lock of the slot whose flag
+    /// (from `rwlock.reader_flag`) is `flag`.
     #[inline]
-    pub(crate) fn read<'a>(&self, slot: usize, op: D::ReadOperation<'a>) -> D::Response
+    pub(crate) fn read<'a>(&self, flag: &AtomicBool, op: D::ReadOperation<'a>) -> D::Response
     where
         D: 'a,
     {
-        let _read = self.rwlock.read(slot);
+        let _read = self.rwlock.read_with(flag);
         self.data.with(|d| {
             // SAFETY: the read lock excludes the combiner's writes.
             unsafe { (*d).dispatch(op) }

@@ -84,8 +84,20 @@ impl DistRwLock {
 
     /// Acquires the read side for slot `s`; released when the guard drops.
     #[inline]
+    #[cfg(any(test, loom))]
     pub(crate) fn read(&self, s: usize) -> ReadGuard<'_> {
-        let flag = &self.readers[s];
+        self.read_with(&self.readers[s])
+    }
+
+    /// Reader slot `s`'s flag, for callers that cache it (thread tokens).
+    pub(crate) fn reader_flag(&self, s: usize) -> &AtomicBool {
+        &self.readers[s]
+    }
+
+    /// [`read`](Self::read) with the slot's flag from
+    /// [`reader_flag`](Self::reader_flag); `flag` must belong to this lock.
+    #[inline]
+    pub(crate) fn read_with<'a>(&'a self, flag: &'a AtomicBool) -> ReadGuard<'a> {
         let mut backoff = Backoff::new();
         loop {
             // Acquire: pairs with the Release in `WriteGuard::drop`, so a
