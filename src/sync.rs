@@ -158,7 +158,7 @@ impl Backoff {
         #[cfg(not(loom))]
         {
             if self.step < Self::SPIN_ROUNDS {
-                for _ in 0..(1u32 << self.step).min(Self::MAX_PAUSES) {
+                for _ in 0..(1u32 << self.step.min(Self::MAX_PAUSES.trailing_zeros())) {
                     core::hint::spin_loop();
                 }
                 self.step += 1;
