@@ -35,7 +35,17 @@ impl Dispatch for Map {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let map = NodeReplicated::new(|_replica| Map::default())?;
     let threads = std::thread::available_parallelism()?.get();
     println!("{} replica(s), {threads} thread(s)", map.num_replicas());
