@@ -406,7 +406,13 @@ where
                 let _ = shared.combine(token.replica, &guard, 0);
                 backoff.reset();
             } else {
-                backoff.snooze();
+                // Someone is combining. Watch the combiner lock, not our own
+                // slot, until it is released: the combiner publishes our
+                // outcome (if it took our operation) before it releases, and
+                // not polling the slot meanwhile keeps its cache line with
+                // the combiner while it takes the operation and writes the
+                // response (fewer line transfers per write).
+                replica.wait_while_combining(&mut backoff);
             }
         }
     }

@@ -153,6 +153,19 @@ impl<D: Dispatch> Replica<D> {
             })
     }
 
+    /// Waits (with `backoff`) until nobody holds the combiner lock.
+    #[inline]
+    pub(crate) fn wait_while_combining(&self, backoff: &mut Backoff) {
+        loop {
+            backoff.snooze();
+            // Relaxed: only a hint to stop waiting; the caller's next poll
+            // of its slot (Acquire) or CAS of the lock (Acquire) synchronises.
+            if !self.combiner.load(Ordering::Relaxed) {
+                return;
+            }
+        }
+    }
+
     /// Collects the slots with pending operations into the batch scratch and
     /// returns how many there are.
     pub(crate) fn collect(&self, _guard: &CombinerGuard<'_>) -> usize {
