@@ -275,17 +275,7 @@ impl FileDevice {
     }
 
     fn check_range(&self, lba: u64, len: usize) -> io::Result<()> {
-        let n = (len / self.block_size) as u64;
-        if len % self.block_size != 0 || lba.checked_add(n).is_none_or(|end| end > self.blocks) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                std::format!(
-                    "{}: {} bytes at block {lba} is not a whole number of blocks inside the device's {} blocks",
-                    self.name, len, self.blocks
-                ),
-            ));
-        }
-        Ok(())
+        check_block_range(&self.name, self.block_size, self.blocks, lba, len)
     }
 
     /// Writes `iov` at `offset` completely (retrying short writes and EINTR).
@@ -334,6 +324,27 @@ impl FileDevice {
         }
         Ok(())
     }
+}
+
+/// Checks that `len` bytes at block `lba` are whole blocks inside a device
+/// of `blocks` blocks of `block_size` bytes (shared by every backend).
+pub(super) fn check_block_range(
+    name: &str,
+    block_size: usize,
+    blocks: u64,
+    lba: u64,
+    len: usize,
+) -> io::Result<()> {
+    let n = (len / block_size) as u64;
+    if len % block_size != 0 || lba.checked_add(n).is_none_or(|end| end > blocks) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            std::format!(
+                "{name}: {len} bytes at block {lba} is not a whole number of blocks inside the device's {blocks} blocks"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Reserves `bytes` of disk for `file` (falling back to `set_len` where the

@@ -11,7 +11,9 @@ use std::vec::Vec;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
-use super::device::{BlockDevice, BlockWrite, DeviceConfig, DeviceStats, Durability, FileDevice};
+use super::device::{
+    check_block_range, BlockDevice, BlockWrite, DeviceConfig, DeviceStats, Durability, FileDevice,
+};
 use super::MirrorError;
 use crate::cost::{Phase, PhaseClock};
 
@@ -185,13 +187,7 @@ impl BlockDevice for UringDevice {
     }
 
     fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> io::Result<()> {
-        let n = (buf.len() / self.block_size) as u64;
-        if buf.len() % self.block_size != 0 || lba.checked_add(n).is_none_or(|e| e > self.blocks) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "read outside the device",
-            ));
-        }
+        check_block_range(&self.name, self.block_size, self.blocks, lba, buf.len())?;
         self.stats.read_syscalls += 1;
         self.file.read_exact_at(buf, lba * self.block_size as u64)
     }
@@ -207,15 +203,14 @@ impl BlockDevice for UringDevice {
         let mut base: Vec<u64> = Vec::new();
         let mut next = u64::MAX;
         for w in writes {
+            check_block_range(
+                &self.name,
+                self.block_size,
+                self.blocks,
+                w.lba,
+                w.data.len(),
+            )?;
             let n = (w.data.len() / self.block_size) as u64;
-            if w.data.len() % self.block_size != 0
-                || w.lba.checked_add(n).is_none_or(|e| e > self.blocks)
-            {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "write outside the device",
-                ));
-            }
             if w.lba == next
                 && self
                     .runs
