@@ -749,7 +749,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(m) = &mem {
         text.push_str(&format!(
             "\nmemory (counted by the example's global allocator, empty hashmap, {} threads registered):\n  \
-             noderep: {} B per replica (64 thread slots); one-replica instance {} B incl. a log of {} entries\n  \
+             noderep: {} B per replica (64 thread slots); one-replica instance {} B (no log); log of the multi-replica instances {} entries (not counted per replica)\n  \
              node-replication 0.1.1: {} B per replica (256 thread slots, preallocated); log {} B\n",
             m.threads_registered,
             m.noderep_per_replica,

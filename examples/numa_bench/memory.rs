@@ -9,10 +9,11 @@
 //! loops pay one relaxed load of a flag per allocation and nothing more.
 //!
 //! The per-replica overhead is the difference between an instance with
-//! `k + 1` replicas and one with `k`, with an empty structure (an empty
+//! three replicas and one with two, with an empty structure (an empty
 //! `HashMap` allocates nothing), so it leaves out the data and the log's
 //! entries but keeps everything a replica adds (its thread slots, locks,
-//! scratch buffers, and its share of the log's bookkeeping).
+//! scratch buffers, and its share of the log's bookkeeping). One replica is
+//! not a baseline: a one-replica instance has no log at all.
 
 use crate::systems::{NrD, OldD, OLD_LOG_BYTES};
 use crate::workload::{HashSeq, WriteOp};
@@ -88,9 +89,9 @@ fn retained<T>(f: impl FnOnce() -> T) -> (isize, T) {
 pub struct MemoryReport {
     /// noderep: bytes per extra replica (64 thread slots), data excluded.
     pub noderep_per_replica: isize,
-    /// noderep: bytes of an instance with one replica (log included).
+    /// noderep: bytes of an instance with one replica (which has no log).
     pub noderep_one_replica: isize,
-    /// noderep: log capacity used, entries.
+    /// noderep: log capacity of the two- and three-replica instances.
     pub noderep_log_entries: usize,
     /// node-replication 0.1.1: bytes per replica (256 thread slots, fixed).
     pub old_per_replica: isize,
@@ -120,7 +121,8 @@ pub fn measure(threads: usize) -> Result<MemoryReport, noderep::NrError> {
     let nr2 = nr2?;
     let (three, nr3) = retained(|| build(3));
     let nr3 = nr3?;
-    let entries = nr1.log_capacity();
+    let entries = nr2.log_capacity();
+    debug_assert_eq!(entries, nr3.log_capacity(), "same log in both");
     // Registered threads: one thread may hold several tokens (one slot
     // each), so the main thread registers `threads` times and holds them.
     let n = threads.min(64);
@@ -143,7 +145,7 @@ pub fn measure(threads: usize) -> Result<MemoryReport, noderep::NrError> {
     debug_assert_eq!(registered, n);
 
     Ok(MemoryReport {
-        noderep_per_replica: ((two - one) + (three - two)) / 2 + reg,
+        noderep_per_replica: (three - two) + reg,
         noderep_one_replica: one,
         noderep_log_entries: entries,
         old_per_replica: (o1 + o2) / 2 + oreg,

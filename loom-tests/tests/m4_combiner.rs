@@ -1,8 +1,11 @@
 //! Model 4: the flat combiner hands every response back.
 //!
-//! One replica with two thread slots; two threads each append their own
+//! Replica 0 with two thread slots; two threads each append their own
 //! value with `execute_mut`. Either one combines both operations in one
-//! batch or each combines its own (loom explores both). Checked: each
+//! batch or each combines its own (loom explores both). Run twice: with one
+//! replica, where the combiner applies operations straight from the slots
+//! (no log), and with a second, idle replica, where the batch goes through
+//! the log (`m4_combiner_log`). Checked: each
 //! operation is applied exactly once (the final sequence is a permutation of
 //! the two values), every thread gets its own response (the sequence right
 //! after its value was appended, a prefix of the final sequence ending with
@@ -16,8 +19,18 @@ use loom_tests::{seq_nr, Op};
 
 #[test]
 fn m4_combiner() {
-    loom_tests::model("m4_combiner", || {
-        let nr = Arc::new(seq_nr(1, 2, 4));
+    loom_tests::model("m4_combiner", || scenario(1));
+}
+
+#[test]
+fn m4_combiner_log() {
+    loom_tests::model("m4_combiner_log", || scenario(2));
+}
+
+/// The model with `replicas` replicas; both threads use replica 0.
+fn scenario(replicas: usize) {
+    {
+        let nr = Arc::new(seq_nr(replicas, 2, 4));
         let writers: Vec<_> = [1u64, 2]
             .into_iter()
             .map(|v| {
@@ -56,5 +69,5 @@ fn m4_combiner() {
                 "response {r:?} is not a prefix of the final {fin:?}"
             );
         }
-    });
+    }
 }

@@ -1,9 +1,11 @@
 //! Model 7: poisoning after a panicking operation.
 //!
-//! One replica with two thread slots. One thread submits an operation that
+//! Replica 0 with two thread slots. One thread submits an operation that
 //! panics inside `dispatch_mut`, the other appends a value at the same time;
 //! either may be the combiner that runs the panicking operation, and the two
-//! operations may share a batch in either order. Checked: the thread whose
+//! operations may share a batch in either order. Run with one replica (no
+//! log: operations applied straight from the slots) and with a second, idle
+//! replica (through the log, `m7_poisoning_log`). Checked: the thread whose
 //! operation panicked gets the panic (with its payload) back, never a plain
 //! error; the other thread gets its response (its write was applied before
 //! the panic) or `ExecError::Poisoned`, and never hangs (loom would report
@@ -38,8 +40,19 @@ fn quiet_expected_panics() {
 #[test]
 fn m7_poisoning() {
     quiet_expected_panics();
-    loom_tests::model("m7_poisoning", || {
-        let nr = Arc::new(seq_nr(1, 2, 4));
+    loom_tests::model("m7_poisoning", || scenario(1));
+}
+
+#[test]
+fn m7_poisoning_log() {
+    quiet_expected_panics();
+    loom_tests::model("m7_poisoning_log", || scenario(2));
+}
+
+/// The model with `replicas` replicas; both threads use replica 0.
+fn scenario(replicas: usize) {
+    {
+        let nr = Arc::new(seq_nr(replicas, 2, 4));
         let panicker = {
             let nr = Arc::clone(&nr);
             thread::spawn(move || {
@@ -74,5 +87,5 @@ fn m7_poisoning() {
         );
         drop(tok);
         assert_eq!(nr.register_on(0).unwrap_err(), NrError::Poisoned);
-    });
+    }
 }

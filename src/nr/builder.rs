@@ -178,7 +178,14 @@ impl NrBuilder {
     {
         let (homes, capacity) = self.plan()?;
         let slots = self.threads_per_replica;
-        let log = Log::new(capacity, homes.len());
+        // With one replica nobody replays the log: writes are applied
+        // straight from the thread slots (`Replica::combine_direct`), so
+        // the log is a one-entry placeholder that is never written.
+        let log = if homes.len() == 1 {
+            Log::new(1, 1)
+        } else {
+            Log::new(capacity, homes.len())
+        };
         let build_one = |r: usize| Box::new(Replica::new(r, make(r), slots));
         let replicas = Self::place(&homes, &build_one);
         Ok(NodeReplicated::from_parts(log, replicas, homes))

@@ -42,6 +42,18 @@ pub(crate) enum Outcome<R> {
     Panicked(alloc::boxed::Box<dyn core::any::Any + Send + 'static>),
 }
 
+impl<R> Outcome<R> {
+    /// Whether the operation panicked.
+    #[inline]
+    pub(crate) fn is_panic(&self) -> bool {
+        match self {
+            Outcome::Response(_) => false,
+            #[cfg(feature = "std")]
+            Outcome::Panicked(_) => true,
+        }
+    }
+}
+
 /// One thread's operation slot.
 pub(crate) struct Context<W, R> {
     /// State word (see the module docs). Written by both sides.
@@ -131,7 +143,8 @@ impl<W, R> Context<W, R> {
     /// # Safety
     ///
     /// The caller took this slot's operation with [`take_op`](Self::take_op)
-    /// and has not published it yet.
+    /// and has not published it yet, or is the slot's own thread combining
+    /// its own operation, which bypassed the slot (the slot is `EMPTY`).
     pub(crate) unsafe fn store_result(&self, outcome: Outcome<R>) {
         self.result.with_mut(|p| {
             // SAFETY: state is TAKEN: only the combiner that took the
@@ -147,7 +160,8 @@ impl<W, R> Context<W, R> {
     /// # Safety
     ///
     /// The caller took this slot's operation with [`take_op`](Self::take_op)
-    /// in the current combining round and has not published it yet.
+    /// in the current combining round and has not published it yet, or is
+    /// the slot's own thread (see [`store_result`](Self::store_result)).
     pub(crate) unsafe fn publish(&self) {
         let state = self.result.with(|p| {
             // SAFETY: still TAKEN: the combiner owns `result`.

@@ -4,14 +4,20 @@
 //! # How it works
 //!
 //! * Every replica holds a full copy of the structure `D` ([`Dispatch`]).
-//! * A write is stored in the calling thread's slot of its replica. Some
-//!   thread of that replica becomes the *flat combiner* (a try-lock): it
-//!   collects every pending write of the replica, reserves that many log
-//!   positions with one compare-and-swap, moves the writes into the log,
-//!   applies the log to its replica up to the end of its batch, and hands
-//!   each thread its response. A waiting thread keeps trying the combiner
-//!   lock, so a write that arrives just after a batch was collected is picked
-//!   up as soon as that combiner finishes — there is no timeout to wait out.
+//! * A writer first tries its replica's combiner lock. If it gets it, it is
+//!   the *flat combiner* and its own write goes straight into the batch;
+//!   otherwise it stores the write in its thread slot and waits. The
+//!   combiner collects every pending write of the replica, reserves that
+//!   many log positions with one compare-and-swap, moves the writes into the
+//!   log, applies the log to its replica up to the end of its batch, and
+//!   hands each thread its response. A waiting thread keeps trying the
+//!   combiner lock, so a write that arrives just after a batch was collected
+//!   is picked up as soon as that combiner finishes — there is no timeout to
+//!   wait out.
+//! * With a single replica (one NUMA node) nobody else would replay the
+//!   log, so there is none: the combiner applies the batch straight from
+//!   the slots, and an uncontended write costs a try-lock, the write lock
+//!   and the operation itself.
 //! * A read runs on the caller's own replica under a distributed
 //!   readers-writer lock, after the replica has applied the log up to the
 //!   commit point observed when the read began (if it is behind, the reader
@@ -239,9 +245,14 @@ where
         self.shared.replicas.len()
     }
 
-    /// Capacity of the shared log, in operations.
+    /// Capacity of the shared log, in operations; 0 with a single replica,
+    /// which applies writes without a log.
     pub fn log_capacity(&self) -> usize {
-        self.shared.log.capacity()
+        if self.shared.log.is_single() {
+            0
+        } else {
+            self.shared.log.capacity()
+        }
     }
 
     /// Whether a write operation has panicked and poisoned the instance.
@@ -362,7 +373,33 @@ where
     ) -> Result<D::Response, ExecError> {
         self.check(token)?;
         let shared = &*self.shared;
-        let replica = &shared.replicas[token.replica];
+        let replica = token.replica_ref();
+        // Fast path: the combiner lock is free, so we combine right away and
+        // our own operation goes straight into the batch, never through our
+        // slot (no slot handshake; with one replica, no log either).
+        // Mutant `no_combine_retry` (loom model 4) skips it, so that the
+        // mutant's single try is the one in the loop below.
+        #[cfg(not(noderep_mutant = "no_combine_retry"))]
+        if let Some(guard) = replica.try_combine() {
+            if shared.log.is_single() {
+                return match shared.combine_single(&guard, Some(op)) {
+                    Ok(Some(out)) => {
+                        drop(guard);
+                        Self::deliver(out, shared)
+                    }
+                    Ok(None) | Err(PoisonedInstance) => Err(ExecError::Poisoned),
+                };
+            }
+            // An Err means poisoned; the poll below reports it (after taking
+            // our own outcome, if our operation ran).
+            let _ = shared.combine(token.replica, &guard, 0, Some((token.slot, op)));
+            drop(guard);
+            let ctx = &replica.contexts[token.slot];
+            return match ctx.poll() {
+                Some(out) => Self::deliver(out, shared),
+                None => Err(ExecError::Poisoned),
+            };
+        }
         let ctx = &replica.contexts[token.slot];
         ctx.submit(op);
         let mut backoff = Backoff::new();
@@ -378,19 +415,7 @@ where
             // panicked gets its panic when its own replica ran it.
             let poisoned = self.is_poisoned();
             if let Some(out) = ctx.poll() {
-                return match out {
-                    Outcome::Response(r) => Ok(r),
-                    #[cfg(feature = "std")]
-                    Outcome::Panicked(payload) => {
-                        // The combiner raises the flag only after publishing
-                        // the outcomes; raise it here too so that the
-                        // instance is poisoned by the time the panic
-                        // reaches our caller.
-                        // Release: pairs with the Acquire loads of the flag.
-                        self.shared.poisoned.store(true, Ordering::Release);
-                        std::panic::resume_unwind(payload)
-                    }
-                };
+                return Self::deliver(out, shared);
             }
             if poisoned {
                 return Err(ExecError::Poisoned);
@@ -403,7 +428,7 @@ where
             if let Some(guard) = replica.try_combine() {
                 // An Err means poisoned, which the next iteration reports
                 // after collecting our own outcome if there is one.
-                let _ = shared.combine(token.replica, &guard, 0);
+                let _ = shared.combine(token.replica, &guard, 0, None);
                 backoff.reset();
             } else {
                 // Someone is combining. Watch the combiner lock, not our own
@@ -413,6 +438,24 @@ where
                 // the combiner while it takes the operation and writes the
                 // response (fewer line transfers per write).
                 replica.wait_while_combining(&mut backoff);
+            }
+        }
+    }
+
+    /// Hands a write's outcome to its caller: the response, or the panic of
+    /// the operation, resumed.
+    #[inline]
+    fn deliver(out: Outcome<D::Response>, shared: &Shared<D>) -> Result<D::Response, ExecError> {
+        match out {
+            Outcome::Response(r) => Ok(r),
+            #[cfg(feature = "std")]
+            Outcome::Panicked(payload) => {
+                // The combiner raises the flag only after publishing the
+                // outcomes; raise it here too so that the instance is
+                // poisoned by the time the panic reaches our caller.
+                // Release: pairs with the Acquire loads of the flag.
+                shared.poisoned.store(true, Ordering::Release);
+                std::panic::resume_unwind(payload)
             }
         }
     }
@@ -441,7 +484,7 @@ where
                 backoff.snooze();
             };
             shared
-                .combine(r, &guard, tail)
+                .combine(r, &guard, tail, None)
                 .map_err(|_| ExecError::Poisoned)?;
             out.push(rep.inspect_exclusive(&guard, |d| f(r, d)));
         }
@@ -480,7 +523,7 @@ where
             }
             match replica.try_combine() {
                 Some(guard) => self
-                    .combine(r, &guard, target)
+                    .combine(r, &guard, target, None)
                     .map_err(|_| ExecError::Poisoned)?,
                 None => backoff.snooze(),
             }
@@ -490,19 +533,36 @@ where
 
     /// One round of flat combining for replica `r`: collect its pending
     /// writes, append them, and apply the log up to the end of the batch
-    /// (and at least up to `min_target`).
+    /// (and at least up to `min_target`). `own` is the combiner's own slot
+    /// and operation when it has not gone through the slot (the fast path
+    /// of `execute_mut`); its outcome is left in that slot.
+    ///
+    /// With a single replica there is no log to append to: the batch is
+    /// applied straight from the slots ([`Replica::combine_direct`]).
     fn combine(
         &self,
         r: usize,
         guard: &CombinerGuard<'_>,
         min_target: usize,
+        own: Option<(usize, D::WriteOperation)>,
     ) -> Result<(), PoisonedInstance> {
         let replica = &self.replicas[r];
-        let n = replica.collect(guard);
+        if self.log.is_single() {
+            debug_assert!(
+                own.is_none(),
+                "the single-replica fast path returns directly"
+            );
+            return self.combine_single(guard, None).map(drop);
+        }
+        let mut n = replica.collect(guard);
+        let own = own.map(|(slot, op)| {
+            n = replica.push_own(guard, slot);
+            op
+        });
         let mut end = min_target;
         if n > 0 {
             let start = self.reserve(r, guard, n)?;
-            replica.append_batch(guard, &self.log, start);
+            replica.append_batch(guard, &self.log, start, own);
             end = end.max(start + n);
             #[cfg(test)]
             {
@@ -511,6 +571,23 @@ where
             }
         }
         replica.exec(guard, &self.log, end, &self.poisoned)
+    }
+
+    /// [`Replica::combine_direct`] on the only replica; returns `own`'s
+    /// outcome.
+    #[inline]
+    fn combine_single(
+        &self,
+        guard: &CombinerGuard<'_>,
+        own: Option<D::WriteOperation>,
+    ) -> Result<Option<Outcome<D::Response>>, PoisonedInstance> {
+        let round = self.replicas[0].combine_direct(guard, own, &self.poisoned)?;
+        #[cfg(test)]
+        if round.size > 0 {
+            stats::Stats::bump(&self.stats.batches, 1);
+            stats::Stats::bump(&self.stats.combined_ops, round.size);
+        }
+        Ok(round.own)
     }
 
     /// Reserves `n` log positions for replica `r`'s combiner, making room

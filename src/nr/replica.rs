@@ -82,6 +82,16 @@ where
 {
 }
 
+/// What one [`Replica::combine_direct`] round did.
+pub(crate) struct DirectRound<R> {
+    /// The outcome of the combiner's own operation, if it passed one.
+    pub own: Option<Outcome<R>>,
+    /// Operations applied or attempted in the round, own one included
+    /// (read by the tests' statistics).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub size: usize,
+}
+
 /// Proof of holding a replica's combiner lock; unlocks on drop.
 pub(crate) struct CombinerGuard<'a> {
     lock: &'a AtomicBool,
@@ -180,20 +190,38 @@ impl<D: Dispatch> Replica<D> {
         })
     }
 
+    /// Adds the combiner's own slot to the front of the collected batch (its
+    /// operation, which never went through the slot, is passed to
+    /// [`append_batch`](Self::append_batch)) and returns the batch size.
+    pub(crate) fn push_own(&self, _guard: &CombinerGuard<'_>, own_slot: usize) -> usize {
+        self.batch.with_mut(|b| {
+            // SAFETY: combiner-only scratch, see `collect`.
+            let batch = unsafe { &mut *b };
+            batch.insert(0, own_slot);
+            batch.len()
+        })
+    }
+
     /// Moves the collected operations into the log at `start..start + n`.
+    /// With `own`, the batch starts with the combiner's own slot
+    /// ([`push_own`](Self::push_own)) and `own` is its operation.
     pub(crate) fn append_batch(
         &self,
         _guard: &CombinerGuard<'_>,
         log: &Log<D::WriteOperation>,
         start: usize,
+        mut own: Option<D::WriteOperation>,
     ) {
         self.batch.with(|b| {
             // SAFETY: combiner-only scratch, see `collect`.
             let batch = unsafe { &*b };
             for (i, &slot) in batch.iter().enumerate() {
-                // SAFETY: we hold the combiner lock and `collect` saw the
-                // slot pending; nobody else takes it.
-                let op = unsafe { self.contexts[slot].take_op() };
+                let op = match own.take() {
+                    Some(op) => op,
+                    // SAFETY: we hold the combiner lock and `collect` saw the
+                    // slot pending; nobody else takes it.
+                    None => unsafe { self.contexts[slot].take_op() },
+                };
                 log.write(
                     start + i,
                     Record {
@@ -204,6 +232,96 @@ impl<D: Dispatch> Replica<D> {
                 );
             }
         });
+    }
+
+    /// One combining round without a log, for an instance with a single
+    /// replica: nobody else replays the log there, so the combiner applies
+    /// its own operation `own` (if any, moved in, not cloned) and then the
+    /// pending operations of the batch collected by [`collect`](Self::collect)
+    /// straight from their slots, under one write lock, and publishes their
+    /// responses.
+    ///
+    /// Poisoning works as in [`exec`](Self::exec): the combiner stops at a
+    /// panicking operation, hands its payload to its issuer, leaves the
+    /// operations after it pending (their threads see the flag), and raises
+    /// the flag after publishing.
+    pub(crate) fn combine_direct(
+        &self,
+        _guard: &CombinerGuard<'_>,
+        own: Option<D::WriteOperation>,
+        poisoned: &AtomicBool,
+    ) -> Result<DirectRound<D::Response>, PoisonedInstance> {
+        // Acquire: pairs with the Release that poisons; a combiner that
+        // stopped at a panic raised the flag before releasing the lock we
+        // hold, so we never apply operations after a panicking one.
+        // Mutant `exec_ignores_poison` (loom model 7) skips this check here
+        // as in `exec`.
+        #[cfg(not(noderep_mutant = "exec_ignores_poison"))]
+        if poisoned.load(Ordering::Acquire) {
+            return Err(PoisonedInstance);
+        }
+        let pending = self.collect(_guard);
+        let size = pending + usize::from(own.is_some());
+        let mut own_outcome = None;
+        let mut panicked = false;
+        {
+            let _write = self.rwlock.write();
+            let unwind_guard = PoisonOnUnwind(poisoned);
+            if let Some(op) = own {
+                let out = self.run(|| op);
+                panicked = out.is_panic();
+                own_outcome = Some(out);
+            }
+            if !panicked && pending > 0 {
+                self.batch.with(|b| {
+                    // SAFETY: combiner-only scratch, see `collect`.
+                    let batch = unsafe { &*b };
+                    for &slot in batch {
+                        let ctx = &self.contexts[slot];
+                        // SAFETY: we hold the combiner lock and `collect` saw
+                        // the slot pending; nobody else takes it.
+                        let out = self.run(|| unsafe { ctx.take_op() });
+                        let stop = out.is_panic();
+                        // Mutant `panic_not_forwarded` (loom model 7) drops
+                        // a panic payload instead of handing it over.
+                        #[cfg(noderep_mutant = "panic_not_forwarded")]
+                        if stop {
+                            panicked = true;
+                            break;
+                        }
+                        // SAFETY: we took this slot's operation just now.
+                        unsafe { ctx.store_result(out) };
+                        if stop {
+                            panicked = true;
+                            break;
+                        }
+                    }
+                });
+            }
+            core::mem::forget(unwind_guard);
+        }
+        if pending > 0 {
+            self.batch.with(|b| {
+                // SAFETY: combiner-only scratch, see `collect`.
+                let batch = unsafe { &*b };
+                for &slot in batch {
+                    // SAFETY: every slot of the batch was collected by us in
+                    // this round; `publish` hands over only those with a
+                    // result and leaves the rest pending.
+                    unsafe { self.contexts[slot].publish() };
+                }
+            });
+        }
+        if panicked {
+            // After publishing, for the reasons given in `exec`.
+            // Release: pairs with the Acquire loads of the flag.
+            #[cfg(not(noderep_mutant = "poison_flag_skipped"))]
+            poisoned.store(true, Ordering::Release);
+        }
+        Ok(DirectRound {
+            own: own_outcome,
+            size,
+        })
     }
 
     /// Applies the log to this replica up to position `to` (waiting for
@@ -262,7 +380,8 @@ impl<D: Dispatch> Replica<D> {
                     (origin, slot, Outcome::Response(r)) => {
                         if origin == self.id {
                             // SAFETY: own-origin entry of the batch we took
-                            // (see above); its slot is TAKEN by us.
+                            // (see above); its slot is TAKEN by us, or is our
+                            // own slot (the fast path), which only we touch.
                             unsafe { self.contexts[slot].store_result(Outcome::Response(r)) };
                             own += 1;
                         }
@@ -332,24 +451,31 @@ impl<D: Dispatch> Replica<D> {
         outcome
     }
 
-    /// Clones a logged operation and applies it to the replica, catching a
-    /// panic (with `std`).
+    /// Clones a logged operation and applies it to the replica.
     fn apply(&self, rec: &Record<D::WriteOperation>) -> (usize, usize, Outcome<D::Response>) {
+        (rec.replica, rec.slot, self.run(|| rec.op.clone()))
+    }
+
+    /// Applies the operation that `op` produces to the replica, catching a
+    /// panic of either (with `std`). The caller holds the combiner lock and
+    /// the write lock.
+    #[inline]
+    fn run(&self, op: impl FnOnce() -> D::WriteOperation) -> Outcome<D::Response> {
         let run = || {
+            let op = op();
             self.data.with_mut(|d| {
                 // SAFETY: we hold the write lock (no readers) and the
                 // combiner lock (no other writer).
-                unsafe { (*d).dispatch_mut(rec.op.clone()) }
+                unsafe { (*d).dispatch_mut(op) }
             })
         };
         #[cfg(feature = "std")]
-        let out = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        return match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
             Ok(r) => Outcome::Response(r),
             Err(p) => Outcome::Panicked(p),
         };
         #[cfg(not(feature = "std"))]
-        let out = Outcome::Response(run());
-        (rec.replica, rec.slot, out)
+        return Outcome::Response(run());
     }
 
     /// Runs a read-only operation under the read lock of the slot whose flag

@@ -344,6 +344,34 @@ fn hashmap_on_2_replicas_is_linearizable() {
 }
 
 #[test]
+fn hashmap_on_1_replica_is_linearizable() {
+    // One replica: writes are applied straight from the thread slots, with
+    // no log (the combiner's own operation never touches its slot).
+    let plan = Plan {
+        replicas: 1,
+        threads_per_replica: 4,
+        ops_per_thread: 12,
+        log_capacity: 1024,
+        histories: 300,
+        placement: Placement::EveryReplica,
+    };
+    campaign::<NrMap>("hashmap, 1 replica", plan, 0x1800);
+}
+
+#[test]
+fn stack_on_1_replica_is_linearizable() {
+    let plan = Plan {
+        replicas: 1,
+        threads_per_replica: 4,
+        ops_per_thread: 10,
+        log_capacity: 1024,
+        histories: 200,
+        placement: Placement::EveryReplica,
+    };
+    campaign::<NrStack>("stack, 1 replica", plan, 0x4800);
+}
+
+#[test]
 fn hashmap_on_4_replicas_is_linearizable() {
     let plan = Plan {
         replicas: 4,
