@@ -86,7 +86,7 @@ pub fn table(rows: &[Row]) -> String {
         }
     }
     let header = format!(
-        "{:<name_w$}  {:>9}  {:>7}  {:>7}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>7}",
+        "{:<name_w$}  {:>9}  {:>7}  {:>7}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>7}",
         "implementation",
         "Mop/s",
         "spread",
@@ -96,6 +96,7 @@ pub fn table(rows: &[Row]) -> String {
         "p99",
         "p99.9",
         "max",
+        "max*",
         "preempt"
     );
     for (w, t) in groups {
@@ -111,7 +112,7 @@ pub fn table(rows: &[Row]) -> String {
         for r in block {
             let _ = writeln!(
                 out,
-                "{:<name_w$}  {:>9.2}  {:>6.1}%  {:>6.2}x  {:>9.2}  {:>9}  {:>9}  {:>9}  {:>9}  {:>7}",
+                "{:<name_w$}  {:>9.2}  {:>6.1}%  {:>6.2}x  {:>9.2}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}  {:>7}",
                 r.imp.name(),
                 r.mops(),
                 r.m.spread() * 100.0,
@@ -121,6 +122,7 @@ pub fn table(rows: &[Row]) -> String {
                 fmt_ns(r.lat(0.99)),
                 fmt_ns(r.lat(0.999)),
                 fmt_ns(r.lat_max()),
+                fmt_ns(r.m.max_unpreempted_ns),
                 r.m.preemptions,
             );
         }
@@ -171,7 +173,7 @@ pub fn markdown(rows: &[Row]) -> String {
 pub fn csv(rows: &[Row]) -> String {
     let best = best_by_group(rows);
     let mut out = String::from(
-        "workload,write_pct,threads,implementation,mops_median,mops_min,mops_max,spread,vs_best,cpu_mops_median,reps,p50_ns,p99_ns,p999_ns,max_ns,preemptions,latency_rep_mops\n",
+        "workload,write_pct,threads,implementation,mops_median,mops_min,mops_max,spread,vs_best,cpu_mops_median,reps,p50_ns,p99_ns,p999_ns,max_ns,max_unpreempted_ns,slow_ops,slow_ops_preemption_delayed,preemptions,latency_rep_mops\n",
     );
     for r in rows {
         let min = r.m.reps.iter().copied().fold(f64::INFINITY, f64::min) / 1e6;
@@ -179,7 +181,7 @@ pub fn csv(rows: &[Row]) -> String {
         let top = best[&(r.workload.clone(), r.threads)];
         let _ = writeln!(
             out,
-            "{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{},{},{},{},{},{},{:.4}",
+            "{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{},{},{},{},{},{},{},{},{},{:.4}",
             r.workload,
             r.write_pct,
             r.threads,
@@ -195,6 +197,9 @@ pub fn csv(rows: &[Row]) -> String {
             r.lat(0.99),
             r.lat(0.999),
             r.lat_max(),
+            r.m.max_unpreempted_ns,
+            r.m.slow_ops.0,
+            r.m.slow_ops.1,
             r.m.preemptions,
             r.m.latency_rep_ops / 1e6
         );
@@ -224,6 +229,9 @@ pub fn json_rows(rows: &[Row]) -> serde_json::Value {
                         "p50": r.lat(0.5), "p99": r.lat(0.99), "p999": r.lat(0.999), "max": r.lat_max(),
                         "ops_timed": r.m.latency.as_ref().map_or(0, |h| h.len()),
                         "involuntary_context_switches": r.m.preemptions,
+                        "max_not_preemption_delayed": r.m.max_unpreempted_ns,
+                        "ops_over_20us": r.m.slow_ops.0,
+                        "ops_over_20us_preemption_delayed": r.m.slow_ops.1,
                     },
                     "latency_rep_mops": r.m.latency_rep_ops / 1e6,
                     "max_stop_wait_ms": r.m.max_stop_wait.as_secs_f64() * 1e3,

@@ -25,7 +25,15 @@
 //! Each worker also counts the involuntary context switches it suffered
 //! during the latency repetition (`getrusage(RUSAGE_THREAD)`): a maximum of
 //! several milliseconds that comes with a preemption is the scheduler's
-//! doing, not the structure's.
+//! doing, not the structure's. To tell the two apart per operation, a worker
+//! that sees an operation take longer than [`SLOW_NS`] reads its switch
+//! count right then (a system call, only for those rare operations, and
+//! taken out of the next operation's time): if it went up since the last
+//! look, the slow operation was preempted. A slow operation of another
+//! thread that overlaps a preempted one in time may have been waiting for
+//! it (a lock holder, a combiner); both kinds are *preemption-delayed*. The
+//! report gives the maximum over all operations and the maximum over the
+//! others ([`Measurement::max_unpreempted_ns`]).
 
 use crate::systems::{System, Worker};
 use crate::workload::Op;
@@ -39,6 +47,21 @@ use std::time::{Duration, Instant};
 
 /// Operations between two looks at the stop flag.
 pub const CHUNK: usize = 64;
+
+/// Latency above which an operation is checked for preemption (module
+/// docs): far above any p99.9 seen here, far below the 1 ms target.
+pub const SLOW_NS: u64 = 20_000;
+
+/// One operation slower than [`SLOW_NS`], in raw clock ticks.
+#[derive(Debug, Clone, Copy)]
+struct SlowOp {
+    thread: usize,
+    start: u64,
+    end: u64,
+    nanos: u64,
+    /// The thread's involuntary switch count went up since its last look.
+    preempted: bool,
+}
 
 /// How long and how often to measure.
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +92,12 @@ pub struct Measurement {
     /// Involuntary context switches of the workers during the latency
     /// repetition (summed over threads).
     pub preemptions: u64,
+    /// Maximum latency over the operations that were neither preempted nor
+    /// overlapping a preempted operation of another worker (module docs).
+    pub max_unpreempted_ns: u64,
+    /// Operations slower than [`SLOW_NS`] / those of them delayed by a
+    /// preemption, in the latency repetition.
+    pub slow_ops: (u64, u64),
     /// Sum of the responses (profiling mode only; keeps the work alive).
     pub checksum: u64,
     /// Longest time the main thread waited for workers to notice the stop
@@ -140,13 +169,17 @@ pub fn run<S: System>(
     let results: Mutex<Vec<(usize, u64, f64, f64)>> = Mutex::new(Vec::new());
     let hist = Mutex::new(new_histogram());
     let preempt = AtomicU64::new(0);
+    // Per worker: the slow operations of its latency pass, and the maximum
+    // latency of its other operations.
+    let slow: Mutex<(Vec<SlowOp>, u64)> = Mutex::new((Vec::new(), 0));
     let clock = Clock::get();
     let mut max_stop_wait = Duration::ZERO;
 
     std::thread::scope(|s| {
         for (t, ops) in streams.iter().enumerate() {
-            let (start, stop, done, results, hist, phases, preempt) =
-                (&start, &stop, &done, &results, &hist, &phases, &preempt);
+            let (start, stop, done, results, hist, phases, preempt, slow) = (
+                &start, &stop, &done, &results, &hist, &phases, &preempt, &slow,
+            );
             let core = places[t % places.len()];
             s.spawn(move || {
                 // Best effort: an unpinned thread still measures something,
@@ -163,15 +196,35 @@ pub fn run<S: System>(
                     let mut n = 0u64;
                     let mut sum = 0u64;
                     let csw0 = if timed { involuntary_switches() } else { 0 };
+                    let mut slow_ops: Vec<SlowOp> = Vec::new();
+                    let mut fast_max = 0u64;
                     if timed {
+                        let mut csw_seen = csw0;
                         let mut prev = clock.now();
                         loop {
                             for _ in 0..CHUNK {
                                 sum = sum.wrapping_add(worker.exec(ops[pos]));
                                 pos = (pos + 1) & mask;
                                 let now = clock.now();
-                                local.saturating_record(clock.nanos(now.wrapping_sub(prev)));
-                                prev = now;
+                                let nanos = clock.nanos(now.wrapping_sub(prev));
+                                local.saturating_record(nanos);
+                                if nanos > SLOW_NS {
+                                    let csw = involuntary_switches();
+                                    slow_ops.push(SlowOp {
+                                        thread: t,
+                                        start: prev,
+                                        end: now,
+                                        nanos,
+                                        preempted: csw > csw_seen,
+                                    });
+                                    csw_seen = csw;
+                                    // Keep the system call out of the next
+                                    // operation's time.
+                                    prev = clock.now();
+                                } else {
+                                    fast_max = fast_max.max(nanos);
+                                    prev = now;
+                                }
                             }
                             n += CHUNK as u64;
                             // Relaxed: a hint to stop; the barrier and the
@@ -205,6 +258,9 @@ pub fn run<S: System>(
                             involuntary_switches().saturating_sub(csw0),
                             Ordering::Relaxed,
                         );
+                        let mut all = slow.lock().expect("no worker panics");
+                        all.0.extend(slow_ops);
+                        all.1 = all.1.max(fast_max);
                         hist.lock()
                             .expect("no worker panics")
                             .add(&local)
@@ -254,6 +310,19 @@ pub fn run<S: System>(
             .map(|&(_, n, _, cpu)| n as f64 / cpu.max(1e-9))
             .sum()
     };
+    let (slow_ops, fast_max) = slow.into_inner().expect("no worker panics");
+    let delayed = |o: &SlowOp| {
+        o.preempted
+            || slow_ops
+                .iter()
+                .any(|p| p.preempted && p.thread != o.thread && p.start < o.end && o.start < p.end)
+    };
+    let n_delayed = slow_ops.iter().filter(|o| delayed(o)).count() as u64;
+    let max_unpreempted_ns = slow_ops
+        .iter()
+        .filter(|o| !delayed(o))
+        .map(|o| o.nanos)
+        .fold(fast_max, u64::max);
     let reps = (1..=set.reps).map(per_phase).collect();
     let cpu_reps = (1..=set.reps).map(per_phase_cpu).collect();
     let timed = !set.latency.is_zero();
@@ -263,6 +332,8 @@ pub fn run<S: System>(
         latency: timed.then(|| hist.into_inner().expect("no worker panics")),
         latency_rep_ops: if timed { per_phase(set.reps + 1) } else { 0.0 },
         preemptions: preempt.into_inner(),
+        max_unpreempted_ns,
+        slow_ops: (slow_ops.len() as u64, n_delayed),
         checksum: 0,
         max_stop_wait,
     }
@@ -283,6 +354,8 @@ pub fn count_ops<S: System>(sys: &S, ops: &[Op], core: Core, n: u64) -> Measurem
         latency: None,
         latency_rep_ops: 0.0,
         preemptions: 0,
+        max_unpreempted_ns: 0,
+        slow_ops: (0, 0),
         checksum: black_box(sum),
         max_stop_wait: Duration::ZERO,
     }

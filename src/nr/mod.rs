@@ -382,11 +382,10 @@ where
         #[cfg(not(noderep_mutant = "no_combine_retry"))]
         if let Some(guard) = replica.try_combine() {
             if shared.log.is_single() {
+                // A panic of our operation unwinds from here (the instance
+                // is poisoned on the way, see `Replica::combine_direct`).
                 return match shared.combine_single(&guard, Some(op)) {
-                    Ok(Some(out)) => {
-                        drop(guard);
-                        Self::deliver(out, shared)
-                    }
+                    Ok(Some(r)) => Ok(r),
                     Ok(None) | Err(PoisonedInstance) => Err(ExecError::Poisoned),
                 };
             }
@@ -580,7 +579,7 @@ where
         &self,
         guard: &CombinerGuard<'_>,
         own: Option<D::WriteOperation>,
-    ) -> Result<Option<Outcome<D::Response>>, PoisonedInstance> {
+    ) -> Result<Option<D::Response>, PoisonedInstance> {
         let round = self.replicas[0].combine_direct(guard, own, &self.poisoned)?;
         #[cfg(test)]
         if round.size > 0 {

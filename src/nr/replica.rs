@@ -84,8 +84,8 @@ where
 
 /// What one [`Replica::combine_direct`] round did.
 pub(crate) struct DirectRound<R> {
-    /// The outcome of the combiner's own operation, if it passed one.
-    pub own: Option<Outcome<R>>,
+    /// The response to the combiner's own operation, if it passed one.
+    pub own: Option<R>,
     /// Operations applied or attempted in the round, own one included
     /// (read by the tests' statistics).
     #[cfg_attr(not(test), allow(dead_code))]
@@ -236,15 +236,23 @@ impl<D: Dispatch> Replica<D> {
 
     /// One combining round without a log, for an instance with a single
     /// replica: nobody else replays the log there, so the combiner applies
-    /// its own operation `own` (if any, moved in, not cloned) and then the
-    /// pending operations of the batch collected by [`collect`](Self::collect)
-    /// straight from their slots, under one write lock, and publishes their
-    /// responses.
+    /// its own operation `own` (if any, moved in, not cloned) and then every
+    /// pending operation of the replica's slots, straight from the slots,
+    /// under one write lock, publishing each response as soon as it has it.
     ///
-    /// Poisoning works as in [`exec`](Self::exec): the combiner stops at a
-    /// panicking operation, hands its payload to its issuer, leaves the
-    /// operations after it pending (their threads see the flag), and raises
-    /// the flag after publishing.
+    /// Publishing before the write lock is released is safe here: with one
+    /// replica there is no commit point to advance first, and a thread that
+    /// returns and reads waits for the write lock like any other reader.
+    /// The scan goes forward, so a thread that got its response and already
+    /// submitted its next operation is not collected again in this round.
+    ///
+    /// Poisoning: a panic of `own` unwinds straight to the caller, which
+    /// issued it; [`PoisonOnUnwind`] raises the flag on the way and the
+    /// guards release the locks; the slots not yet scanned stay pending and
+    /// their threads see the flag. A panic of a slot's operation is caught:
+    /// its payload goes to its issuer, the round stops, the slots after it
+    /// stay pending, and the flag is raised after publishing, as in
+    /// [`exec`](Self::exec).
     pub(crate) fn combine_direct(
         &self,
         _guard: &CombinerGuard<'_>,
@@ -260,68 +268,54 @@ impl<D: Dispatch> Replica<D> {
         if poisoned.load(Ordering::Acquire) {
             return Err(PoisonedInstance);
         }
-        let pending = self.collect(_guard);
-        let size = pending + usize::from(own.is_some());
-        let mut own_outcome = None;
+        let mut size = 0;
         let mut panicked = false;
-        {
-            let _write = self.rwlock.write();
-            let unwind_guard = PoisonOnUnwind(poisoned);
-            if let Some(op) = own {
-                let out = self.run(|| op);
-                panicked = out.is_panic();
-                own_outcome = Some(out);
+        let write = self.rwlock.write();
+        let unwind_guard = PoisonOnUnwind(poisoned);
+        let own = own.map(|op| {
+            size += 1;
+            self.data.with_mut(|d| {
+                // SAFETY: we hold the write lock (no readers) and the
+                // combiner lock (no other writer).
+                unsafe { (*d).dispatch_mut(op) }
+            })
+        });
+        for ctx in &self.contexts[..self.rwlock.slot_hwm()] {
+            if !ctx.is_pending() {
+                continue;
             }
-            if !panicked && pending > 0 {
-                self.batch.with(|b| {
-                    // SAFETY: combiner-only scratch, see `collect`.
-                    let batch = unsafe { &*b };
-                    for &slot in batch {
-                        let ctx = &self.contexts[slot];
-                        // SAFETY: we hold the combiner lock and `collect` saw
-                        // the slot pending; nobody else takes it.
-                        let out = self.run(|| unsafe { ctx.take_op() });
-                        let stop = out.is_panic();
-                        // Mutant `panic_not_forwarded` (loom model 7) drops
-                        // a panic payload instead of handing it over.
-                        #[cfg(noderep_mutant = "panic_not_forwarded")]
-                        if stop {
-                            panicked = true;
-                            break;
-                        }
-                        // SAFETY: we took this slot's operation just now.
-                        unsafe { ctx.store_result(out) };
-                        if stop {
-                            panicked = true;
-                            break;
-                        }
-                    }
-                });
+            size += 1;
+            // SAFETY: we hold the combiner lock and saw the slot pending;
+            // nobody else takes it.
+            let out = self.run(|| unsafe { ctx.take_op() });
+            let stop = out.is_panic();
+            // Mutant `panic_not_forwarded` (loom model 7) drops a panic
+            // payload instead of handing it over.
+            #[cfg(noderep_mutant = "panic_not_forwarded")]
+            if stop {
+                panicked = true;
+                break;
             }
-            core::mem::forget(unwind_guard);
+            // SAFETY: we took this slot's operation just now and publish
+            // its outcome once.
+            unsafe {
+                ctx.store_result(out);
+                ctx.publish();
+            }
+            if stop {
+                panicked = true;
+                break;
+            }
         }
-        if pending > 0 {
-            self.batch.with(|b| {
-                // SAFETY: combiner-only scratch, see `collect`.
-                let batch = unsafe { &*b };
-                for &slot in batch {
-                    // SAFETY: every slot of the batch was collected by us in
-                    // this round; `publish` hands over only those with a
-                    // result and leaves the rest pending.
-                    unsafe { self.contexts[slot].publish() };
-                }
-            });
-        }
+        core::mem::forget(unwind_guard);
+        drop(write);
         if panicked {
             // After publishing, for the reasons given in `exec`.
             // Release: pairs with the Acquire loads of the flag.
             #[cfg(not(noderep_mutant = "poison_flag_skipped"))]
             poisoned.store(true, Ordering::Release);
         }
-        Ok(DirectRound {
-            own: own_outcome,
-            size,
-        })
+        Ok(DirectRound { own, size })
     }
 
     /// Applies the log to this replica up to position `to` (waiting for
