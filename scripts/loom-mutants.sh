@@ -11,8 +11,10 @@
 #                                           each mutant (extra catches are
 #                                           reported, never required)
 #
-# Mutants run one after the other in one target dir (target/loom-mutants);
-# each needs a rebuild, because RUSTFLAGS changes for every crate.
+# Mutants run one after the other in one target dir (target/loom-mutants).
+# The mutant reaches noderep through NODEREP_MUTANT (build.rs turns it into
+# `--cfg noderep_mutant=...` for noderep alone), so each mutant rebuilds
+# noderep and the models, not the dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,7 +34,6 @@ m3_rwlock              rwlock_writer_unlock_relaxed
 m4_combiner            context_submit_relaxed
 m4_combiner            context_finish_relaxed
 m4_combiner            combiner_unlock_relaxed
-m7_poisoning           context_take_keeps_pending
 m4_combiner            no_combine_retry
 m5_helping             no_helping
 m5_helping             help_unlocked
@@ -53,6 +54,7 @@ only="$*"
 
 export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-2}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/loom-mutants}"
+export RUSTFLAGS="${RUSTFLAGS:-} --cfg loom"
 # Seconds a model may run before it counts as hung (also a catch: livelock).
 limit="${LOOM_MUTANT_TIMEOUT:-300}"
 logdir="$CARGO_TARGET_DIR/mutant-logs"
@@ -83,14 +85,14 @@ for mutant in $mutants; do
   expected="$(echo "$TABLE" | awk -v m="$mutant" 'NF==2 && $2==m {print $1}')"
   if [ -z "$expected" ]; then echo "unknown mutant $mutant (not in the table)" >&2; exit 2; fi
   echo "=== mutant $mutant: building"
-  RUSTFLAGS="--cfg loom --cfg noderep_mutant=\"$mutant\"" \
+  NODEREP_MUTANT="$mutant" \
     cargo build --release -p loom-tests --tests -q 2>"$logdir/$mutant.build" || {
       echo "build failed, see $logdir/$mutant.build" >&2; exit 2; }
   if [ "$matrix" = 1 ]; then run_models="$MODELS"; else run_models="$expected"; fi
   for model in $run_models; do
     log="$logdir/$mutant.$model.log"
     rc=0
-    RUSTFLAGS="--cfg loom --cfg noderep_mutant=\"$mutant\"" \
+    NODEREP_MUTANT="$mutant" \
       timeout "$limit" cargo test --release -p loom-tests --test "$model" -q >"$log" 2>&1 || rc=$?
     [ "$rc" = 124 ] && echo "TIMEOUT after ${limit}s" >>"$log"
     is_expected=0; echo "$expected" | grep -qx "$model" && is_expected=1

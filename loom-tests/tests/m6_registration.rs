@@ -1,6 +1,7 @@
 //! Model 6: thread registration and token drop racing with combining.
 //!
-//! One replica with two thread slots. Two threads register, append their
+//! Replica 0 with two thread slots (alone, and with an idle second replica
+//! in `m6_registration_log`). Two threads register, append their
 //! value and leave, dropping their token (which frees the slot); the second
 //! also reads before leaving. The main thread waits for the first to leave,
 //! then registers — while the second may still be registering, combining or
@@ -24,8 +25,21 @@ use loom_tests::{seq_nr, Op};
 
 #[test]
 fn m6_registration() {
-    loom_tests::model("m6_registration", || {
-        let nr = Arc::new(seq_nr(1, 2, 4));
+    loom_tests::model("m6_registration", || scenario(1));
+}
+
+/// With a second, idle replica the writes go through the log and every
+/// response, the combiner's own included, passes through its thread's slot,
+/// so the slot's cells change hands on every path.
+#[test]
+fn m6_registration_log() {
+    loom_tests::model("m6_registration_log", || scenario(2));
+}
+
+/// The model with `replicas` replicas; every thread uses replica 0.
+fn scenario(replicas: usize) {
+    {
+        let nr = Arc::new(seq_nr(replicas, 2, 4));
         let mut others: Vec<_> = [1u64, 2]
             .into_iter()
             .map(|v| {
@@ -51,5 +65,5 @@ fn m6_registration() {
         let mut fin = nr.execute((), &tok).unwrap();
         fin.sort_unstable();
         assert_eq!(fin, vec![1, 2, 3], "every write applied exactly once");
-    });
+    }
 }

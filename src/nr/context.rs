@@ -129,9 +129,12 @@ impl<W, R> Context<W, R> {
         });
         // Relaxed: only the combiner reads TAKEN (the thread waits for DONE);
         // the thread learns of our progress through the Release in `finish`.
-        // Mutant `context_take_keeps_pending` (loom model 7) leaves the slot
-        // PENDING, so the next combiner collects it again (visible only
-        // when a taken operation is never published, i.e. after a panic).
+        // A taken operation that is never published (the instance was
+        // poisoned first) must not be collected again; TAKEN says so here,
+        // and `Shared::combine` also refuses to collect once poisoned, so
+        // mutant `context_take_keeps_pending`, which leaves the slot
+        // PENDING, is caught by no model: it is equivalent while that check
+        // stands (loom-tests/README.md).
         #[cfg(not(noderep_mutant = "context_take_keeps_pending"))]
         self.state.store(TAKEN, Ordering::Relaxed);
         op.expect("a PENDING context holds an operation")

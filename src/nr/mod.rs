@@ -553,6 +553,17 @@ where
             );
             return self.combine_single(guard, None).map(drop);
         }
+        // No collection after a panic: an operation taken by a combiner that
+        // then stopped (or refused) because of the poison is never published,
+        // and every such combiner saw or raised the flag before releasing the
+        // lock we hold, so this check sees it.
+        // Acquire: pairs with the Release that poisons. Mutant
+        // `exec_ignores_poison` (loom model 7) drops this check and the one
+        // in `Replica::exec`.
+        #[cfg(not(noderep_mutant = "exec_ignores_poison"))]
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(PoisonedInstance);
+        }
         let mut n = replica.collect(guard);
         let own = own.map(|(slot, op)| {
             n = replica.push_own(guard, slot);
