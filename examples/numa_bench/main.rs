@@ -677,7 +677,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "latency: every operation of the latency repetition is timed with {} (one reading per op, \
          {clock:.1} ns with the histogram record: included, not subtracted); \
          preempt = involuntary context switches during it; max* = max over the ops that were \
-         neither preempted nor overlapping a preempted op of another thread (ops > 20 us are checked)\n",
+         neither preempted (involuntary switch, or CPU lost without sleeping: hypervisor steal) nor overlapping \
+         a preempted op of another thread (ops > 20 us are checked)\n",
         runner::Clock::get().name
     ));
     print!("{head}");

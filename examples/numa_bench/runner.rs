@@ -26,10 +26,17 @@
 //! during the latency repetition (`getrusage(RUSAGE_THREAD)`): a maximum of
 //! several milliseconds that comes with a preemption is the scheduler's
 //! doing, not the structure's. To tell the two apart per operation, a worker
-//! that sees an operation take longer than [`SLOW_NS`] reads its switch
-//! count right then (a system call, only for those rare operations, and
-//! taken out of the next operation's time): if it went up since the last
-//! look, the slow operation was preempted. A slow operation of another
+//! that sees an operation take longer than [`SLOW_NS`] samples its scheduling
+//! right then (two system calls, only for those rare operations, and taken
+//! out of the next operation's time) and compares with its previous sample:
+//! the slow operation was *preempted* if its involuntary switch count went
+//! up, or if it lost the CPU without sleeping — its CPU time advanced at
+//! least half the operation's duration less than the wall clock, with no
+//! voluntary switch. The second case is the hypervisor stealing the vCPU
+//! (in a KVM guest with paravirtual steal accounting, stolen time is not
+//! charged to the thread), which the guest cannot see as a switch. A
+//! thread that sleeps or yields to another task (a voluntary switch) is
+//! never excused: that is the structure's own way of waiting. A slow operation of another
 //! thread that overlaps a preempted one in time may have been waiting for
 //! it (a lock holder, a combiner); both kinds are *preemption-delayed*. The
 //! report gives the maximum over all operations and the maximum over the
@@ -199,7 +206,7 @@ pub fn run<S: System>(
                     let mut slow_ops: Vec<SlowOp> = Vec::new();
                     let mut fast_max = 0u64;
                     if timed {
-                        let mut csw_seen = csw0;
+                        let mut seen = (SchedSample::now(), clock.now());
                         let mut prev = clock.now();
                         loop {
                             for _ in 0..CHUNK {
@@ -209,15 +216,16 @@ pub fn run<S: System>(
                                 let nanos = clock.nanos(now.wrapping_sub(prev));
                                 local.saturating_record(nanos);
                                 if nanos > SLOW_NS {
-                                    let csw = involuntary_switches();
+                                    let sample = SchedSample::now();
+                                    let wall = clock.nanos(now.wrapping_sub(seen.1));
                                     slow_ops.push(SlowOp {
                                         thread: t,
                                         start: prev,
                                         end: now,
                                         nanos,
-                                        preempted: csw > csw_seen,
+                                        preempted: sample.preempted_since(&seen.0, wall, nanos),
                                     });
-                                    csw_seen = csw;
+                                    seen = (sample, now);
                                     // Keep the system call out of the next
                                     // operation's time.
                                     prev = clock.now();
@@ -373,6 +381,37 @@ fn thread_cpu_secs() -> f64 {
         ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
     } else {
         0.0
+    }
+}
+
+/// What the scheduler did to the calling thread so far.
+#[derive(Debug, Clone, Copy)]
+struct SchedSample {
+    involuntary: u64,
+    voluntary: u64,
+    cpu_ns: u64,
+}
+
+impl SchedSample {
+    fn now() -> Self {
+        // SAFETY: an all-zero rusage is a valid value (plain integers).
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: getrusage writes one rusage through the valid pointer.
+        let ok = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } == 0;
+        Self {
+            involuntary: if ok { ru.ru_nivcsw as u64 } else { 0 },
+            voluntary: if ok { ru.ru_nvcsw as u64 } else { 0 },
+            cpu_ns: (thread_cpu_secs() * 1e9) as u64,
+        }
+    }
+
+    /// Whether an operation of `op_ns` that ended now was preempted, given
+    /// the sample `before` taken `wall_ns` ago (module docs).
+    fn preempted_since(&self, before: &SchedSample, wall_ns: u64, op_ns: u64) -> bool {
+        let cpu = self.cpu_ns.saturating_sub(before.cpu_ns);
+        let lost = wall_ns.saturating_sub(cpu);
+        self.involuntary > before.involuntary
+            || (self.voluntary == before.voluntary && lost >= op_ns / 2)
     }
 }
 
