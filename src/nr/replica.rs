@@ -253,6 +253,7 @@ impl<D: Dispatch> Replica<D> {
     /// its payload goes to its issuer, the round stops, the slots after it
     /// stay pending, and the flag is raised after publishing, as in
     /// [`exec`](Self::exec).
+    #[inline]
     pub(crate) fn combine_direct(
         &self,
         _guard: &CombinerGuard<'_>,
@@ -280,32 +281,11 @@ impl<D: Dispatch> Replica<D> {
                 unsafe { (*d).dispatch_mut(op) }
             })
         });
-        for ctx in &self.contexts[..self.rwlock.slot_hwm()] {
-            if !ctx.is_pending() {
-                continue;
-            }
-            size += 1;
-            // SAFETY: we hold the combiner lock and saw the slot pending;
-            // nobody else takes it.
-            let out = self.run(|| unsafe { ctx.take_op() });
-            let stop = out.is_panic();
-            // Mutant `panic_not_forwarded` (loom model 7) drops a panic
-            // payload instead of handing it over.
-            #[cfg(noderep_mutant = "panic_not_forwarded")]
-            if stop {
-                panicked = true;
-                break;
-            }
-            // SAFETY: we took this slot's operation just now and publish
-            // its outcome once.
-            unsafe {
-                ctx.store_result(out);
-                ctx.publish();
-            }
-            if stop {
-                panicked = true;
-                break;
-            }
+        let hwm = self.rwlock.slot_hwm();
+        if self.contexts[..hwm].iter().any(|ctx| ctx.is_pending()) {
+            let (applied, stop) = self.apply_pending(hwm);
+            size += applied;
+            panicked = stop;
         }
         core::mem::forget(unwind_guard);
         drop(write);
@@ -443,6 +423,42 @@ impl<D: Dispatch> Replica<D> {
             poisoned.store(true, Ordering::Release);
         }
         outcome
+    }
+
+    /// The slot part of [`combine_direct`](Self::combine_direct), kept out
+    /// of line (a thread alone never has pending slots): applies and
+    /// publishes the pending operations of slots `..hwm` in slot order.
+    /// Returns how many it applied or attempted and whether one panicked
+    /// (it stops there). The caller holds the combiner and write locks.
+    #[inline(never)]
+    fn apply_pending(&self, hwm: usize) -> (usize, bool) {
+        let mut applied = 0;
+        for ctx in &self.contexts[..hwm] {
+            if !ctx.is_pending() {
+                continue;
+            }
+            applied += 1;
+            // SAFETY: we hold the combiner lock and saw the slot pending;
+            // nobody else takes it.
+            let out = self.run(|| unsafe { ctx.take_op() });
+            let stop = out.is_panic();
+            // Mutant `panic_not_forwarded` (loom model 7) drops a panic
+            // payload instead of handing it over.
+            #[cfg(noderep_mutant = "panic_not_forwarded")]
+            if stop {
+                return (applied, true);
+            }
+            // SAFETY: we took this slot's operation just now and publish
+            // its outcome once.
+            unsafe {
+                ctx.store_result(out);
+                ctx.publish();
+            }
+            if stop {
+                return (applied, true);
+            }
+        }
+        (applied, false)
     }
 
     /// Clones a logged operation and applies it to the replica.
