@@ -251,9 +251,26 @@ fn writes_arriving_after_a_collect_are_picked_up_promptly() {
 
 #[test]
 fn a_panicking_write_poisons_the_instance_and_nobody_hangs() {
-    let nr = two_replicas(64, 4);
+    panicking_write_poisons(two_replicas(64, 4), 1);
+}
+
+#[test]
+fn a_panicking_write_poisons_a_single_replica_without_a_log() {
+    // One replica: the combiner's own operation is applied directly, and
+    // its panic unwinds straight through `execute_mut`.
+    let nr = NrBuilder::new()
+        .topology(Topology::simulated(1, 1).unwrap())
+        .build(|_| Map::default())
+        .unwrap();
+    assert_eq!(nr.log_capacity(), 0, "one replica has no log");
+    panicking_write_poisons(nr, 0);
+}
+
+/// A panicking write on replica 0 reaches its caller and poisons `nr`; the
+/// second token is registered on replica `other`.
+fn panicking_write_poisons(nr: NodeReplicated<Map>, other: usize) {
     let t0 = nr.register_on(0).unwrap();
-    let t1 = nr.register_on(1).unwrap();
+    let t1 = nr.register_on(other).unwrap();
     nr.execute_mut(Op::Put(1, 1), &t0).unwrap();
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         nr.execute_mut(Op::Panic, &t0)
