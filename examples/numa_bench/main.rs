@@ -14,14 +14,17 @@
 //! repetitions (no clock reading per operation) and one latency repetition
 //! (one clock reading per operation, every operation recorded in an HDR
 //! histogram; the clock's own cost is measured and printed, not subtracted).
-//! The whole list of cells runs several *rounds* (default 3) and each cell's
-//! repetitions are pooled across rounds, so a burst of load from another
-//! process lands on every implementation alike. The table gives the median
+//! The whole list of cells runs several *rounds* (default 3), each starting
+//! at a different implementation, and each cell's repetitions are pooled
+//! across rounds, so a burst of load from another process lands on every
+//! implementation alike and none is always first. The table gives the median
 //! of the pooled repetitions, their spread ((max - min) / median), each row's
 //! ratio to the best row of its block, the same throughput per CPU second
 //! the threads actually got (robust to other processes), the latency
-//! percentiles and the involuntary context switches during the latency
-//! repetitions. Results go to `target/numa-bench/` (`report.txt`,
+//! percentiles, the maximum over the operations not delayed by a preemption
+//! (`max*`: see [`runner`] for how a preempted or hypervisor-stolen
+//! operation is recognised) and the involuntary context switches during the
+//! latency repetitions. Results go to `target/numa-bench/` (`report.txt`,
 //! `results.csv`, `results.json`, `results.md`, `throughput.svg`).
 //!
 //! `--count-ops N` runs N operations per cell on one thread, untimed, for
@@ -149,7 +152,8 @@ struct Cli {
     /// Skip the memory-per-replica measurement.
     #[arg(long)]
     skip_memory: bool,
-    /// noderep's log capacity in entries [default: the library's, 65536].
+    /// noderep's log capacity in entries, for instances with several replicas
+    /// (a single replica has no log) [default: the library's, 4096].
     #[arg(long)]
     nr_log: Option<usize>,
     /// Profiling mode: instead of timing, run exactly N operations of each
