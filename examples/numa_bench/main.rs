@@ -758,35 +758,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     for round in 0..rounds {
         for w in &workloads {
-            match w.structure {
-                Structure::HashMap => run_workload::<HashSeq>(
-                    w,
-                    &thread_counts,
-                    &impls,
-                    round,
-                    stream_len,
-                    &ctx,
-                    &mut rows,
-                )?,
-                Structure::Stack => run_workload::<StackSeq>(
-                    w,
-                    &thread_counts,
-                    &impls,
-                    round,
-                    stream_len,
-                    &ctx,
-                    &mut rows,
-                )?,
-                Structure::BTree => run_workload::<BTreeSeq>(
-                    w,
-                    &thread_counts,
-                    &impls,
-                    round,
-                    stream_len,
-                    &ctx,
-                    &mut rows,
-                )?,
-            }
+            let run = match w.structure {
+                Structure::HashMap => run_workload::<HashSeq>,
+                Structure::Stack => run_workload::<StackSeq>,
+                Structure::BTree => run_workload::<BTreeSeq>,
+            };
+            run(
+                w,
+                &thread_counts,
+                &impls,
+                round,
+                stream_len,
+                &ctx,
+                &mut rows,
+            )?;
         }
     }
     let rows = pool(rows);
