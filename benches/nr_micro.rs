@@ -4,8 +4,10 @@
 //!   std/parking_lot locks, and the bare `HashMap::get` floor;
 //! * `write_path`: a hashmap insert (overwrite) through the same;
 //! * `log_append`: a write to a trivial structure (add to a counter), so the
-//!   figure is the cost of the write path itself (slot, combiner, log append,
-//!   apply), against a Mutex and a bare atomic add;
+//!   figure is the cost of the write path itself: with one replica (combiner
+//!   and apply, no log) and with two (log append, apply on both: the second
+//!   replica has no thread, so the writer applies the log to it too), against
+//!   a Mutex and a bare atomic add;
 //! * `rwlock`: a read of a trivial structure, so the figure is the read
 //!   path's lock, against std, parking_lot and crossbeam readers-writer locks.
 //!
@@ -116,6 +118,19 @@ where
         .expect("valid noderep settings")
 }
 
+fn two_replicas<D>(d: D) -> NodeReplicated<D>
+where
+    D: Dispatch + Clone + Send + Sync,
+    D::WriteOperation: Send + Sync,
+    D::Response: Send,
+{
+    NrBuilder::new()
+        .topology(Topology::simulated(2, 1).expect("2x1 topology"))
+        .replicas(ReplicaPolicy::Fixed(2))
+        .build(|_| d.clone())
+        .expect("valid noderep settings")
+}
+
 fn old_replica<D>(
     d: D,
 ) -> (
@@ -222,6 +237,11 @@ fn log_append(c: &mut Criterion) {
     let tok = nr.register().expect("slot");
     g.bench_function("noderep write (counter)", |b| {
         b.iter(|| black_box(nr.execute_mut(black_box(1), &tok)))
+    });
+    let nr2 = two_replicas(Counter::default());
+    let tok2 = nr2.register_on(0).expect("slot");
+    g.bench_function("noderep write, 2 replicas, log (counter)", |b| {
+        b.iter(|| black_box(nr2.execute_mut(black_box(1), &tok2)))
     });
     let (old, otok) = old_replica(Counter::default());
     g.bench_function("node-replication 0.1.1 write (counter)", |b| {
