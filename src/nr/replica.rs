@@ -11,7 +11,10 @@
 //! the write side of the [`DistRwLock`], publishes the new applied position
 //! and commit point *before* releasing the write lock (so a reader that sees
 //! the new state can never be followed by a reader elsewhere that sees an
-//! older one), and only then hands responses to the waiting threads.
+//! older one), and only then hands responses to the waiting threads. An
+//! instance with a single replica has no log:
+//! [`combine_direct`](Replica::combine_direct) applies the combiner's own
+//! operation and the pending slots straight from the slots in one round.
 //!
 //! A panic inside `dispatch_mut` (or the operation's `clone`) is caught
 //! (with `std`): the instance is poisoned, the thread that issued the
