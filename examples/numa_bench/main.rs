@@ -370,6 +370,9 @@ struct Target {
     measured: Option<f64>,
     /// The same ratio from CPU-time throughput (robust to other processes).
     cpu: Option<f64>,
+    /// The median over rounds of the ratio within each round (robust to
+    /// load that comes and goes between rounds).
+    paired: Option<f64>,
     goal: String,
     met: Option<bool>,
 }
@@ -379,34 +382,58 @@ fn find<'a>(rows: &'a [Row], workload: &str, threads: usize, imp: Impl) -> Optio
         .find(|r| r.workload == workload && r.threads == threads && r.imp == imp)
 }
 
-fn targets(rows: &[Row], mem: Option<&memory::MemoryReport>) -> Vec<Target> {
+/// The median over rounds of `a`'s throughput divided by `b`'s in the same
+/// round (`per_round` repetitions per round, averaged first).
+fn paired_ratio(a: &Row, b: &Row, per_round: usize) -> Option<f64> {
+    let per_round = per_round.max(1);
+    let means = |r: &Row| -> Vec<f64> {
+        r.m.reps
+            .chunks(per_round)
+            .map(|c| c.iter().sum::<f64>() / c.len() as f64)
+            .collect()
+    };
+    let ratios: Vec<f64> = means(a)
+        .into_iter()
+        .zip(means(b))
+        .filter(|&(_, y)| y > 0.0)
+        .map(|(x, y)| x / y)
+        .collect();
+    (!ratios.is_empty()).then(|| runner::median_of(&ratios))
+}
+
+/// (ratio of medians, by CPU time, paired by round).
+type Ratios = (Option<f64>, Option<f64>, Option<f64>);
+
+fn targets(rows: &[Row], mem: Option<&memory::MemoryReport>, per_round: usize) -> Vec<Target> {
     let r0 = "hashmap/uniform/0%w";
     let w100 = "hashmap/uniform/100%w";
     let nr = Impl::NoderepNode;
-    let ratio = |w: &str, t: usize, a: Impl, b: Impl| -> (Option<f64>, Option<f64>) {
+    let ratio = |w: &str, t: usize, a: Impl, b: Impl| -> Ratios {
         match (find(rows, w, t, a), find(rows, w, t, b)) {
             (Some(a), Some(b)) => (
                 (b.mops() > 0.0).then(|| a.mops() / b.mops()),
                 (b.cpu_mops() > 0.0).then(|| a.cpu_mops() / b.cpu_mops()),
+                paired_ratio(a, b, per_round),
             ),
-            _ => (None, None),
+            _ => (None, None, None),
         }
     };
-    let at_least = |what: String, (v, cpu): (Option<f64>, Option<f64>), goal: f64| Target {
+    let at_least = |what: String, (v, cpu, paired): Ratios, goal: f64| Target {
         what,
         measured: v,
         cpu,
+        paired,
         goal: format!(">= {goal:.2}x"),
         met: v.map(|v| v >= goal),
     };
-    let at_most =
-        |what: String, (v, cpu): (Option<f64>, Option<f64>), goal: f64, unit: &str| Target {
-            what,
-            measured: v,
-            cpu,
-            goal: format!("<= {goal}{unit}"),
-            met: v.map(|v| v <= goal),
-        };
+    let at_most = |what: String, (v, cpu, paired): Ratios, goal: f64, unit: &str| Target {
+        what,
+        measured: v,
+        cpu,
+        paired,
+        goal: format!("<= {goal}{unit}"),
+        met: v.map(|v| v <= goal),
+    };
     let mut out = vec![
         at_least(
             "read-only, 2 threads: noderep / node-replication".into(),
@@ -455,7 +482,7 @@ fn targets(rows: &[Row], mem: Option<&memory::MemoryReport>) -> Vec<Target> {
     };
     out.push(at_most(
         "max latency, every noderep row, ops not delayed by a preemption (ms)".into(),
-        (max_clean(&|i: Impl| i.is_noderep()), None),
+        (max_clean(&|i: Impl| i.is_noderep()), None, None),
         1.0,
         " ms",
     ));
@@ -463,6 +490,7 @@ fn targets(rows: &[Row], mem: Option<&memory::MemoryReport>) -> Vec<Target> {
         what: "max latency, every noderep row, all ops (ms)".into(),
         measured: max_lat(&|i: Impl| i.is_noderep()),
         cpu: None,
+        paired: None,
         goal: "(incl. preemptions)".into(),
         met: None,
     });
@@ -475,6 +503,7 @@ fn targets(rows: &[Row], mem: Option<&memory::MemoryReport>) -> Vec<Target> {
                 .sum::<f64>(),
         ),
         cpu: None,
+        paired: None,
         goal: format!(
             "(of {} ops > 20 us)",
             rows.iter()
@@ -494,6 +523,7 @@ fn targets(rows: &[Row], mem: Option<&memory::MemoryReport>) -> Vec<Target> {
                 .max(0.0),
         ),
         cpu: None,
+        paired: None,
         goal: "(explains ms outliers)".into(),
         met: None,
     });
@@ -501,6 +531,7 @@ fn targets(rows: &[Row], mem: Option<&memory::MemoryReport>) -> Vec<Target> {
         what: "max latency, bare HashMap row(s) (ms)".into(),
         measured: max_lat(&|i: Impl| i == Impl::Bare),
         cpu: None,
+        paired: None,
         goal: "(machine floor)".into(),
         met: None,
     });
@@ -508,6 +539,7 @@ fn targets(rows: &[Row], mem: Option<&memory::MemoryReport>) -> Vec<Target> {
         what: "max latency, every node-replication row (ms)".into(),
         measured: max_lat(&|i: Impl| matches!(i, Impl::NodeReplication | Impl::NodeReplicationSim)),
         cpu: None,
+        paired: None,
         goal: "(peer, for reference)".into(),
         met: None,
     });
@@ -517,6 +549,7 @@ fn targets(rows: &[Row], mem: Option<&memory::MemoryReport>) -> Vec<Target> {
             matches!(i, Impl::NodeReplication | Impl::NodeReplicationSim)
         }),
         cpu: None,
+        paired: None,
         goal: "(peer, for reference)".into(),
         met: None,
     });
@@ -526,7 +559,7 @@ fn targets(rows: &[Row], mem: Option<&memory::MemoryReport>) -> Vec<Target> {
                 "memory per replica, noderep, {} threads registered (KiB)",
                 m.threads_registered
             ),
-            (Some(m.noderep_per_replica as f64 / 1024.0), None),
+            (Some(m.noderep_per_replica as f64 / 1024.0), None, None),
             64.0,
             " KiB",
         ));
@@ -534,6 +567,7 @@ fn targets(rows: &[Row], mem: Option<&memory::MemoryReport>) -> Vec<Target> {
             what: "memory per replica, node-replication 0.1.1 (KiB)".into(),
             measured: Some(m.old_per_replica as f64 / 1024.0),
             cpu: None,
+            paired: None,
             goal: "(peer, for reference)".into(),
             met: None,
         });
@@ -812,10 +846,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             m.old_log
         ));
     }
-    let targets = targets(&rows, mem.as_ref());
+    let targets = targets(&rows, mem.as_ref(), settings.reps);
     text.push_str(
         "\nperformance targets (issue 4; noderep = noderep/node; ratios of medians from this run; \
-         `by CPU` = the same ratio from CPU-time throughput, robust to other processes):\n",
+         `by CPU` = the same ratio from CPU-time throughput, robust to other processes; \
+         `paired` = median over rounds of the ratio within each round, robust to load that comes and goes):\n",
     );
     let tw = targets
         .iter()
@@ -823,15 +858,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .max()
         .unwrap_or(10);
     text.push_str(&format!(
-        "  {:<tw$}  {:>10}  {:>7}  {:<22}\n",
-        "target", "measured", "by CPU", "goal"
+        "  {:<tw$}  {:>10}  {:>7}  {:>7}  {:<22}\n",
+        "target", "measured", "by CPU", "paired", "goal"
     ));
     for t in &targets {
         text.push_str(&format!(
-            "  {:<tw$}  {:>10}  {:>7}  {:<22}  {}\n",
+            "  {:<tw$}  {:>10}  {:>7}  {:>7}  {:<22}  {}\n",
             t.what,
             t.measured.map_or("n/a".into(), |v| format!("{v:.2}")),
             t.cpu.map_or(String::new(), |v| format!("{v:.2}")),
+            t.paired.map_or(String::new(), |v| format!("{v:.2}")),
             t.goal,
             match t.met {
                 Some(true) => "met",
@@ -878,7 +914,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "node_replication_log_bytes": m.old_log,
         })),
         "targets": targets.iter().map(|t| serde_json::json!({
-            "target": t.what, "measured": t.measured, "by_cpu_time": t.cpu, "goal": t.goal, "met": t.met,
+            "target": t.what, "measured": t.measured, "by_cpu_time": t.cpu, "paired_by_round": t.paired, "goal": t.goal, "met": t.met,
         })).collect::<Vec<_>>(),
         "wall_time_s": wall.as_secs_f64(),
         "rows": report::json_rows(&rows),

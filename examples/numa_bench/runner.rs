@@ -124,6 +124,11 @@ impl Measurement {
     }
 }
 
+/// The median of `values` (0 for none).
+pub fn median_of(values: &[f64]) -> f64 {
+    median(values)
+}
+
 fn median(reps: &[f64]) -> f64 {
     {
         let mut v = reps.to_vec();
