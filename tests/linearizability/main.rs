@@ -6,9 +6,9 @@
 //!   a brute-force search on thousands of small random histories;
 //! * `noderep_runs` records many random concurrent histories of a hash map
 //!   and a stack replicated by noderep (1 replica, which has no log, and 2
-//!   and 4 simulated replicas, every
-//!   replica with threads, large and tiny logs), checks each one, and checks
-//!   that the replicas agree at quiescence; its mutation check shows that
+//!   and 4 simulated replicas, every replica with threads, large and tiny
+//!   logs), checks each one, and checks that the replicas agree at
+//!   quiescence; its mutation check shows that
 //!   the checker rejects a map whose reads are stale.
 //!
 //! Run: `cargo test --test linearizability -- --nocapture` to see the
