@@ -31,6 +31,8 @@ m3_rwlock              rwlock_no_writer_fence
 m3_rwlock              rwlock_no_recheck
 m3_rwlock              rwlock_unlock_relaxed
 m3_rwlock              rwlock_writer_unlock_relaxed
+m3_rwlock              rwlock_no_light_fence
+m3_rwlock              rwlock_no_heavy_fence
 m4_combiner            context_submit_relaxed
 m4_combiner            context_finish_relaxed
 m4_combiner            combiner_unlock_relaxed

@@ -121,6 +121,99 @@ pub(crate) fn store_then_fence(flag: &AtomicBool, value: bool) {
     }
 }
 
+/// Asymmetric Dekker fences: the light side is a compiler fence, the heavy
+/// side makes every CPU that runs a thread of this process execute a full
+/// memory barrier (Linux `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`).
+///
+/// A thread that stores a flag, passes a [`light_fence`] and loads the other
+/// side's flag, paired with a thread that stores its flag, calls
+/// [`heavy_fence`] and then loads, gets Dekker's guarantee: if the light
+/// side's load ran before the heavy side's barrier reached its CPU, that
+/// barrier drained the light side's store, which the heavy side's later load
+/// then sees; otherwise the light side's load comes after the heavy side's
+/// store and sees it. This is the `membarrier(2)` use case; loom cannot model
+/// it, so it is compiled only natively (see [`asymmetric_fences`]).
+#[cfg(all(not(loom), feature = "std", target_os = "linux"))]
+mod membarrier {
+    const QUERY: libc::c_long = 0;
+    const PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
+    const REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
+
+    fn call(cmd: libc::c_long) -> libc::c_long {
+        // SAFETY: membarrier takes two integer arguments besides the command
+        // and touches no memory of ours.
+        unsafe {
+            libc::syscall(
+                libc::SYS_membarrier,
+                cmd,
+                0 as libc::c_long,
+                0 as libc::c_long,
+            )
+        }
+    }
+
+    /// Registers the process for expedited private barriers (once); false if
+    /// the kernel does not offer them.
+    pub(crate) fn available() -> bool {
+        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *OK.get_or_init(|| {
+            let cmds = call(QUERY);
+            cmds >= 0 && cmds & PRIVATE_EXPEDITED != 0 && call(REGISTER_PRIVATE_EXPEDITED) == 0
+        })
+    }
+
+    pub(crate) fn barrier() {
+        // It cannot fail once `available` registered the process (the only
+        // errors are "not registered" and "not supported"); if it did, the
+        // light side's readers would be unprotected, so stop the process
+        // rather than risk a torn read.
+        if call(PRIVATE_EXPEDITED) != 0 {
+            std::eprintln!("noderep: membarrier failed after registration; aborting");
+            std::process::abort();
+        }
+    }
+}
+
+/// Whether [`light_fence`]/[`heavy_fence`] can be used: Linux with `std` and
+/// a kernel with expedited private `membarrier` (4.14+). The first call
+/// registers the process. Under loom they are always available, as a pair of
+/// SeqCst fences (see [`light_fence`]).
+pub(crate) fn asymmetric_fences() -> bool {
+    #[cfg(loom)]
+    return true;
+    #[cfg(all(not(loom), feature = "std", target_os = "linux"))]
+    return membarrier::available();
+    #[cfg(not(any(loom, all(feature = "std", target_os = "linux"))))]
+    return false;
+}
+
+/// The light side of an asymmetric Dekker handshake: keeps the compiler
+/// from moving the flag store after the following load; the CPU may still
+/// reorder them, which [`heavy_fence`] on the other side covers.
+///
+/// Under loom, which cannot model `membarrier`, both sides are SeqCst
+/// fences: the models then check everything around the handshake (the
+/// Acquire/Release pairs that carry the data) and take the handshake itself
+/// as given, which is what `membarrier(2)` documents.
+#[inline(always)]
+pub(crate) fn light_fence() {
+    #[cfg(not(loom))]
+    core::sync::atomic::compiler_fence(Ordering::SeqCst);
+    #[cfg(loom)]
+    fence(Ordering::SeqCst);
+}
+
+/// The heavy side: a full barrier on every CPU running a thread of this
+/// process. Only call it when [`asymmetric_fences`] returned true.
+pub(crate) fn heavy_fence() {
+    #[cfg(loom)]
+    fence(Ordering::SeqCst);
+    #[cfg(all(not(loom), feature = "std", target_os = "linux"))]
+    membarrier::barrier();
+    #[cfg(not(any(loom, all(feature = "std", target_os = "linux"))))]
+    unreachable!("asymmetric fences are never enabled on this target");
+}
+
 /// Spin-then-yield backoff: the only way noderep waits for another thread.
 ///
 /// It spins for a bounded number of rounds, each a few `spin_loop` hints

@@ -223,19 +223,27 @@ fn run_cell<S: Seq>(
         s.len().max(1)
     };
     Ok(match imp {
-        Impl::NoderepNode | Impl::NoderepCore | Impl::NoderepSingle => {
+        Impl::NoderepNode | Impl::NoderepCore | Impl::NoderepSingle | Impl::NoderepReadMostly => {
             let policy = match imp {
-                Impl::NoderepNode => ReplicaPolicy::PerNode,
+                Impl::NoderepNode | Impl::NoderepReadMostly => ReplicaPolicy::PerNode,
                 Impl::NoderepCore => ReplicaPolicy::PerCore,
                 _ => ReplicaPolicy::Fixed(1),
             };
-            let sys = systems::Noderep::build(proto, policy, ctx.topo, threads, ctx.nr_log)?;
+            let read_mostly = imp == Impl::NoderepReadMostly;
+            let sys =
+                systems::Noderep::build(proto, policy, ctx.topo, threads, ctx.nr_log, read_mostly)?;
             ctx.measure(&sys, streams, &host)
         }
         Impl::NoderepSim => {
             let topo = ctx.sim(threads);
-            let sys =
-                systems::Noderep::build(proto, ReplicaPolicy::PerNode, &topo, threads, ctx.nr_log)?;
+            let sys = systems::Noderep::build(
+                proto,
+                ReplicaPolicy::PerNode,
+                &topo,
+                threads,
+                ctx.nr_log,
+                false,
+            )?;
             ctx.measure(&sys, streams, &ctx.places(&topo))
         }
         Impl::NodeReplication => {
@@ -465,6 +473,17 @@ fn targets(rows: &[Row], mem: Option<&memory::MemoryReport>, per_round: usize) -
             "1 thread write: cost noderep / bare insert".into(),
             ratio(w100, 1, Impl::Bare, nr),
             2.0,
+            "x",
+        ),
+        at_least(
+            "read-only, 2 threads: noderep/node-rm (read_mostly) / node-replication".into(),
+            ratio(r0, 2, Impl::NoderepReadMostly, Impl::NodeReplication),
+            1.2,
+        ),
+        at_most(
+            "1 thread read: cost noderep/node-rm (read_mostly) / bare".into(),
+            ratio(r0, 1, Impl::Bare, Impl::NoderepReadMostly),
+            1.3,
             "x",
         ),
     ];

@@ -39,6 +39,9 @@ pub enum Impl {
     NoderepSingle,
     /// noderep on a simulated N-node topology (one replica per simulated node).
     NoderepSim,
+    /// noderep, one replica per NUMA node, `read_mostly`: fence-free reads,
+    /// one `membarrier` per write batch.
+    NoderepReadMostly,
     /// node-replication 0.1.1, one replica per NUMA node.
     NodeReplication,
     /// node-replication 0.1.1, one replica per simulated node.
@@ -65,8 +68,9 @@ pub enum Impl {
 
 impl Impl {
     /// Every implementation, in table order.
-    pub const ALL: [Impl; 15] = [
+    pub const ALL: [Impl; 16] = [
         Impl::NoderepNode,
+        Impl::NoderepReadMostly,
         Impl::NoderepCore,
         Impl::NoderepSingle,
         Impl::NoderepSim,
@@ -90,6 +94,7 @@ impl Impl {
             Impl::NoderepCore => "noderep/core",
             Impl::NoderepSingle => "noderep/1",
             Impl::NoderepSim => "noderep/sim",
+            Impl::NoderepReadMostly => "noderep/node-rm",
             Impl::NodeReplication => "node-replication",
             Impl::NodeReplicationSim => "node-replication/sim",
             Impl::Mutex => "Mutex",
@@ -112,6 +117,10 @@ impl Impl {
                  here every write is published before it returns, one writer at a time under a Mutex",
             ),
             Impl::Bare => Some("bare: the sequential structure with no synchronisation, one thread only"),
+            Impl::NoderepReadMostly => Some(
+                "noderep/node-rm: noderep/node built with read_mostly(true): reads take no fence, \
+                 each write batch pays a membarrier (an IPI per busy CPU)",
+            ),
             Impl::NoderepSim | Impl::NodeReplicationSim => Some(
                 "*/sim: one replica per simulated node; threads are pinned by the simulated topology",
             ),
@@ -132,7 +141,11 @@ impl Impl {
     pub fn is_noderep(self) -> bool {
         matches!(
             self,
-            Impl::NoderepNode | Impl::NoderepCore | Impl::NoderepSingle | Impl::NoderepSim
+            Impl::NoderepNode
+                | Impl::NoderepCore
+                | Impl::NoderepSingle
+                | Impl::NoderepSim
+                | Impl::NoderepReadMostly
         )
     }
 }
@@ -174,12 +187,14 @@ impl<S: Seq> Noderep<S> {
         topology: &Topology,
         threads: usize,
         log_entries: Option<usize>,
+        read_mostly: bool,
     ) -> Result<Self, noderep::NrError> {
         let slots = threads.max(64);
         let mut b = noderep::NrBuilder::new()
             .topology(topology.clone())
             .replicas(policy)
-            .max_threads_per_replica(slots);
+            .max_threads_per_replica(slots)
+            .read_mostly(read_mostly);
         // The library's default log unless asked (a log must hold one batch
         // per replica: slots x replicas, which the builder checks).
         if let Some(n) = log_entries {

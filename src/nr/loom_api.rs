@@ -83,6 +83,12 @@ impl LoomRwLock {
         Self(DistRwLock::new(slots))
     }
 
+    /// A lock with `slots` reader slots and asymmetric fences (fence-free
+    /// readers, `membarrier` writer; both SeqCst fences under loom).
+    pub fn new_asymmetric(slots: usize) -> Self {
+        Self(DistRwLock::with_fences(slots, true))
+    }
+
     /// Makes slot `s` visible to the writer (registration).
     pub fn note_slot(&self, s: usize) {
         self.0.note_slot(s);

@@ -255,6 +255,13 @@ where
         }
     }
 
+    /// Whether reads run without a memory fence (the
+    /// [`read_mostly`](NrBuilder::read_mostly) setting, where the platform
+    /// supports it).
+    pub fn reads_are_fence_free(&self) -> bool {
+        self.shared.replicas[0].rwlock.is_asymmetric()
+    }
+
     /// Whether a write operation has panicked and poisoned the instance.
     pub fn is_poisoned(&self) -> bool {
         // Acquire: pairs with the Release that poisons.
@@ -315,7 +322,7 @@ where
         })
     }
 
-    #[inline]
+    #[inline(always)]
     fn check(&self, token: &ThreadToken<D>) -> Result<(), ExecError> {
         if !Arc::ptr_eq(&self.shared, &token.shared) {
             return Err(ExecError::WrongInstance);
@@ -327,7 +334,7 @@ where
     }
 
     /// Runs a read-only operation on the caller's replica, linearizably.
-    #[inline]
+    #[inline(always)]
     pub fn execute<'r>(
         &self,
         op: D::ReadOperation<'r>,
@@ -445,6 +452,9 @@ where
     /// the operation, resumed.
     #[inline]
     fn deliver(out: Outcome<D::Response>, shared: &Shared<D>) -> Result<D::Response, ExecError> {
+        // Without `std` no panic is caught, so the shared state is not needed.
+        #[cfg(not(feature = "std"))]
+        let _ = shared;
         match out {
             Outcome::Response(r) => Ok(r),
             #[cfg(feature = "std")]

@@ -134,14 +134,14 @@ impl Drop for PoisonOnUnwind<'_> {
 
 impl<D: Dispatch> Replica<D> {
     /// A replica holding `data` with `slots` thread slots.
-    pub(crate) fn new(id: usize, data: D, slots: usize) -> Self {
+    pub(crate) fn new(id: usize, data: D, slots: usize, asymmetric_reads: bool) -> Self {
         Self {
             id,
             combiner: CachePadded::new(AtomicBool::new(false)),
             contexts: (0..slots)
                 .map(|_| CachePadded::new(Context::new()))
                 .collect(),
-            rwlock: DistRwLock::new(slots),
+            rwlock: DistRwLock::with_fences(slots, asymmetric_reads),
             registered: AtomicUsize::new(0),
             data: UnsafeCell::new(data),
             batch: UnsafeCell::new(Vec::with_capacity(slots)),
@@ -493,7 +493,7 @@ impl<D: Dispatch> Replica<D> {
 
     /// Runs a read-only operation under the read lock of the slot whose flag
     /// (from `rwlock.reader_flag`) is `flag`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn read<'a>(&self, flag: &AtomicBool, op: D::ReadOperation<'a>) -> D::Response
     where
         D: 'a,

@@ -28,6 +28,16 @@
 //! Only the holder of the replica's combiner lock takes the write side, so
 //! writers never race each other here.
 //!
+//! *Asymmetric fences* (`NrBuilder::read_mostly`): the reader's Dekker
+//! step becomes a Relaxed store, a compiler fence and an Acquire load, and
+//! the writer's becomes a Relaxed store followed by `membarrier` (a full
+//! barrier on every CPU that runs a thread of the process), then the scan.
+//! Either the barrier reaches the reader's CPU after the reader's load (then
+//! the barrier drains the reader's flag store before the writer scans, and
+//! the writer waits for it), or before it (then the load comes after the
+//! writer's store and sees it). Reads then cost no fence at all; every write
+//! round costs one `membarrier` call (see [`crate::sync::heavy_fence`]).
+//!
 //! # Trade-offs
 //!
 //! A write costs a scan of one line per registered slot (not per possible
@@ -41,7 +51,8 @@
 //! lock); Dekker's mutual exclusion via store-fence-load.
 
 use crate::sync::{
-    store_then_fence, AtomicBool, AtomicUsize, Backoff, CachePadded, Ordering, DEKKER_LOAD,
+    heavy_fence, light_fence, store_then_fence, AtomicBool, AtomicUsize, Backoff, CachePadded,
+    Ordering, DEKKER_LOAD,
 };
 use alloc::boxed::Box;
 
@@ -53,18 +64,35 @@ pub(crate) struct DistRwLock {
     readers: Box<[CachePadded<AtomicBool>]>,
     /// One past the highest reader slot ever registered (never lowered).
     hwm: AtomicUsize,
+    /// Readers use a compiler fence and the writer a process-wide barrier
+    /// (`membarrier`) instead of a full fence on both sides (module docs).
+    asymmetric: bool,
 }
 
 impl DistRwLock {
-    /// A lock with `slots` reader slots.
+    /// A lock with `slots` reader slots and symmetric fences.
+    #[cfg(any(test, loom))]
     pub(crate) fn new(slots: usize) -> Self {
+        Self::with_fences(slots, false)
+    }
+
+    /// A lock with `slots` reader slots; with `asymmetric` (which the caller
+    /// must have checked with [`crate::sync::asymmetric_fences`]), readers
+    /// pay no fence and every write pays a process-wide barrier.
+    pub(crate) fn with_fences(slots: usize, asymmetric: bool) -> Self {
         Self {
             writer: CachePadded::new(AtomicBool::new(false)),
             readers: (0..slots)
                 .map(|_| CachePadded::new(AtomicBool::new(false)))
                 .collect(),
             hwm: AtomicUsize::new(0),
+            asymmetric,
         }
+    }
+
+    /// Whether readers skip the fence (see [`with_fences`](Self::with_fences)).
+    pub(crate) fn is_asymmetric(&self) -> bool {
+        self.asymmetric
     }
 
     /// Makes slot `s` visible to writers; call before the slot's first read.
@@ -96,15 +124,52 @@ impl DistRwLock {
 
     /// [`read`](Self::read) with the slot's flag from
     /// [`reader_flag`](Self::reader_flag); `flag` must belong to this lock.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn read_with<'a>(&'a self, flag: &'a AtomicBool) -> ReadGuard<'a> {
+        match self.try_read(flag) {
+            Some(guard) => guard,
+            None => self.read_contended(flag),
+        }
+    }
+
+    /// The waiting part of [`read_with`](Self::read_with), kept out of line
+    /// so that the uncontended read stays small enough to inline.
+    #[cold]
+    #[inline(never)]
+    fn read_contended<'a>(&'a self, flag: &'a AtomicBool) -> ReadGuard<'a> {
         let mut backoff = Backoff::new();
         loop {
-            // Acquire: pairs with the Release in `WriteGuard::drop`, so a
-            // reader that sees the writer gone sees its writes.
-            while self.writer.load(Ordering::Acquire) {
-                backoff.snooze();
+            backoff.snooze();
+            if let Some(guard) = self.try_read(flag) {
+                return guard;
             }
+        }
+    }
+
+    /// One attempt at the read side: `None` if a writer is (or may be)
+    /// inside, with our flag down again.
+    #[inline(always)]
+    fn try_read<'a>(&'a self, flag: &'a AtomicBool) -> Option<ReadGuard<'a>> {
+        // Acquire: pairs with the Release in `WriteGuard::drop`, so a
+        // reader that sees the writer gone sees its writes.
+        if self.writer.load(Ordering::Acquire) {
+            return None;
+        }
+        if self.asymmetric {
+            // Asymmetric Dekker step: store our flag (Relaxed: the writer's
+            // process-wide barrier makes it visible before the writer scans,
+            // or our load below sees the writer's flag), then a compiler
+            // fence, then the Acquire load of the writer flag (pairs with
+            // the Release in `WriteGuard::drop`).
+            flag.store(true, Ordering::Relaxed);
+            // Mutant `rwlock_no_light_fence` (loom model 3, asymmetric
+            // variant) drops it.
+            #[cfg(not(noderep_mutant = "rwlock_no_light_fence"))]
+            light_fence();
+            if !self.writer.load(Ordering::Acquire) {
+                return Some(ReadGuard { flag });
+            }
+        } else {
             // Dekker step: store our flag, then (SeqCst / fence) check the
             // writer; pairs with the same step in `write`.
             #[cfg(not(noderep_mutant = "rwlock_no_reader_fence"))]
@@ -117,14 +182,14 @@ impl DistRwLock {
             // looking again.
             #[cfg(not(noderep_mutant = "rwlock_no_recheck"))]
             if !self.writer.load(DEKKER_LOAD) {
-                return ReadGuard { flag };
+                return Some(ReadGuard { flag });
             }
             #[cfg(noderep_mutant = "rwlock_no_recheck")]
-            return ReadGuard { flag };
-            // Release: our earlier reads are done (none happened yet).
-            flag.store(false, Ordering::Release);
-            backoff.snooze();
+            return Some(ReadGuard { flag });
         }
+        // Release: our earlier reads are done (none happened yet).
+        flag.store(false, Ordering::Release);
+        None
     }
 
     /// Acquires the write side. The caller must hold the replica's combiner
@@ -134,7 +199,17 @@ impl DistRwLock {
         // Dekker step: store the writer flag, then (SeqCst / fence) scan the
         // readers; pairs with the same step in `read`.
         #[cfg(not(noderep_mutant = "rwlock_no_writer_fence"))]
-        store_then_fence(&self.writer, true);
+        if self.asymmetric {
+            // Relaxed: the barrier that follows orders it before our scan
+            // and before the scan-side loads of every reader (module docs).
+            self.writer.store(true, Ordering::Relaxed);
+            // Mutant `rwlock_no_heavy_fence` (loom model 3, asymmetric
+            // variant) drops it.
+            #[cfg(not(noderep_mutant = "rwlock_no_heavy_fence"))]
+            heavy_fence();
+        } else {
+            store_then_fence(&self.writer, true);
+        }
         // Mutant `rwlock_no_writer_fence` (loom model 3): a plain store, so
         // the reader scan may be ordered before it.
         #[cfg(noderep_mutant = "rwlock_no_writer_fence")]
@@ -158,6 +233,7 @@ pub(crate) struct ReadGuard<'a> {
 }
 
 impl Drop for ReadGuard<'_> {
+    #[inline(always)]
     fn drop(&mut self) {
         // Release: our reads of the replica happen before the next writer's
         // writes; pairs with the Acquire scan in `write`.
@@ -207,13 +283,31 @@ mod tests {
     /// A writer keeps two words equal; readers must never see them differ.
     #[test]
     fn readers_never_see_a_half_applied_write() {
+        half_applied_writes_stay_invisible(false);
+    }
+
+    /// The same with fence-free readers and a `membarrier` writer.
+    #[test]
+    fn fence_free_readers_never_see_a_half_applied_write() {
+        let available = crate::sync::asymmetric_fences();
+        assert_eq!(
+            available,
+            cfg!(target_os = "linux"),
+            "membarrier on Linux 4.14+"
+        );
+        if available {
+            half_applied_writes_stay_invisible(true);
+        }
+    }
+
+    fn half_applied_writes_stay_invisible(asymmetric: bool) {
         struct Pair {
             lock: DistRwLock,
             a: AtomicU64,
             b: AtomicU64,
         }
         let p = Arc::new(Pair {
-            lock: DistRwLock::new(3),
+            lock: DistRwLock::with_fences(3, asymmetric),
             a: AtomicU64::new(0),
             b: AtomicU64::new(0),
         });

@@ -41,6 +41,8 @@ struct Plan {
     histories: usize,
     /// Which replicas the worker threads use.
     placement: Placement,
+    /// Build with `NrBuilder::read_mostly(true)` (fence-free reads).
+    read_mostly: bool,
 }
 
 /// How worker threads are spread over the replicas.
@@ -87,6 +89,7 @@ impl Plan {
             .log_capacity(self.log_capacity)
             // One more slot than workers: the main thread's final reads.
             .max_threads_per_replica(self.threads_per_replica + 1)
+            .read_mostly(self.read_mostly)
             .build(|_| S::new_replica())
             .expect("a valid configuration")
     }
@@ -339,6 +342,7 @@ fn hashmap_on_2_replicas_is_linearizable() {
         log_capacity: 1024,
         histories: 300,
         placement: Placement::EveryReplica,
+        read_mostly: false,
     };
     campaign::<NrMap>("hashmap, 2 replicas", plan, 0x1000);
 }
@@ -354,8 +358,37 @@ fn hashmap_on_1_replica_is_linearizable() {
         log_capacity: 1024,
         histories: 300,
         placement: Placement::EveryReplica,
+        read_mostly: false,
     };
     campaign::<NrMap>("hashmap, 1 replica", plan, 0x1800);
+}
+
+#[test]
+fn fence_free_reads_are_linearizable() {
+    // `read_mostly`: readers take the read lock without a fence and every
+    // write round pays a process-wide barrier. One replica and two.
+    for (replicas, seed) in [(1, 0x1c00), (2, 0x1d00)] {
+        let plan = Plan {
+            replicas,
+            threads_per_replica: 4 / replicas,
+            ops_per_thread: 12,
+            log_capacity: 64,
+            histories: 150,
+            placement: Placement::EveryReplica,
+            read_mostly: true,
+        };
+        let nr = plan.build::<NrMap>();
+        assert_eq!(
+            nr.reads_are_fence_free(),
+            cfg!(target_os = "linux"),
+            "membarrier is available on Linux 4.14+"
+        );
+        campaign::<NrMap>(
+            &format!("hashmap, {replicas} replica(s), fence-free reads"),
+            plan,
+            seed,
+        );
+    }
 }
 
 #[test]
@@ -367,6 +400,7 @@ fn stack_on_1_replica_is_linearizable() {
         log_capacity: 1024,
         histories: 200,
         placement: Placement::EveryReplica,
+        read_mostly: false,
     };
     campaign::<NrStack>("stack, 1 replica", plan, 0x4800);
 }
@@ -380,6 +414,7 @@ fn hashmap_on_4_replicas_is_linearizable() {
         log_capacity: 1024,
         histories: 150,
         placement: Placement::EveryReplica,
+        read_mostly: false,
     };
     campaign::<NrMap>("hashmap, 4 replicas", plan, 0x2000);
 }
@@ -395,6 +430,7 @@ fn hashmap_with_a_small_wrapping_log_is_linearizable() {
         log_capacity: 8,
         histories: 200,
         placement: Placement::EveryReplica,
+        read_mostly: false,
     };
     campaign::<NrMap>("hashmap, 2 replicas, log 8", plan, 0x3000);
     let plan = Plan {
@@ -404,6 +440,7 @@ fn hashmap_with_a_small_wrapping_log_is_linearizable() {
         log_capacity: 16,
         histories: 150,
         placement: Placement::EveryReplica,
+        read_mostly: false,
     };
     campaign::<NrMap>("hashmap, 4 replicas, log 16", plan, 0x3100);
 }
@@ -417,6 +454,7 @@ fn long_hashmap_histories_are_linearizable() {
         log_capacity: 8,
         histories: 25,
         placement: Placement::EveryReplica,
+        read_mostly: false,
     };
     campaign::<NrMap>("hashmap, long histories, log 8", plan, 0x3200);
 }
@@ -438,6 +476,7 @@ fn stack_on_2_replicas_is_linearizable() {
         log_capacity: 1024,
         histories: 300,
         placement: Placement::EveryReplica,
+        read_mostly: false,
     };
     campaign::<NrStack>("stack, 2 replicas", plan, 0x4000);
 }
@@ -451,6 +490,7 @@ fn stack_on_4_replicas_is_linearizable() {
         log_capacity: 1024,
         histories: 150,
         placement: Placement::EveryReplica,
+        read_mostly: false,
     };
     campaign::<NrStack>("stack, 4 replicas", plan, 0x5000);
 }
@@ -464,6 +504,7 @@ fn stack_with_a_small_wrapping_log_is_linearizable() {
         log_capacity: 8,
         histories: 200,
         placement: Placement::EveryReplica,
+        read_mostly: false,
     };
     campaign::<NrStack>("stack, 2 replicas, log 8", plan, 0x5100);
     let plan = Plan {
@@ -473,6 +514,7 @@ fn stack_with_a_small_wrapping_log_is_linearizable() {
         log_capacity: 8,
         histories: 150,
         placement: Placement::EveryReplica,
+        read_mostly: false,
     };
     campaign::<NrStack>("stack, 4 replicas, log 8", plan, 0x5200);
 }
@@ -486,6 +528,7 @@ fn stack_with_8_threads_on_4_replicas_is_linearizable() {
         log_capacity: 16,
         histories: 100,
         placement: Placement::EveryReplica,
+        read_mostly: false,
     };
     campaign::<NrStack>("stack, 4 replicas x 2 threads, log 16", plan, 0x5300);
 }
@@ -499,6 +542,7 @@ fn long_stack_histories_are_linearizable() {
         log_capacity: 8,
         histories: 25,
         placement: Placement::EveryReplica,
+        read_mostly: false,
     };
     campaign::<NrStack>("stack, long histories, log 8", plan, 0x5400);
 }
@@ -517,6 +561,7 @@ fn a_replica_without_threads_is_helped_and_stays_linearizable() {
         log_capacity: 16,
         histories: 150,
         placement: Placement::LeaveIdle { idle: 1 },
+        read_mostly: false,
     };
     campaign::<NrMap>("hashmap, 3 replicas, one idle, log 16", plan, 0x6000);
     campaign::<NrStack>("stack, 3 replicas, one idle, log 16", plan, 0x6100);
@@ -531,6 +576,7 @@ fn threads_moving_between_replicas_stay_linearizable() {
         log_capacity: 8,
         histories: 150,
         placement: Placement::Moving { every: 3 },
+        read_mostly: false,
     };
     campaign::<NrMap>(
         "hashmap, 4 replicas, threads moving every 3 ops, log 8",
@@ -591,6 +637,7 @@ fn the_checker_rejects_histories_of_a_map_with_stale_reads() {
         log_capacity: 1024,
         histories: 40,
         placement: Placement::EveryReplica,
+        read_mostly: false,
     };
     let mut rejected = 0;
     let mut example = None;
