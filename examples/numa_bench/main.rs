@@ -499,15 +499,27 @@ fn targets(rows: &[Row], mem: Option<&memory::MemoryReport>, per_round: usize) -
             .map(|r| r.m.max_unpreempted_ns as f64 / 1e6)
             .reduce(f64::max)
     };
+    // The read-mostly row trades write latency for fence-free reads (every
+    // write batch waits for a membarrier, an IPI to each busy CPU): it is
+    // reported on its own line, not held to the default's latency goal.
+    let default_nr = |i: Impl| i.is_noderep() && i != Impl::NoderepReadMostly;
     out.push(at_most(
-        "max latency, every noderep row, ops not delayed by a preemption (ms)".into(),
-        (max_clean(&|i: Impl| i.is_noderep()), None, None),
+        "max latency, every default noderep row, ops not delayed by a preemption (ms)".into(),
+        (max_clean(&default_nr), None, None),
         1.0,
         " ms",
     ));
     out.push(Target {
-        what: "max latency, every noderep row, all ops (ms)".into(),
-        measured: max_lat(&|i: Impl| i.is_noderep()),
+        what: "the same for noderep/node-rm (read_mostly) (ms)".into(),
+        measured: max_clean(&|i: Impl| i == Impl::NoderepReadMostly),
+        cpu: None,
+        paired: None,
+        goal: "(opt-in trade-off)".into(),
+        met: None,
+    });
+    out.push(Target {
+        what: "max latency, every default noderep row, all ops (ms)".into(),
+        measured: max_lat(&default_nr),
         cpu: None,
         paired: None,
         goal: "(incl. preemptions)".into(),
@@ -517,7 +529,7 @@ fn targets(rows: &[Row], mem: Option<&memory::MemoryReport>, per_round: usize) -
         what: "noderep ops > 20 us that were preempted or overlapped a preempted op".into(),
         measured: Some(
             rows.iter()
-                .filter(|r| r.imp.is_noderep())
+                .filter(|r| default_nr(r.imp))
                 .map(|r| r.m.slow_ops.1 as f64)
                 .sum::<f64>(),
         ),
@@ -526,7 +538,7 @@ fn targets(rows: &[Row], mem: Option<&memory::MemoryReport>, per_round: usize) -
         goal: format!(
             "(of {} ops > 20 us)",
             rows.iter()
-                .filter(|r| r.imp.is_noderep())
+                .filter(|r| default_nr(r.imp))
                 .map(|r| r.m.slow_ops.0)
                 .sum::<u64>()
         ),
@@ -536,7 +548,7 @@ fn targets(rows: &[Row], mem: Option<&memory::MemoryReport>, per_round: usize) -
         what: "involuntary context switches in those noderep latency passes".into(),
         measured: Some(
             rows.iter()
-                .filter(|r| r.imp.is_noderep())
+                .filter(|r| default_nr(r.imp))
                 .map(|r| r.m.preemptions as f64)
                 .sum::<f64>()
                 .max(0.0),
