@@ -1,0 +1,137 @@
+//! The one-thread read path, measured so that a noisy machine hurts every
+//! contender alike: a bare `HashMap::get`, noderep (default and
+//! `read_mostly`) and node-replication 0.1.1 take turns in short runs on
+//! one pinned thread, round after round, and the report gives each one's
+//! median and its cost relative to the bare map, both as a ratio of medians
+//! and as the median of the per-round ratios.
+//!
+//! Run: `cargo run --release --example read_path_ab [-- ROUNDS [KEYS]]`
+//! (defaults: 15 rounds, 100,000 keys; about 10 s).
+
+use noderep::{Dispatch, NrBuilder};
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::time::Instant;
+
+#[derive(Default, Clone)]
+struct Map(HashMap<u64, u64>);
+
+impl Dispatch for Map {
+    type ReadOperation<'a> = u64;
+    type WriteOperation = (u64, u64);
+    type Response = Option<u64>;
+    fn dispatch(&self, k: u64) -> Option<u64> {
+        self.0.get(&k).copied()
+    }
+    fn dispatch_mut(&mut self, (k, v): (u64, u64)) -> Option<u64> {
+        self.0.insert(k, v)
+    }
+}
+
+#[derive(Default, Clone)]
+struct OldMap(HashMap<u64, u64>);
+
+impl node_replication::Dispatch for OldMap {
+    type ReadOperation = u64;
+    type WriteOperation = (u64, u64);
+    type Response = Option<u64>;
+    fn dispatch(&self, k: u64) -> Option<u64> {
+        self.0.get(&k).copied()
+    }
+    fn dispatch_mut(&mut self, (k, v): (u64, u64)) -> Option<u64> {
+        self.0.insert(k, v)
+    }
+}
+
+/// Reads per run.
+const READS: usize = 2_000_000;
+
+fn arg(n: usize, default: u64) -> Result<u64, String> {
+    match std::env::args().nth(n) {
+        None => Ok(default),
+        Some(s) => s.parse().map_err(|_| {
+            format!(
+                "argument {n} ({s:?}) must be a whole number; usage: read_path_ab [ROUNDS [KEYS]]"
+            )
+        }),
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let rounds = arg(1, 15)?.max(1) as usize;
+    let keys = arg(2, 100_000)?.max(1);
+    if let Err(e) = noderep::topology::pin_to_cpu(0) {
+        eprintln!("note: not pinned ({e}); figures will be noisier");
+    }
+    let mut proto = Map::default();
+    for k in 0..keys {
+        proto.0.insert(k, k);
+    }
+    let stream: Vec<u64> = (0..1u64 << 16)
+        .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 20) % keys)
+        .collect();
+    let plain = NrBuilder::new().build(|_| proto.clone())?;
+    let rm = NrBuilder::new()
+        .read_mostly(true)
+        .build(|_| proto.clone())?;
+    let plain_token = plain.register()?;
+    let rm_token = rm.register()?;
+    let log = std::sync::Arc::new(node_replication::Log::<(u64, u64)>::new(32 << 20));
+    let old = node_replication::Replica::<OldMap>::with_data(&log, OldMap(proto.0.clone()));
+    let old_token = old
+        .register()
+        .ok_or("node-replication 0.1.1 has no free thread slot")?;
+    let bare = proto.clone();
+
+    let names = [
+        "bare HashMap::get",
+        "noderep",
+        if rm.reads_are_fence_free() {
+            "noderep read_mostly"
+        } else {
+            "noderep read_mostly (unavailable: fenced)"
+        },
+        "node-replication 0.1.1",
+    ];
+    let mut mops: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    for _ in 0..rounds {
+        for (which, runs) in mops.iter_mut().enumerate() {
+            let start = Instant::now();
+            let mut sum = 0u64;
+            for i in 0..READS {
+                let k = stream[i & 0xffff];
+                let got = match which {
+                    0 => bare.0.get(&k).copied(),
+                    1 => plain.execute(k, &plain_token)?,
+                    2 => rm.execute(k, &rm_token)?,
+                    _ => old.execute(k, old_token),
+                };
+                sum = sum.wrapping_add(got.unwrap_or(0));
+            }
+            black_box(sum);
+            runs.push(READS as f64 / start.elapsed().as_secs_f64() / 1e6);
+        }
+    }
+    println!("{rounds} rounds of {READS} reads per contender, {keys} keys, one thread");
+    println!(
+        "{:<42} {:>9} {:>14} {:>15}",
+        "", "Mop/s", "cost vs bare", "paired by round"
+    );
+    for (which, name) in names.iter().enumerate() {
+        let paired: Vec<f64> = (0..rounds).map(|r| mops[0][r] / mops[which][r]).collect();
+        println!(
+            "{:<42} {:>9.2} {:>14.2} {:>15.2}",
+            name,
+            median(&mops[which]),
+            median(&mops[0]) / median(&mops[which]),
+            median(&paired)
+        );
+    }
+    Ok(())
+}
