@@ -105,28 +105,16 @@ fn keys() -> Vec<u64> {
         .collect()
 }
 
-fn one_replica<D>(d: D) -> NodeReplicated<D>
+/// `d` replicated `n` times, on a simulated topology of `n` one-core nodes.
+fn replicated<D>(d: D, n: usize) -> NodeReplicated<D>
 where
     D: Dispatch + Clone + Send + Sync,
     D::WriteOperation: Send + Sync,
     D::Response: Send,
 {
     NrBuilder::new()
-        .topology(Topology::simulated(1, 1).expect("1x1 topology"))
-        .replicas(ReplicaPolicy::Fixed(1))
-        .build(|_| d.clone())
-        .expect("valid noderep settings")
-}
-
-fn two_replicas<D>(d: D) -> NodeReplicated<D>
-where
-    D: Dispatch + Clone + Send + Sync,
-    D::WriteOperation: Send + Sync,
-    D::Response: Send,
-{
-    NrBuilder::new()
-        .topology(Topology::simulated(2, 1).expect("2x1 topology"))
-        .replicas(ReplicaPolicy::Fixed(2))
+        .topology(Topology::simulated(n, 1).expect("n x 1 topology"))
+        .replicas(ReplicaPolicy::Fixed(n))
         .build(|_| d.clone())
         .expect("valid noderep settings")
 }
@@ -160,7 +148,7 @@ fn read_path(c: &mut Criterion) {
     g.bench_function("bare HashMap::get", |b| {
         b.iter(|| black_box(bare.0.get(&keys[next()]).copied()))
     });
-    let nr = one_replica(prefilled());
+    let nr = replicated(prefilled(), 1);
     let tok = nr.register().expect("slot");
     g.bench_function("noderep", |b| {
         b.iter(|| black_box(nr.execute(Get(keys[next()]), &tok)))
@@ -199,7 +187,7 @@ fn write_path(c: &mut Criterion) {
             black_box(bare.0.insert(k, k))
         })
     });
-    let nr = one_replica(prefilled());
+    let nr = replicated(prefilled(), 1);
     let tok = nr.register().expect("slot");
     g.bench_function("noderep", |b| {
         b.iter(|| {
@@ -233,12 +221,12 @@ fn write_path(c: &mut Criterion) {
 
 fn log_append(c: &mut Criterion) {
     let mut g = c.benchmark_group("log_append");
-    let nr = one_replica(Counter::default());
+    let nr = replicated(Counter::default(), 1);
     let tok = nr.register().expect("slot");
     g.bench_function("noderep write (counter)", |b| {
         b.iter(|| black_box(nr.execute_mut(black_box(1), &tok)))
     });
-    let nr2 = two_replicas(Counter::default());
+    let nr2 = replicated(Counter::default(), 2);
     let tok2 = nr2.register_on(0).expect("slot");
     g.bench_function("noderep write, 2 replicas, log (counter)", |b| {
         b.iter(|| black_box(nr2.execute_mut(black_box(1), &tok2)))
@@ -264,7 +252,7 @@ fn log_append(c: &mut Criterion) {
 
 fn rwlock(c: &mut Criterion) {
     let mut g = c.benchmark_group("rwlock");
-    let nr = one_replica(Counter(7));
+    let nr = replicated(Counter(7), 1);
     let tok = nr.register().expect("slot");
     g.bench_function("noderep read (counter)", |b| {
         b.iter(|| black_box(nr.execute((), &tok)))
