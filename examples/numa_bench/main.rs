@@ -406,7 +406,7 @@ fn paired_ratio(a: &Row, b: &Row, per_round: usize) -> Option<f64> {
         .filter(|&(_, y)| y > 0.0)
         .map(|(x, y)| x / y)
         .collect();
-    (!ratios.is_empty()).then(|| runner::median_of(&ratios))
+    (!ratios.is_empty()).then(|| runner::median(&ratios))
 }
 
 /// (ratio of medians, by CPU time, paired by round).
@@ -487,18 +487,16 @@ fn targets(rows: &[Row], mem: Option<&memory::MemoryReport>, per_round: usize) -
             "x",
         ),
     ];
-    let max_lat = |pred: &dyn Fn(Impl) -> bool| -> Option<f64> {
+    // The largest of `ns(row)` over the latency-measured rows of the chosen
+    // implementations, in milliseconds.
+    let max_ms = |pred: &dyn Fn(Impl) -> bool, ns: fn(&Row) -> u64| -> Option<f64> {
         rows.iter()
             .filter(|r| pred(r.imp) && r.m.latency.is_some())
-            .map(|r| r.lat_max() as f64 / 1e6)
+            .map(|r| ns(r) as f64 / 1e6)
             .reduce(f64::max)
     };
-    let max_clean = |pred: &dyn Fn(Impl) -> bool| -> Option<f64> {
-        rows.iter()
-            .filter(|r| pred(r.imp) && r.m.latency.is_some())
-            .map(|r| r.m.max_unpreempted_ns as f64 / 1e6)
-            .reduce(f64::max)
-    };
+    let max_lat = |pred: &dyn Fn(Impl) -> bool| max_ms(pred, Row::lat_max);
+    let max_clean = |pred: &dyn Fn(Impl) -> bool| max_ms(pred, |r| r.m.max_unpreempted_ns);
     // The read-mostly row trades write latency for fence-free reads (every
     // write batch waits for a membarrier, an IPI to each busy CPU): it is
     // reported on its own line, not held to the default's latency goal.

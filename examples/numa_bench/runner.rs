@@ -124,12 +124,8 @@ impl Measurement {
     }
 }
 
-/// The median of `values` (0 for none).
-pub fn median_of(values: &[f64]) -> f64 {
-    median(values)
-}
-
-fn median(reps: &[f64]) -> f64 {
+/// The median of `reps` (0 for none).
+pub fn median(reps: &[f64]) -> f64 {
     {
         let mut v = reps.to_vec();
         v.sort_by(f64::total_cmp);
@@ -207,11 +203,11 @@ pub fn run<S: System>(
                     let c0 = thread_cpu_secs();
                     let mut n = 0u64;
                     let mut sum = 0u64;
-                    let csw0 = if timed { involuntary_switches() } else { 0 };
+                    let sample0 = timed.then(SchedSample::now);
                     let mut slow_ops: Vec<SlowOp> = Vec::new();
                     let mut fast_max = 0u64;
                     if timed {
-                        let mut seen = (SchedSample::now(), clock.now());
+                        let mut seen = (sample0.expect("sampled when timed"), clock.now());
                         let mut prev = clock.now();
                         loop {
                             for _ in 0..CHUNK {
@@ -268,7 +264,9 @@ pub fn run<S: System>(
                         .push((phase, n, secs, cpu));
                     if timed {
                         preempt.fetch_add(
-                            involuntary_switches().saturating_sub(csw0),
+                            SchedSample::now()
+                                .involuntary
+                                .saturating_sub(sample0.map_or(0, |s| s.involuntary)),
                             Ordering::Relaxed,
                         );
                         let mut all = slow.lock().expect("no worker panics");
@@ -417,19 +415,6 @@ impl SchedSample {
         let lost = wall_ns.saturating_sub(cpu);
         self.involuntary > before.involuntary
             || (self.voluntary == before.voluntary && lost >= op_ns / 2)
-    }
-}
-
-/// Involuntary context switches of the calling thread so far.
-fn involuntary_switches() -> u64 {
-    // SAFETY: an all-zero rusage is a valid value (plain integers).
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage writes one rusage through the valid pointer.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
-    if rc == 0 {
-        ru.ru_nivcsw as u64
-    } else {
-        0
     }
 }
 

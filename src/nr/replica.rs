@@ -278,11 +278,7 @@ impl<D: Dispatch> Replica<D> {
         let unwind_guard = PoisonOnUnwind(poisoned);
         let own = own.map(|op| {
             size += 1;
-            self.data.with_mut(|d| {
-                // SAFETY: we hold the write lock (no readers) and the
-                // combiner lock (no other writer).
-                unsafe { (*d).dispatch_mut(op) }
-            })
+            self.apply_op(op)
         });
         let hwm = self.rwlock.slot_hwm();
         if self.contexts[..hwm].iter().any(|ctx| ctx.is_pending()) {
@@ -469,19 +465,23 @@ impl<D: Dispatch> Replica<D> {
         (rec.replica, rec.slot, self.run(|| rec.op.clone()))
     }
 
+    /// Applies `op` to the replica. The caller holds the combiner lock and
+    /// the write lock.
+    #[inline(always)]
+    fn apply_op(&self, op: D::WriteOperation) -> D::Response {
+        self.data.with_mut(|d| {
+            // SAFETY: the caller holds the write lock (no readers) and the
+            // combiner lock (no other writer).
+            unsafe { (*d).dispatch_mut(op) }
+        })
+    }
+
     /// Applies the operation that `op` produces to the replica, catching a
     /// panic of either (with `std`). The caller holds the combiner lock and
     /// the write lock.
     #[inline]
     fn run(&self, op: impl FnOnce() -> D::WriteOperation) -> Outcome<D::Response> {
-        let run = || {
-            let op = op();
-            self.data.with_mut(|d| {
-                // SAFETY: we hold the write lock (no readers) and the
-                // combiner lock (no other writer).
-                unsafe { (*d).dispatch_mut(op) }
-            })
-        };
+        let run = || self.apply_op(op());
         #[cfg(feature = "std")]
         return match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
             Ok(r) => Outcome::Response(r),
