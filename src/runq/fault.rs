@@ -30,7 +30,7 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use super::fault_points::FaultPoint;
+pub use super::fault_points::FaultPoint;
 
 /// The payload a crashed thread unwinds with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,7 +97,9 @@ impl FaultTable {
     pub fn arm(&self, core: usize, point: FaultPoint, after: u32, action: FaultAction) {
         let act = match action {
             FaultAction::Crash => 0,
-            FaultAction::Stall(d) => (d.as_millis() as u64).clamp(1, u64::from(u32::MAX)),
+            FaultAction::Stall(d) => u64::try_from(d.as_millis())
+                .unwrap_or(u64::MAX)
+                .clamp(1, u64::from(u32::MAX)),
         };
         let w = (point as u64) << 56 | (u64::from(after.clamp(1, (1 << 24) - 1))) << 32 | act;
         if let Some(a) = self.armed.get(core) {

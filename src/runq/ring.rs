@@ -39,7 +39,7 @@ const POS_MASK: u64 = (1 << POS_BITS) - 1;
 /// What a record says happened to a task on the replicated queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
-pub enum RecordKind {
+pub(crate) enum RecordKind {
     /// The task was put on the queue (spawn, wake, migration in, yield).
     Enqueue = 0,
     /// The task was picked and runs.
@@ -88,13 +88,13 @@ pub struct Stamp {
 
 /// One replicated operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Record {
+pub(crate) struct Record {
     /// The task (ignored by [`RecordKind::Collect`]).
-    pub task: TaskId,
+    pub(crate) task: TaskId,
     /// What happened.
-    pub kind: RecordKind,
+    pub(crate) kind: RecordKind,
     /// When, in the queue's order.
-    pub stamp: Stamp,
+    pub(crate) stamp: Stamp,
 }
 
 impl Record {
@@ -159,17 +159,23 @@ pub(crate) struct Ring {
 
 impl Ring {
     /// An open ring for the owner of `epoch`, with `capacity` (a power of two) slots.
-    pub(crate) fn new(epoch: u32, capacity: usize) -> Self {
+    /// An allocation failure is an error, never an abort.
+    pub(crate) fn new(epoch: u32, capacity: usize) -> Result<Self, super::RunqError> {
         debug_assert!(capacity.is_power_of_two());
-        let slots: Vec<(AtomicU64, AtomicU64)> = (0..capacity)
-            .map(|_| (AtomicU64::new(0), AtomicU64::new(0)))
-            .collect();
-        Self {
+        let mut slots: Vec<(AtomicU64, AtomicU64)> = Vec::new();
+        slots
+            .try_reserve_exact(capacity)
+            .map_err(|_| super::RunqError::OutOfMemory {
+                what: "replication ring",
+                bytes: capacity.saturating_mul(16),
+            })?;
+        slots.extend((0..capacity).map(|_| (AtomicU64::new(0), AtomicU64::new(0))));
+        Ok(Self {
             tail: CachePadded::new(AtomicU64::new((u64::from(epoch) & MASK24) << POS_BITS)),
             head: CachePadded::new(AtomicU64::new(0)),
             slots: slots.into_boxed_slice(),
             mask: capacity as u64 - 1,
-        }
+        })
     }
 
     fn word_epoch(w: u64) -> u32 {
@@ -291,7 +297,7 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_close_fences_pushes() {
-        let r = Ring::new(1, 4);
+        let r = Ring::new(1, 4).unwrap();
         assert_eq!(r.push(&[rec(1, 1), rec(2, 2)], 1), Push::Pushed { end: 2 });
         assert_eq!(r.push(&[rec(3, 3)], 2), Push::Closed, "wrong epoch");
         assert_eq!(r.push(&[rec(3, 3), rec(4, 4), rec(5, 5)], 1), Push::Full);
