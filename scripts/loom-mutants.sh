@@ -47,6 +47,8 @@ m7_poisoning           exec_ignores_poison
 runq                   renew_blind_store
 runq                   finalize_blind
 runq                   kill_check_then_store
+runq                   takeover_blind_store
+runq                   reclaim_blind_store
 "
 
 MODELS="$(ls loom-tests/tests/*.rs | xargs -n1 basename | sed 's/\.rs$//' | sort)"

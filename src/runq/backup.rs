@@ -180,6 +180,10 @@ impl BackupHandle {
 
     /// Applies what the owner shipped, then watches the lease at time `now`
     /// (ns, [`super::RunQueues::now`]) and takes the queue over if it expired.
+    ///
+    /// # Errors
+    ///
+    /// [`RunqError::EpochExhausted`] if the queue cannot be taken over again.
     pub fn poll(&mut self, now: u64) -> Result<BackupEvent, RunqError> {
         if self.detached {
             return Ok(BackupEvent::Detached);
@@ -286,7 +290,6 @@ impl BackupHandle {
             Takeover::Won { epoch } => epoch,
             Takeover::Changed { .. } => return Ok(BackupEvent::Idle),
         };
-        self.sh.fault(self.core, FaultPoint::AfterLeaseWon);
         // (2) close every ring: the fence for the old owner's commits.
         {
             let _masked = MaskGuard::new();
@@ -300,6 +303,9 @@ impl BackupHandle {
         }
         // (3) the inbox: the fence for the old owner's takes.
         qs.inbox.retag(epoch);
+        // The worst moment for the adopter to die: the old owner is fenced,
+        // nobody runs the queue yet (a standby backup takes over).
+        self.sh.fault(self.core, FaultPoint::AfterLeaseWon);
         // (4) the last records.
         let replica = &mut self.replica;
         let mut n = 0u64;

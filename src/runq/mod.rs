@@ -1,52 +1,71 @@
-//! Per-core run queues replicated on a neighbour core, with epochs, leases and
-//! tombstones: a scheduler substrate that survives the loss of a core with no
-//! task lost, duplicated or resurrected.
+//! Per-core run queues replicated on `k` other cores, with epochs, leases and
+//! tombstones: a scheduler substrate that survives the loss of a core (and of
+//! `k - 1` of its backups in the same recovery window) with no task lost,
+//! duplicated or resurrected.
 //!
-//! Each core owns one run queue ([`OwnerHandle`]); a neighbour core
-//! ([`BackupHandle`], ring order within a node, then across nodes) keeps a
-//! replica of it. When a core stops renewing its lease, the neighbour raises
-//! the queue's epoch, adopts the queue from its replica, runs its tasks, and
-//! from then on every operation of the old epoch is refused. A core that was
-//! only frozen wakes up as a fenced zombie and can do no harm. Other cores
-//! spawn, wake and kill tasks through a [`Spawner`].
+//! Each core owns one run queue ([`OwnerHandle`]); `k` backup cores
+//! ([`BackupHandle`]; `k` set by [`RunqBuilder::backups`], default 1; ring
+//! order within a node, then across nodes) keep a replica of it. When a core
+//! stops renewing its lease, a backup raises the queue's epoch, adopts the
+//! queue, runs its tasks, and from then on every operation of the old epoch
+//! is refused. A core that was only frozen wakes up as a fenced zombie and
+//! can do no harm. Cores spawn, wake and kill tasks through a [`Spawner`].
+//! Build a scheduler with [`RunQueues::builder`].
 //!
 //! # How it works
 //!
-//! * **Task words** ([`task`]): one atomic word per task names its one place
-//!   (`Transit`, `Queued{q, e}`, `Running{q, e}`, `Blocked`, `Done`,
-//!   `Removed`, or an owner's *intent*). Every change of place is a CAS on it,
-//!   generation included, so a reused slot is never mistaken for an old task.
+//! * **Task words**: one atomic word per task names its one place
+//!   ([`TaskPhase`]: `Transit`, `Queued{q, e}`, `Running{q, e}`, `Blocked`,
+//!   `Done`, `Removed`, `Spawning`, or an owner's *intent*). Every change of
+//!   place is a CAS on it, generation included, so a reused slot is never
+//!   mistaken for an old task. The word, not any replica, is the authority.
 //! * **Operations** carry `(epoch, seq)` ([`Stamp`]) and run in three steps:
 //!   CAS the task word to an intent stamped with the owner's epoch; *commit*
-//!   (push the record into the backup's ring — synchronous mode — or check the
-//!   ring is still open and buffer the record — asynchronous mode); CAS the
-//!   intent to its final phase.
-//! * **Fencing** happens where state changes: the lease word ([`lease`]) is
-//!   renewed and taken over by CAS; the takeover closes the replication ring
-//!   ([`ring`]) with the new epoch in its tail word, re-tags the inbox
-//!   ([`inbox`]) and *claims* each adopted task's word. A zombie's commit then
-//!   fails at the ring, its finalising CAS fails at the task word, and it is
-//!   told [`RunqError::Fenced`].
-//! * **Tombstones** ([`replica`]): completions and removals are kept in the
+//!   (push the record into every backup's ring — synchronous mode — or check
+//!   the rings are still open and buffer the record — asynchronous mode); CAS
+//!   the intent to its final phase.
+//! * **Fencing** happens where state changes: the lease word ([`LeaseWord`])
+//!   is renewed and taken over by CAS; the takeover closes every replication
+//!   ring with the new epoch in its tail word, re-tags the inbox and *claims*
+//!   each adopted task's word. A zombie's commit then fails at a ring, its
+//!   finalising CAS fails at the task word, and it is told
+//!   [`RunqError::Fenced`].
+//! * **k backups (fan-out)**: the owner pushes each record to all `k` rings;
+//!   all `k` backups watch the lease and race for it when it expires (the
+//!   CAS picks one; no wait by rank, so losing the first backup too does not
+//!   slow the takeover). A backup whose ring another backup's takeover closed
+//!   stays on *standby* until the new owner publishes its new stream, and
+//!   takes over in turn if the new owner dies first.
+//! * **Tombstones** ([`Replica`]): completions and removals are kept in each
 //!   replica as `(task, epoch, seq)` entries that outrank any older enqueue;
-//!   they are collected once the backup has passed them (`Collect` records).
-//! * **Re-backup**: the adopter seeds a new backup with a snapshot, and an
+//!   they are collected once every backup has passed them.
+//! * **Re-backup**: the adopter seeds `k` new backups with a snapshot, and an
 //!   owner whose backup died does the same (raising its own epoch so the old
-//!   backup can no longer take over), so a second failure is survived too.
-//! * **Faults** ([`fault`]): crashes at named points inside operations,
-//!   freezes by a real signal that parks the thread, slow-downs beyond the
-//!   lease. **Invariants** ([`check`]) are checked by a lock-free ledger.
+//!   backups can no longer take over), so later failures are survived too.
+//! * **Spawns** are fenced like operations: a spawn first takes its slot in
+//!   phase `Spawning`, stamped with the spawner's core; if that core dies
+//!   mid-spawn, its takeover's table scan (or a later allocation) reclaims
+//!   the slot, so a crashed spawner leaks nothing.
+//! * **Configuration** is checked against what the arithmetic can represent
+//!   (durations up to an hour, ring and table sizes within their bit fields)
+//!   and what the machine can hold (at most half its memory); allocations use
+//!   `try_reserve`: a bad value is an error saying what to change.
+//! * **Faults** (`fault`, feature `fault-injection`): crashes at named points
+//!   inside operations, freezes by a real signal that parks the thread,
+//!   slow-downs beyond the lease. **Invariants** (`check`, same feature) are
+//!   checked by a lock-free ledger. Without the feature, none of this is
+//!   compiled: no fault points, no signal masking around locks.
 //!
 //! # Trade-offs
 //!
-//! Synchronous replication costs one CAS on a shared cache line per operation
-//! and stalls the owner when the backup stops draining; asynchronous
-//! replication acknowledges at once and ships in batches, losing about λ·L
-//! operations per failure (λ the write rate, L the replication lag). In both
-//! modes the task words prevent duplicates and resurrections: what async mode
-//! can lose is only tasks whose enqueue had not been shipped. A failure of the
-//! adopter between its takeover and the seeding of the new backup (a double
-//! failure inside one takeover) is not survived.
+//! Synchronous replication costs one CAS on a shared cache line per
+//! operation and backup (`k` of them) and stalls the owner when a backup
+//! stops draining; asynchronous replication acknowledges at once and ships
+//! in batches, losing about λ·L operations per failure (λ the write rate, L
+//! the replication lag) — but no task: the takeover's table scan finds every
+//! task whose word names the queue. With `k = 1`, a failure of the adopter
+//! inside its takeover (or of a core and its only backup together) is not
+//! survived; `k = 2` survives it.
 //!
 //! # References
 //!
@@ -550,9 +569,10 @@ pub(crate) mod fault_points {
         AfterCommit = 3,
         /// In a tick, before renewing the lease.
         Tick = 4,
-        /// In a takeover, right after winning the lease (the adopter's own
-        /// failure inside the takeover: survived with `k >= 2` backups, by a
-        /// standby backup; not with `k = 1`).
+        /// In a takeover, after winning the lease and fencing the old owner
+        /// (rings closed, inbox re-tagged), before adopting anything: the
+        /// adopter's own failure inside the takeover, survived with `k >= 2`
+        /// backups (a standby backup takes over), not with `k = 1`.
         AfterLeaseWon = 5,
         /// Between a migration's delivery and its final CAS.
         MigrateDelivered = 6,
@@ -1066,13 +1086,22 @@ impl Spawner {
         }
         sh.fault(self.core, fault_points::FaultPoint::SpawnAllocated);
         before_delivery(t);
-        sh.queues[q as usize].inbox.push(t);
+        let inbox = &sh.queues[q as usize].inbox;
+        let tag = inbox.push(t);
         sh.fault(self.core, fault_points::FaultPoint::SpawnDelivered);
         match sh
             .tasks
             .cas(t, spawning, spawning.with(TaskPhase::Transit, q, 0))
         {
-            task::Cas::Done => Ok(t),
+            task::Cas::Done => {
+                // The owner that took the delivery may have deferred it (the
+                // word said `Spawning`) and died since: if the inbox changed
+                // hands, deliver again (see `Inbox::tag_now`).
+                if inbox.tag_now() != tag {
+                    inbox.push(t);
+                }
+                Ok(t)
+            }
             // Reclaimed: our core was taken over while we spawned.
             task::Cas::Saw(_) => Err(RunqError::SpawnerFenced { core: self.core }),
         }

@@ -61,6 +61,21 @@ enum Fail {
 }
 
 /// The owner's handle of one run queue (one per queue and epoch).
+///
+/// # Examples
+///
+/// ```
+/// use noderep::runq::{Exit, Pick, RunQueues};
+///
+/// let rq = RunQueues::builder().cores(2).build()?;
+/// let mut owner = rq.owner(0)?;
+/// let t = rq.spawner(0)?.spawn(0)?;
+/// assert_eq!(owner.pick()?, Pick::Task(t));
+/// owner.complete(t, Exit::Block)?; // it sleeps until woken
+/// assert_eq!(owner.pick()?, Pick::Empty);
+/// owner.tick(rq.now())?; // renews the lease
+/// # Ok::<(), noderep::runq::RunqError>(())
+/// ```
 pub struct OwnerHandle {
     sh: Arc<Shared>,
     q: QueueId,
@@ -439,6 +454,12 @@ impl OwnerHandle {
 
     /// Accepts the tasks delivered to this queue's inbox (spawns, wake-ups,
     /// migrations in). Returns how many joined the queue.
+    ///
+    /// # Errors
+    ///
+    /// [`RunqError::Fenced`] once the queue was taken over (drop the handle,
+    /// or [`OwnerHandle::surrender`] it); [`RunqError::BackupStalled`] when a
+    /// backup does not drain its ring in synchronous mode (retry later).
     pub fn accept(&mut self) -> Result<usize, RunqError> {
         self.refuse_if_fenced("accept")?;
         let mut delivered = core::mem::take(&mut self.deferred);
@@ -491,6 +512,10 @@ impl OwnerHandle {
     }
 
     /// Accepts deliveries, serves a pending steal, then picks the next task.
+    ///
+    /// # Errors
+    ///
+    /// As [`OwnerHandle::accept`].
     pub fn pick(&mut self) -> Result<Pick, RunqError> {
         self.refuse_if_fenced("pick")?;
         self.serve_steal()?;
@@ -527,6 +552,11 @@ impl OwnerHandle {
     }
 
     /// Ends the run of `t` (returned by `pick`) as `exit`.
+    ///
+    /// # Errors
+    ///
+    /// [`RunqError::NotRunning`] for a task this handle is not running; else
+    /// as [`OwnerHandle::accept`].
     pub fn complete(&mut self, t: TaskId, exit: Exit) -> Result<(), RunqError> {
         self.complete_then(t, exit, || {})
     }
@@ -534,6 +564,10 @@ impl OwnerHandle {
     /// As [`OwnerHandle::complete`], calling `on_commit` right after the
     /// completion became final and before anything can fail (so a ledger
     /// stays exact even if the core crashes just after).
+    ///
+    /// # Errors
+    ///
+    /// As [`OwnerHandle::complete`].
     pub fn complete_then(
         &mut self,
         t: TaskId,
@@ -602,6 +636,11 @@ impl OwnerHandle {
     }
 
     /// Removes a queued task (it exits before running); leaves a tombstone.
+    ///
+    /// # Errors
+    ///
+    /// [`RunqError::NotQueued`] for a task not queued here; else as
+    /// [`OwnerHandle::accept`].
     pub fn remove(&mut self, t: TaskId) -> Result<(), RunqError> {
         self.refuse_if_fenced("remove")?;
         let st = self.take_queued(t)?;
@@ -632,6 +671,11 @@ impl OwnerHandle {
 
     /// Sends a queued task to queue `to` (load balancing); leaves a tombstone
     /// here. The task is in transit until `to`'s owner accepts it.
+    ///
+    /// # Errors
+    ///
+    /// [`RunqError::NoSuchQueue`] for a bad target (or this queue itself);
+    /// else as [`OwnerHandle::remove`].
     pub fn migrate(&mut self, t: TaskId, to: QueueId) -> Result<(), RunqError> {
         self.refuse_if_fenced("migrate")?;
         if to as usize >= self.sh.queues.len() || to == self.q {
@@ -670,20 +714,32 @@ impl OwnerHandle {
         // Deliver first, then finalise: the receiver defers a delivery whose
         // word is still `Migrating`, and a taker of this queue claims it if we
         // die in between.
-        self.sh.queues[to as usize].inbox.push(t);
+        let inbox = &self.sh.queues[to as usize].inbox;
+        let tag = inbox.push(t);
         self.sh.fault(self.core, FaultPoint::MigrateDelivered);
         match self
             .sh
             .tasks
             .cas(t, mine, from.with(TaskPhase::Transit, to, 0))
         {
-            Cas::Done => Ok(()),
+            Cas::Done => {
+                // The receiver may have deferred the delivery and died since:
+                // deliver again if its inbox changed hands (`Inbox::tag_now`).
+                if inbox.tag_now() != tag {
+                    inbox.push(t);
+                }
+                Ok(())
+            }
             Cas::Saw(_) => Err(self.fence("migrate")),
         }
     }
 
     /// Asks queue `victim`'s owner to send this queue about half its tasks.
     /// Returns `false` if another steal request is already pending there.
+    ///
+    /// # Errors
+    ///
+    /// [`RunqError::NoSuchQueue`] for a bad victim (or this queue itself).
     pub fn request_steal(&self, victim: QueueId) -> Result<bool, RunqError> {
         if victim as usize >= self.sh.queues.len() || victim == self.q {
             return Err(RunqError::NoSuchQueue {
@@ -741,6 +797,11 @@ impl OwnerHandle {
     /// Periodic work: renews the lease every quarter lease, ships the
     /// asynchronous batch when due, collects tombstones the backup has passed
     /// and replaces a dead backup. Call it often (every scheduling decision).
+    ///
+    /// # Errors
+    ///
+    /// [`RunqError::Fenced`] once the queue was taken over;
+    /// [`RunqError::EpochExhausted`] if a re-backup cannot raise the epoch.
     pub fn tick(&mut self, now: u64) -> Result<Tick, RunqError> {
         self.refuse_if_fenced("tick")?;
         if let Replication::Async { max_lag, .. } = self.sh.config.replication {
@@ -782,6 +843,10 @@ impl OwnerHandle {
     }
 
     /// Ships everything buffered now (async mode; no-op in sync mode).
+    ///
+    /// # Errors
+    ///
+    /// [`RunqError::Fenced`] once the queue was taken over.
     pub fn flush(&mut self) -> Result<(), RunqError> {
         self.refuse_if_fenced("flush")?;
         self.ship()
