@@ -291,6 +291,8 @@ impl OwnerHandle {
                 // closed one; records it left in earlier rings are harmless
                 // (the task word, not the replica, decides: see backup.rs).
                 let mut ends: Ends = [0; MAX_BACKUPS];
+                // (Indexing, not iterating: `self.fence` needs `&mut self`.)
+                #[allow(clippy::needless_range_loop)]
                 for i in 0..self.rings.len() {
                     let mut backoff = Backoff::new();
                     let mut waited = StallClock::new();
