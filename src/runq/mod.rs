@@ -134,7 +134,7 @@ pub enum RunqError {
         core: usize,
     },
     /// Synchronous replication could not get a free slot in a backup's ring.
-    #[error("a backup of queue {queue} is not draining its replication ring: retry after the next tick (a dead backup is replaced once its own lease expires), or use a larger ring_capacity")]
+    #[error("a backup of queue {queue} has not drained its replication ring: drain this core's own backup handles (CoreWorker does) and retry; a dead backup is replaced once its own lease expires; a larger ring_capacity makes this rarer")]
     BackupStalled {
         /// The queue.
         queue: QueueId,

@@ -290,27 +290,32 @@ impl OwnerHandle {
                 // takeover closes every ring, so a zombie fails at the first
                 // closed one; records it left in earlier rings are harmless
                 // (the task word, not the replica, decides: see backup.rs).
+                // First wait (a little) until every ring has room, so that a
+                // stalled backup does not leave the record in some rings
+                // only, to be pushed there again at the retry.
+                let mut backoff = Backoff::new();
+                let mut waited = StallClock::new();
+                while !self.rings.iter().all(|r| r.has_room(1)) {
+                    // Give up with `BackupStalled` after a little while: the
+                    // caller drains its *own* backups before retrying
+                    // (`CoreWorker` does). Waiting longer here could
+                    // deadlock: cores that back each other up in a cycle
+                    // would all wait on one another.
+                    if waited.exceeded(STALL_WAIT.min(self.sh.config.lease / 2)) {
+                        return Err(RunqError::BackupStalled { queue: self.q });
+                    }
+                    backoff.snooze();
+                }
                 let mut ends: Ends = [0; MAX_BACKUPS];
                 // (Indexing, not iterating: `self.fence` needs `&mut self`.)
                 #[allow(clippy::needless_range_loop)]
                 for i in 0..self.rings.len() {
-                    let mut backoff = Backoff::new();
-                    let mut waited = StallClock::new();
-                    loop {
-                        match self.rings[i].push(&[rec], self.epoch) {
-                            Push::Pushed { end } => {
-                                ends[i] = end;
-                                break;
-                            }
-                            Push::Closed => return Err(self.fence("commit")),
-                            Push::Full => {
-                                // Wait for the backup to drain, up to half a lease.
-                                if waited.exceeded(self.sh.config.lease / 2) {
-                                    return Err(RunqError::BackupStalled { queue: self.q });
-                                }
-                                backoff.snooze();
-                            }
-                        }
+                    match self.rings[i].push(&[rec], self.epoch) {
+                        Push::Pushed { end } => ends[i] = end,
+                        Push::Closed => return Err(self.fence("commit")),
+                        // Only this owner pushes, so the room seen above is
+                        // still there (kept for robustness).
+                        Push::Full => return Err(RunqError::BackupStalled { queue: self.q }),
                     }
                 }
                 if Self::is_tomb(rec.kind) {
@@ -495,8 +500,11 @@ impl OwnerHandle {
                         }
                         Err(Fail::Moved(_)) => {}
                         Err(Fail::Err(e)) => {
-                            // Tasks not yet accepted stay in transit; a taker's
-                            // scan claims them.
+                            // Tasks not yet accepted (this one included: its
+                            // intent was undone) stay in transit and are
+                            // retried at the next accept; if we were fenced, a
+                            // taker's scan claims them.
+                            self.deferred.push(t);
                             self.deferred.extend(rest);
                             self.publish_len();
                             return Err(e);
@@ -1033,6 +1041,10 @@ impl OwnerHandle {
         n
     }
 }
+
+/// Longest a synchronous commit waits for ring space before it reports
+/// `BackupStalled` (a few scheduler quanta of the backup's thread).
+const STALL_WAIT: core::time::Duration = core::time::Duration::from_micros(200);
 
 /// How long a synchronous commit has waited for ring space (a bounded spin
 /// count under loom, where there is no time).

@@ -218,6 +218,16 @@ impl Ring {
         }
     }
 
+    /// Owner side: is there room for `n` more records? (Only the owner
+    /// pushes, so room seen here stays until it pushes.)
+    pub(crate) fn has_room(&self, n: u64) -> bool {
+        // Acquire (both): pairs with the Release CAS of `tail` in `push` /
+        // `close` and the Release store of `head` in `drain`.
+        let pos = self.tail.load(Ordering::Acquire) & POS_MASK;
+        let head = self.head.load(Ordering::Acquire);
+        pos + n - head <= self.mask + 1
+    }
+
     /// True if the owner of `epoch` may still push (asynchronous mode's
     /// validation step).
     pub(crate) fn is_open_for(&self, epoch: u32) -> bool {

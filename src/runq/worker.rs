@@ -231,13 +231,32 @@ impl CoreWorker {
         exit: Exit,
         on_commit: impl FnOnce(),
     ) -> Result<(), RunqError> {
-        match self.owners.iter_mut().find(|o| o.queue() == queue) {
-            Some(o) => o.complete_then(task, exit, on_commit),
-            None => Err(RunqError::Fenced {
-                queue,
-                epoch: 0,
-                now_epoch: 0,
-            }),
+        let mut on_commit = Some(on_commit);
+        let mut backoff = crate::sync::Backoff::new();
+        loop {
+            let Some(o) = self.owners.iter_mut().find(|o| o.queue() == queue) else {
+                return Err(RunqError::Fenced {
+                    queue,
+                    epoch: 0,
+                    now_epoch: 0,
+                });
+            };
+            let r = o.complete_then(task, exit, || {
+                if let Some(f) = on_commit.take() {
+                    f();
+                }
+            });
+            match r {
+                // A backup's ring is full: drain the rings this core backs up
+                // (the cycle of cores backing each other up must not wait on
+                // itself), then retry.
+                Err(RunqError::BackupStalled { .. }) => {
+                    let now = self.rq.now();
+                    self.housekeep(now)?;
+                    backoff.snooze();
+                }
+                r => return r,
+            }
         }
     }
 }

@@ -438,7 +438,7 @@ impl Sim {
                 self.armed = Some(Armed {
                     core: c,
                     kind: Kind::Crash,
-                    ops_left: 12,
+                    ops_left: 40,
                 });
             }
             Op::Freeze(c, ms) => {
