@@ -310,10 +310,10 @@ where
     pub fn remove_replica(&self, r: usize) -> Result<(), NrError> {
         let shared = &*self.shared;
         let replicas = shared.replicas.len();
-        let rep = shared
-            .replicas
-            .get(r)
-            .ok_or(NrError::NoSuchReplica { replica: r, replicas })?;
+        let rep = shared.replicas.get(r).ok_or(NrError::NoSuchReplica {
+            replica: r,
+            replicas,
+        })?;
         if shared.log.is_single() {
             return Err(NrError::LastReplica { replica: r });
         }
@@ -333,9 +333,9 @@ where
         if shared.log.ltail(r) != PARKED {
             // The last live replica cannot park; bring another back first.
             while !shared.park(r, &guard) {
-                let Some(q) = (0..replicas).find(|&q| {
-                    q != r && !shared.replicas[q].removed.load(Ordering::Acquire)
-                }) else {
+                let Some(q) = (0..replicas)
+                    .find(|&q| q != r && !shared.replicas[q].removed.load(Ordering::Acquire))
+                else {
                     return Err(NrError::LastReplica { replica: r });
                 };
                 let other = &shared.replicas[q];
@@ -713,3 +713,5 @@ fn lock_combiner<'a, D: Dispatch>(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_multi;
