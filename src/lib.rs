@@ -31,3 +31,9 @@ pub mod sync;
 pub mod topology;
 
 pub use nr::{Dispatch, ExecError, NodeReplicated, NrBuilder, NrError, ReplicaPolicy, ThreadToken};
+
+/// The examples of `docs/MIGRATION.md`, run as doctests so that the guide
+/// stays true (compiled only by `cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../docs/MIGRATION.md")]
+pub struct MigrationGuide;
