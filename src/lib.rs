@@ -26,7 +26,7 @@ pub mod mirror;
 pub mod nr;
 #[cfg(feature = "std")]
 pub mod runq;
-pub mod sync;
+mod sync;
 #[cfg(feature = "std")]
 pub mod topology;
 
