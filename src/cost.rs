@@ -44,6 +44,9 @@
 //!
 //! perf_event_open(2); clock_gettime(2) (`CLOCK_PROCESS_CPUTIME_ID`,
 //! `CLOCK_THREAD_CPUTIME_ID`); the perf-event crate.
+//!
+//! Where the meter sits in the mirror's write path: `docs/ARCHITECTURE.md` in
+//! the repository.
 
 use std::fmt;
 use std::io;

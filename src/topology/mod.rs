@@ -29,6 +29,8 @@
 //!
 //! Linux `Documentation/ABI/stable/sysfs-devices-node`; getcpu(2);
 //! get_mempolicy(2).
+//!
+//! How the parts use the topology: `docs/ARCHITECTURE.md` in the repository.
 
 mod cpulist;
 #[cfg(feature = "hwloc")]
