@@ -273,6 +273,11 @@ impl Backoff {
         }
     }
 
+    /// True once the backoff has moved from spinning to yielding.
+    pub(crate) fn is_yielding(&self) -> bool {
+        self.step >= Self::SPIN_ROUNDS
+    }
+
     /// Starts over with short spins (call after progress was made).
     pub(crate) fn reset(&mut self) {
         self.step = 0;
