@@ -54,6 +54,9 @@
 //! Calciu, Sen, Balakrishnan, Aguilera: "Black-box Concurrent Data
 //! Structures for NUMA Architectures", ASPLOS 2017; Hendler et al., "Flat
 //! Combining and the Synchronization-Parallelism Tradeoff", SPAA 2010.
+//!
+//! The write and read paths step by step, and the poison protocol as a state
+//! table: `docs/ARCHITECTURE.md` in the repository.
 
 mod builder;
 mod combine;
