@@ -35,9 +35,40 @@ pub enum ReplicaPolicy {
     Fixed(usize),
 }
 
-/// Options for a [`NodeReplicated`] instance.
-#[derive(Debug, Clone)]
-pub struct NrBuilder {
+/// Options for a [`NodeReplicated`] instance of `D`.
+///
+/// `D` is the replicated structure; it is inferred from the closure given to
+/// [`build`](Self::build), so both `NrBuilder::new()` and
+/// `NodeReplicated::builder()` work without annotations.
+///
+/// # Examples
+///
+/// ```
+/// use noderep::{Dispatch, NodeReplicated, ReplicaPolicy};
+/// use noderep::topology::Topology;
+///
+/// #[derive(Default, Clone)]
+/// struct Counter(u64);
+/// impl Dispatch for Counter {
+///     type ReadOperation<'a> = ();
+///     type WriteOperation = u64;
+///     type Response = u64;
+///     fn dispatch(&self, _: ()) -> u64 { self.0 }
+///     fn dispatch_mut(&mut self, add: u64) -> u64 { self.0 += add; self.0 }
+///     fn snapshot(&self) -> Option<Self> { Some(self.clone()) }
+/// }
+///
+/// let nr = NodeReplicated::builder()
+///     .topology(Topology::simulated(2, 1)?)
+///     .replicas(ReplicaPolicy::PerNode)
+///     .log_capacity(1024)
+///     .max_replicas(3)
+///     .build(|_replica| Counter::default())?;
+/// assert_eq!(nr.num_replicas(), 3);
+/// assert_eq!(nr.live_replicas(), 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct NrBuilder<D> {
     #[cfg(feature = "std")]
     topology: Option<crate::topology::Topology>,
     policy: ReplicaPolicy,
@@ -47,15 +78,47 @@ pub struct NrBuilder {
     threads_per_replica: usize,
     read_mostly: bool,
     max_replicas: Option<usize>,
+    /// The structure the builder builds (`fn() -> D`: no ownership, and
+    /// `Send + Sync` whatever `D` is).
+    _structure: core::marker::PhantomData<fn() -> D>,
 }
 
-impl Default for NrBuilder {
+impl<D> Clone for NrBuilder<D> {
+    fn clone(&self) -> Self {
+        Self {
+            #[cfg(feature = "std")]
+            topology: self.topology.clone(),
+            policy: self.policy,
+            log_capacity: self.log_capacity,
+            threads_per_replica: self.threads_per_replica,
+            read_mostly: self.read_mostly,
+            max_replicas: self.max_replicas,
+            _structure: core::marker::PhantomData,
+        }
+    }
+}
+
+impl<D> core::fmt::Debug for NrBuilder<D> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut d = f.debug_struct("NrBuilder");
+        #[cfg(feature = "std")]
+        d.field("topology", &self.topology);
+        d.field("policy", &self.policy)
+            .field("log_capacity", &self.log_capacity)
+            .field("threads_per_replica", &self.threads_per_replica)
+            .field("read_mostly", &self.read_mostly)
+            .field("max_replicas", &self.max_replicas)
+            .finish()
+    }
+}
+
+impl<D> Default for NrBuilder<D> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl NrBuilder {
+impl<D> NrBuilder<D> {
     /// Defaults: detected topology, one replica per node, a log of
     /// [`DEFAULT_LOG_CAPACITY`] entries (or one operation per thread slot of
     /// every replica, if that is more), [`DEFAULT_THREADS_PER_REPLICA`]
@@ -69,6 +132,7 @@ impl NrBuilder {
             threads_per_replica: DEFAULT_THREADS_PER_REPLICA,
             read_mostly: false,
             max_replicas: None,
+            _structure: core::marker::PhantomData,
         }
     }
 
@@ -247,7 +311,20 @@ impl NrBuilder {
 
     /// Builds the instance; `make(r)` builds replica `r`'s data structure
     /// (it runs on a thread pinned to that replica's node, with `std`).
-    pub fn build<D>(self, make: impl Fn(usize) -> D + Sync) -> Result<NodeReplicated<D>, NrError>
+    ///
+    /// # Errors
+    ///
+    /// Every setting that cannot work is an [`NrError`] that says what to
+    /// change: zero or too large sizes, a log smaller than what the threads
+    /// can have in flight, `max_replicas` below the policy's count, a
+    /// topology that cannot be detected, a log that cannot be allocated.
+    ///
+    /// # Panics
+    ///
+    /// If `make` panics, the panic is resumed in the caller and nothing is
+    /// built (with `std`, `make` runs on one thread per replica, pinned to
+    /// the replica's home).
+    pub fn build(self, make: impl Fn(usize) -> D + Sync) -> Result<NodeReplicated<D>, NrError>
     where
         D: Dispatch + Send + Sync,
         D::WriteOperation: Send + Sync,
@@ -282,11 +359,12 @@ impl NrBuilder {
 
     /// Builds each replica on a thread pinned to its home (first touch).
     #[cfg(all(feature = "std", not(loom)))]
-    fn place<D: Dispatch + Send>(
+    fn place(
         homes: &[Vec<usize>],
         build_one: &(dyn Fn(usize) -> Box<Replica<D>> + Sync),
     ) -> Vec<Box<Replica<D>>>
     where
+        D: Dispatch + Send,
         D::WriteOperation: Send,
         D::Response: Send,
     {
@@ -315,10 +393,13 @@ impl NrBuilder {
 
     /// Builds the replicas on the calling thread (no pinning available).
     #[cfg(any(not(feature = "std"), loom))]
-    fn place<D: Dispatch>(
+    fn place(
         homes: &[Vec<usize>],
         build_one: &dyn Fn(usize) -> Box<Replica<D>>,
-    ) -> Vec<Box<Replica<D>>> {
+    ) -> Vec<Box<Replica<D>>>
+    where
+        D: Dispatch,
+    {
         (0..homes.len()).map(build_one).collect()
     }
 }
