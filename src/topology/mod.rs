@@ -28,7 +28,7 @@
 //! # References
 //!
 //! Linux `Documentation/ABI/stable/sysfs-devices-node`; getcpu(2);
-//! get_mempolicy(2).
+//! move_pages(2).
 
 mod cpulist;
 #[cfg(feature = "hwloc")]
@@ -36,7 +36,10 @@ mod hwloc;
 mod placement;
 
 pub use cpulist::parse_cpulist;
-pub use placement::{current_cpu, node_of_address, pin_to_cpu, CpuLocation};
+pub use placement::{
+    current_cpu, local_memory_node, move_to_node, node_of_address, nodes_of_pages, pin_to_cpu,
+    release_free_heap_pages, CpuLocation,
+};
 
 use std::path::Path;
 use std::string::String;
