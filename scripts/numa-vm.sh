@@ -11,7 +11,10 @@
 #
 # Needs qemu-system-x86_64, cpio, gzip and apt-get (Debian's kernel package
 # is downloaded once and cached under target/numa-vm/). The guest runs with
-# TCG (no KVM). Exits with the guest tests' status: 0 when they all passed.
+# TCG (no KVM). Exits 0 when the guest tests all passed, 1 when they failed
+# (or the guest did not report), 2 on bad usage, 77 when this machine
+# cannot run a guest (no qemu, cpio or kernel package): scripts/test.sh
+# then says it skipped.
 # Environment: NODEREP_VM_KERNEL=linux-image-6.1.0-N-amd64 picks the kernel
 # package; NODEREP_VM_TIMEOUT (seconds, default 300) bounds one guest run.
 set -euo pipefail
@@ -19,6 +22,7 @@ cd "$(dirname "$0")/.."
 
 layout="${1:-}"
 die() { echo "numa-vm: $*" >&2; exit 2; }
+cannot() { echo "numa-vm: cannot run a guest here: $*" >&2; exit 77; }
 
 # ---------------------------------------------------------------- topology
 # QEMU_NUMA: the machine; EXPECT: what the guest must find (read by
@@ -87,7 +91,7 @@ distance 2 3 40"
 esac
 
 for tool in qemu-system-x86_64 cpio gzip; do
-  command -v "$tool" >/dev/null || die "$tool is not installed (Debian: apt-get install qemu-system-x86 cpio)"
+  command -v "$tool" >/dev/null || cannot "$tool is not installed (Debian: apt-get install qemu-system-x86 cpio)"
 done
 
 cache=target/numa-vm
@@ -99,17 +103,17 @@ if [ -z "$kernel_pkg" ]; then
   kernel_pkg=$(ls "$cache"/boot/vmlinuz-* 2>/dev/null | sed -n 's|.*/vmlinuz-|linux-image-|p' | tail -1)
 fi
 if [ -z "$kernel_pkg" ]; then
-  command -v apt-cache >/dev/null || die "no cached kernel in $cache/boot and no apt-cache to find one"
+  command -v apt-cache >/dev/null || cannot "no cached kernel in $cache/boot and no apt-cache to find one"
   # The current Debian kernel; linux-image-amd64 itself is not installed
   # (it would pull systemd and initramfs-tools).
   kernel_pkg=$(apt-cache depends linux-image-amd64 | sed -n 's/.*Depends: \(linux-image-[0-9].*-amd64\)$/\1/p' | head -1)
-  [ -n "$kernel_pkg" ] || die "apt-cache does not know linux-image-amd64; run apt-get update, or set NODEREP_VM_KERNEL"
+  [ -n "$kernel_pkg" ] || cannot "apt-cache does not know linux-image-amd64; run apt-get update, or set NODEREP_VM_KERNEL"
 fi
 vmlinuz="$cache/boot/vmlinuz-${kernel_pkg#linux-image-}"
 if [ ! -f "$vmlinuz" ]; then
   echo "numa-vm: downloading $kernel_pkg into $cache"
   (cd "$cache" && rm -f "${kernel_pkg}"_*.deb && apt-get download -q "$kernel_pkg" >/dev/null 2>&1) \
-    || die "apt-get download $kernel_pkg failed (is the package list current? apt-get update)"
+    || cannot "apt-get download $kernel_pkg failed (is the package list current? apt-get update)"
   dpkg-deb --fsys-tarfile "$cache/${kernel_pkg}"_*.deb | tar -x -C "$cache" "./boot/vmlinuz-${kernel_pkg#linux-image-}"
   rm -f "$cache/${kernel_pkg}"_*.deb
 fi
