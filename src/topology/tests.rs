@@ -13,6 +13,15 @@ fn cpulist_parses_ranges_singles_and_blanks() {
 }
 
 #[test]
+fn cpulists_are_written_with_ranges_and_read_back() {
+    assert_eq!(format_cpulist(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");
+    assert_eq!(format_cpulist(&[3]), "3");
+    assert_eq!(format_cpulist(&[]), "");
+    let cpus = vec![0, 2, 3, 4, 9, 10, 64];
+    assert_eq!(parse_cpulist(&format_cpulist(&cpus)).unwrap(), cpus);
+}
+
+#[test]
 fn simulated_topology_numbers_nodes_and_cores_densely() {
     let t = Topology::simulated(2, 3).unwrap();
     assert_eq!(t.num_nodes(), 2);
