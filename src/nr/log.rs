@@ -15,6 +15,18 @@
 //! * `ltails[r]` — how far replica `r` has applied the log.
 //! * `head` — a cached minimum of the `ltails`: slots below it are free.
 //!
+//! A replica may be *parked* ([`PARKED`] in its `ltail`): it no longer holds
+//! back the log (the minimum skips it), and before it serves again it is
+//! rebuilt from an up-to-date replica (`nr::combine`). Its readers notice
+//! without an extra load: [`Log::is_behind`] treats `PARKED` as behind any
+//! commit point.
+//!
+//! Appenders that find the log full line up in FIFO order ([`Log::take_ticket`]):
+//! once one of them waits, every later arrival takes a ticket behind it and
+//! only the first in line may reserve, so a writer facing a full log is never
+//! overtaken by an unbounded number of later appends. The common case, a log
+//! with room and nobody waiting, pays one load of a line that is not written.
+//!
 //! Each entry has an *alive bit* whose meaning flips on every lap of the
 //! buffer: position `i` is published when the bit equals `lap_parity(i)`
 //! (true on even laps, false on odd ones). A writer stores the entry, then
@@ -65,6 +77,10 @@ struct Entry<T> {
     alive: AtomicBool,
 }
 
+/// The `ltail` of a parked replica: it no longer holds back the log, and its
+/// readers and writers must rebuild it before using it.
+pub(crate) const PARKED: usize = usize::MAX;
+
 /// The log has no room for the batch until the slowest replica advances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct LogFull {
@@ -93,10 +109,22 @@ pub(crate) struct Log<T> {
     /// Cached minimum of `ltails`: positions below it may be overwritten.
     /// fetch_max by appenders that found the log full; read by appenders.
     head: CachePadded<AtomicUsize>,
-    /// Per-replica applied position. Written only by the holder of that
-    /// replica's combiner lock; read by appenders computing `head` and by the
-    /// replica's readers.
+    /// Per-replica applied position, or [`PARKED`]. Written only by the
+    /// holder of that replica's combiner lock; read by appenders computing
+    /// `head` and by the replica's readers.
     ltails: Box<[CachePadded<AtomicUsize>]>,
+    /// FIFO line of appenders that found the log full: `next` is the next
+    /// ticket to hand out (fetch_add by waiting appenders), `serving` the
+    /// ticket whose holder may reserve (advanced by that holder). Equal when
+    /// nobody waits; read by every appender.
+    line: CachePadded<Line>,
+}
+
+/// The two counters of the full-log line (one cache line: both are read
+/// together by every appender, and written only while the log is full).
+struct Line {
+    next: AtomicUsize,
+    serving: AtomicUsize,
 }
 
 // SAFETY: entries hold `T`s that are written by one thread and cloned/dropped
@@ -113,14 +141,25 @@ impl<T> Log<T> {
     /// replayed by `replicas` replicas. `capacity` must be non-zero (the
     /// builder checks).
     pub(crate) fn new(capacity: usize, replicas: usize) -> Self {
-        let capacity = capacity.max(1).next_power_of_two();
-        let entries: Vec<Entry<T>> = (0..capacity)
-            .map(|_| Entry {
-                record: UnsafeCell::new(MaybeUninit::uninit()),
-                alive: AtomicBool::new(false),
-            })
-            .collect();
-        Self {
+        Self::try_new(capacity, replicas).expect("log allocation failed")
+    }
+
+    /// Bytes per log entry.
+    pub(crate) fn entry_size() -> usize {
+        core::mem::size_of::<Entry<T>>()
+    }
+
+    /// As [`new`](Self::new), but `None` instead of aborting when the
+    /// entries cannot be allocated (or the capacity has no power of two).
+    pub(crate) fn try_new(capacity: usize, replicas: usize) -> Option<Self> {
+        let capacity = capacity.max(1).checked_next_power_of_two()?;
+        let mut entries: Vec<Entry<T>> = Vec::new();
+        entries.try_reserve_exact(capacity).ok()?;
+        entries.extend((0..capacity).map(|_| Entry {
+            record: UnsafeCell::new(MaybeUninit::uninit()),
+            alive: AtomicBool::new(false),
+        }));
+        Some(Self {
             entries: entries.into_boxed_slice(),
             mask: capacity - 1,
             shift: capacity.trailing_zeros(),
@@ -131,7 +170,72 @@ impl<T> Log<T> {
             ltails: (0..replicas)
                 .map(|_| CachePadded::new(AtomicUsize::new(0)))
                 .collect(),
+            line: CachePadded::new(Line {
+                next: AtomicUsize::new(0),
+                serving: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// A log for `replicas` replicas of which only the first `live` start
+    /// unparked (the others start at [`PARKED`]); `None` if it cannot be
+    /// allocated.
+    pub(crate) fn try_with_live(capacity: usize, replicas: usize, live: usize) -> Option<Self> {
+        let log = Self::try_new(capacity, replicas)?;
+        for l in &log.ltails[live.min(replicas)..] {
+            // Relaxed: not shared yet.
+            l.store(PARKED, Ordering::Relaxed);
         }
+        Some(log)
+    }
+
+    /// Whether an appender is waiting in the full-log line (so a new
+    /// appender must line up behind it instead of reserving).
+    #[inline]
+    pub(crate) fn has_waiters(&self) -> bool {
+        // Relaxed: a hint. An appender that misses a waiter that lined up a
+        // moment ago reserves as if it had arrived first, which the line
+        // allows (the waiter was not yet waiting when we looked); the
+        // tickets themselves are ordered by the fetch_add in `take_ticket`.
+        self.line.next.load(Ordering::Relaxed) != self.line.serving.load(Ordering::Relaxed)
+    }
+
+    /// Lines up behind every appender already waiting; returns our ticket.
+    pub(crate) fn take_ticket(&self) -> usize {
+        // Relaxed: the RMW makes tickets unique; what the holder of the
+        // serving ticket may do is decided by `serving` (Acquire below).
+        self.line.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether `ticket` is the first in line (its holder may reserve).
+    #[inline]
+    pub(crate) fn is_serving(&self, ticket: usize) -> bool {
+        // Acquire: pairs with the Release in `done_serving`; the previous
+        // holder's reservation happens before ours.
+        #[cfg(not(noderep_mutant = "line_ignored"))]
+        return self.line.serving.load(Ordering::Acquire) == ticket;
+        // Mutant `line_ignored` (loom model 8): every waiter may reserve at
+        // once, so a later arrival can take the room a waiter made.
+        #[cfg(noderep_mutant = "line_ignored")]
+        return {
+            let _ = ticket;
+            true
+        };
+    }
+
+    /// The first in line has reserved (or given up): the next may go.
+    pub(crate) fn done_serving(&self, ticket: usize) {
+        // Release: pairs with the Acquire in `is_serving`.
+        #[cfg(not(noderep_mutant = "line_ignored"))]
+        self.line.serving.store(ticket + 1, Ordering::Release);
+        #[cfg(noderep_mutant = "line_ignored")]
+        self.line.serving.fetch_max(ticket + 1, Ordering::Release);
+    }
+
+    /// How many tickets were handed out (test statistics).
+    #[cfg(test)]
+    pub(crate) fn tickets(&self) -> usize {
+        self.line.next.load(Ordering::Relaxed)
     }
 
     /// Number of entries.
@@ -201,12 +305,15 @@ impl<T> Log<T> {
     fn advance_head(&self) -> usize {
         // Acquire: pairs with the Release stores in `set_ltail`; a replica's
         // clones of entries below its ltail happen before we free them.
+        // A parked replica reads nothing (PARKED is above every position);
+        // if every replica is parked nobody reads, and the tail bounds it.
         let min = self
             .ltails
             .iter()
             .map(|l| l.load(Ordering::Acquire))
             .min()
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .min(self.tail.load(Ordering::Relaxed));
         // AcqRel: Release passes on what we acquired from the ltails to the
         // appender that will load `head` (Acquire in try_reserve); Acquire
         // keeps the transitive chain when another appender raised it first.
@@ -304,7 +411,16 @@ impl<T> Log<T> {
         let _ = pos;
     }
 
-    /// How far replica `r` has applied the log.
+    /// Whether replica `r` must catch up (or, parked, be rebuilt) before it
+    /// serves a read that observed commit point `commit`.
+    #[inline]
+    pub(crate) fn is_behind(&self, r: usize, commit: usize) -> bool {
+        // PARKED wraps to 0, which is behind every commit point: one compare
+        // covers both cases.
+        self.ltail(r).wrapping_add(1) <= commit
+    }
+
+    /// How far replica `r` has applied the log ([`PARKED`] if parked).
     #[inline]
     pub(crate) fn ltail(&self, r: usize) -> usize {
         // Acquire: pairs with the Release in `set_ltail`; a reader that sees
