@@ -87,7 +87,10 @@ fn main() {
         ran += 1;
         match status {
             Ok(s) if s.success() => {
-                println!("=== guest: ok ({:.1} s): {line}", start.elapsed().as_secs_f64())
+                println!(
+                    "=== guest: ok ({:.1} s): {line}",
+                    start.elapsed().as_secs_f64()
+                )
             }
             Ok(s) => {
                 println!("=== guest: FAILED ({s}): {line}");
