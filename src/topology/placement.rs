@@ -70,33 +70,46 @@ pub fn node_of_address(addr: usize) -> Option<usize> {
 /// not mapped). Returns `None` altogether where the kernel does not answer
 /// (no NUMA support, or a seccomp filter).
 pub fn nodes_of_pages(addrs: &[usize]) -> Option<std::vec::Vec<Option<usize>>> {
-    if addrs.is_empty() {
+    let pages: std::vec::Vec<usize> = addrs.to_vec();
+    let status = move_pages(&pages, None)?;
+    Some(
+        status
+            .into_iter()
+            .map(|s| usize::try_from(s).ok())
+            .collect(),
+    )
+}
+
+/// move_pages(2) for this process: with `to == None` it only reports each
+/// page's node (or a negative errno); with `Some(node)` it moves every page
+/// there (`MPOL_MF_MOVE`: pages shared with another process stay put) and
+/// reports where each page is afterwards. `None` where the kernel refuses.
+fn move_pages(pages: &[usize], to: Option<libc::c_int>) -> Option<std::vec::Vec<libc::c_int>> {
+    const MPOL_MF_MOVE: libc::c_int = 1 << 1;
+    if pages.is_empty() {
         return Some(std::vec::Vec::new());
     }
-    let pages: std::vec::Vec<*const libc::c_void> =
-        addrs.iter().map(|&a| a as *const libc::c_void).collect();
-    let mut status: std::vec::Vec<libc::c_int> = std::vec![-1; addrs.len()];
-    // SAFETY: `pages` and `status` both hold `addrs.len()` elements and live
-    // across the call; with a null `nodes` array the kernel only reads
-    // `pages` and writes one c_int per page into `status` (the addresses
-    // themselves are lookup keys that the kernel checks).
+    let ptrs: std::vec::Vec<*const libc::c_void> =
+        pages.iter().map(|&a| a as *const libc::c_void).collect();
+    let nodes: Option<std::vec::Vec<libc::c_int>> = to.map(|n| std::vec![n; pages.len()]);
+    let mut status: std::vec::Vec<libc::c_int> = std::vec![-1; pages.len()];
+    // SAFETY: `ptrs`, `status` and (if given) `nodes` all hold
+    // `pages.len()` elements and live across the call; the kernel reads
+    // `ptrs` and `nodes` and writes one c_int per page into `status`. The
+    // addresses are lookup keys that the kernel checks; moving a page keeps
+    // its contents and its virtual address, so no Rust reference is affected.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_move_pages,
             0 as libc::c_int,
-            addrs.len() as libc::c_ulong,
-            pages.as_ptr(),
-            core::ptr::null::<libc::c_int>(),
+            pages.len() as libc::c_ulong,
+            ptrs.as_ptr(),
+            nodes.as_ref().map_or(core::ptr::null(), |n| n.as_ptr()),
             status.as_mut_ptr(),
-            0 as libc::c_int,
+            if to.is_some() { MPOL_MF_MOVE } else { 0 },
         )
     };
-    (rc == 0).then(|| {
-        status
-            .into_iter()
-            .map(|s| usize::try_from(s).ok())
-            .collect()
-    })
+    (rc >= 0).then_some(status)
 }
 
 /// The node on which the calling thread's first touch places memory: its
@@ -133,41 +146,20 @@ pub fn local_memory_node() -> Option<usize> {
 /// process stay put). Returns how many of those pages are on `node`
 /// afterwards, or `None` where the kernel does not answer.
 pub fn move_to_node(ranges: &[(usize, usize)], node: usize) -> Option<usize> {
-    const MPOL_MF_MOVE: libc::c_int = 1 << 1;
     let page = page_size();
-    let mut pages: std::vec::Vec<*const libc::c_void> = std::vec::Vec::new();
+    let mut pages: std::vec::Vec<usize> = std::vec::Vec::new();
     for &(start, len) in ranges.iter().filter(|r| r.1 > 0) {
         let first = start & !(page - 1);
         let last = (start + len - 1) & !(page - 1);
         for p in (first..=last).step_by(page) {
-            let p = p as *const libc::c_void;
             if !pages.contains(&p) {
                 pages.push(p);
             }
         }
     }
-    if pages.is_empty() {
-        return Some(0);
-    }
     let node = libc::c_int::try_from(node).ok()?;
-    let nodes = std::vec![node; pages.len()];
-    let mut status: std::vec::Vec<libc::c_int> = std::vec![-1; pages.len()];
-    // SAFETY: `pages`, `nodes` and `status` all hold `pages.len()` elements
-    // and live across the call; the kernel reads the first two and writes
-    // one c_int per page into `status`. Moving a page keeps its contents
-    // and its virtual address, so no Rust reference is affected.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_move_pages,
-            0 as libc::c_int,
-            pages.len() as libc::c_ulong,
-            pages.as_ptr(),
-            nodes.as_ptr(),
-            status.as_mut_ptr(),
-            MPOL_MF_MOVE,
-        )
-    };
-    (rc >= 0).then(|| status.iter().filter(|&&s| s == node).count())
+    let status = move_pages(&pages, Some(node))?;
+    Some(status.iter().filter(|&&s| s == node).count())
 }
 
 fn page_size() -> usize {
