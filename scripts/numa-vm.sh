@@ -100,7 +100,10 @@ mkdir -p "$cache"
 # ------------------------------------------------------------------ kernel
 kernel_pkg="${NODEREP_VM_KERNEL:-}"
 if [ -z "$kernel_pkg" ]; then
-  kernel_pkg=$(ls "$cache"/boot/vmlinuz-* 2>/dev/null | sed -n 's|.*/vmlinuz-|linux-image-|p' | tail -1)
+  # A kernel cached by an earlier run.
+  for cached in "$cache"/boot/vmlinuz-*; do
+    [ -f "$cached" ] && kernel_pkg="linux-image-${cached##*/vmlinuz-}"
+  done
 fi
 if [ -z "$kernel_pkg" ]; then
   command -v apt-cache >/dev/null || cannot "no cached kernel in $cache/boot and no apt-cache to find one"

@@ -72,6 +72,11 @@ fn main() {
     mount_fs("proc", "/proc");
     mount_fs("sysfs", "/sys");
     mount_fs("devtmpfs", "/dev");
+    let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+    println!(
+        "guest init: the kernel booted in {} s (guest clock)",
+        uptime.split_whitespace().next().unwrap_or("?")
+    );
     let commands = std::fs::read_to_string("/guest/commands").unwrap_or_default();
     let mut failed = Vec::new();
     let mut ran = 0;
