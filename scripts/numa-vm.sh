@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs the NUMA guest tests (tests/numa_guest.rs, and with NODEREP_HWLOC=1
-# the hwloc topology tests of the library) inside a real Linux kernel on an
-# emulated NUMA machine, so that node discovery, pinning and page placement
-# are the kernel's, not a simulation's.
+# Runs the NUMA guest tests (tests/numa_guest.rs; with NODEREP_HWLOC=1 also
+# built with the hwloc feature, plus the library's hwloc topology tests and
+# lstopo if installed) inside a real Linux kernel on an emulated NUMA
+# machine, so that node discovery, pinning and page placement are the
+# kernel's, not a simulation's.
 #
 #   scripts/numa-vm.sh 2            # 2 nodes x 2 CPUs (2 sockets)
 #   scripts/numa-vm.sh 4            # 4 nodes x 1 CPU, distances 20/30/40
@@ -135,7 +136,12 @@ commands="/bin/numa_guest --test-threads=1 --nocapture"
 if [ "${NODEREP_HWLOC:-0}" = "1" ]; then
   hwloc_test=$(test_exe --lib --features hwloc)
   [ -x "$hwloc_test" ] || die "cargo could not build the library tests with the hwloc feature"
-  programs+=("$hwloc_test")
+  # The guest tests again with detection through hwloc, and the library's
+  # hwloc-versus-sysfs test.
+  guest_hwloc=$(test_exe --test numa_guest --features hwloc)
+  [ -x "$guest_hwloc" ] || die "cargo could not build the numa_guest test with the hwloc feature"
+  programs+=("$guest_hwloc" "$hwloc_test")
+  commands+=$'\n'"/bin/$(basename "$guest_hwloc") --test-threads=1 --nocapture"
   commands+=$'\n'"/bin/$(basename "$hwloc_test") --test-threads=1 topology::"
   if command -v lstopo-no-graphics >/dev/null; then
     programs+=("$(command -v lstopo-no-graphics)")

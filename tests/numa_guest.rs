@@ -430,12 +430,16 @@ fn a_hashmap_with_threads_on_every_node_is_linearizable() {
                 .map(|(t, &(r, cpu))| {
                     let (nr, clock, start) = (&nr, &clock, &start);
                     s.spawn(move || {
-                        pin_to_cpu(cpu).unwrap();
-                        let token = nr.register().unwrap();
+                        let pinned = pin_to_cpu(cpu);
+                        let token = nr.register();
+                        // Checked only past the start line: a thread that
+                        // panicked before it would leave the others waiting.
+                        start.wait();
+                        pinned.unwrap();
+                        let token = token.unwrap();
                         assert_eq!(token.replica(), r, "thread {t} on CPU {cpu}");
                         let mut rng = StdRng::seed_from_u64(seed * 1000 + t as u64);
                         let mut log = ThreadLog::new(clock, t);
-                        start.wait();
                         for i in 0..OPS_PER_THREAD {
                             let op = NrMap::random_op(&mut rng, t, i);
                             log.record(op, |op| NrMap::execute(nr, &token, op).unwrap());
