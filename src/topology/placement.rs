@@ -58,8 +58,9 @@ pub fn pin_to_cpu(os_cpu: usize) -> Result<(), TopologyError> {
 ///
 /// It does not use get_mempolicy(2) with `MPOL_F_NODE | MPOL_F_ADDR`: for a
 /// page never touched, Linux 6.1 answers with a node anyway (node 0 in the
-/// emulated 2-node guest of `scripts/numa-vm.sh`, from a thread on node 1),
-/// so a placement check could pass without the page existing.
+/// emulated 2-node guest of `scripts/numa-vm.sh`, while move_pages said the
+/// page was not in memory), so a placement check could pass without the
+/// page existing.
 pub fn node_of_address(addr: usize) -> Option<usize> {
     nodes_of_pages(&[addr]).and_then(|n| n[0])
 }
