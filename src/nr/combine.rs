@@ -22,9 +22,9 @@
 //!    ([`Shared::reserve`]), move the operations into the log and apply the
 //!    log up to the end of the batch ([`Replica::exec`]).
 //!
-//! **Full log.** An appender that finds the log full takes a ticket in the
-//! log's FIFO line and only the first in line reserves; every appender in
-//! line keeps catching up its own replica and makes room ([`Shared::make_room`]):
+//! **Full log.** An appender that finds the log full waits for room, and
+//! everyone else leaves the room waiters need free (`log.rs`); every waiter
+//! keeps catching up its own replica and makes room ([`Shared::make_room`]):
 //! a lagging replica whose lock is free is helped (caught up a bounded
 //! stretch) or, if its threads did nothing since it was last helped and the
 //! structure can be copied, parked (O(1): it stops holding the log back and
@@ -39,9 +39,8 @@
 //! operation (its latency: the cost of `snapshot`, about a millisecond for a
 //! 100k-entry hash map) for writers elsewhere not paying for the idle
 //! replica at all. Structures that cannot be copied keep the helping path.
-//! The FIFO line makes a waiting appender wait behind earlier waiters only;
-//! it costs the fast path one load of a line that is written only while the
-//! log is full.
+//! Leaving room for waiters costs the fast path one load of a line that is
+//! written only while the log is full.
 
 use super::log::{LogFull, PARKED};
 use super::replica::{CombinerGuard, PoisonedInstance, WaitingGuard};
@@ -223,6 +222,8 @@ where
     pub(crate) fn wake(&self, r: usize, guard: &CombinerGuard<'_>) -> Result<(), Stop> {
         let replica = &self.replicas[r];
         // Acquire: pairs with the Release store in `remove_replica`.
+        // Mutant `removed_not_checked` (loom model 9) rebuilds it anyway.
+        #[cfg(not(noderep_mutant = "removed_not_checked"))]
         if replica.removed.load(Ordering::Acquire) {
             return Err(Stop::Removed);
         }
@@ -314,16 +315,18 @@ where
                 Err(now) => live = now,
             }
         }
+        // Mutant `park_keeps_ltail` (loom model 9): the parked replica keeps
+        // its old position, so its readers trust its stale data.
+        #[cfg(not(noderep_mutant = "park_keeps_ltail"))]
         self.log.set_ltail(q, PARKED);
         #[cfg(test)]
         super::stats::Stats::bump(&self.stats.parked, 1);
         true
     }
 
-    /// Reserves `n` log positions for replica `r`'s combiner. When the log
-    /// is full (or others already wait for room), lines up in the log's
-    /// FIFO line and makes room until it is first in line and the batch
-    /// fits.
+    /// Reserves `n` log positions for replica `r`'s combiner, leaving free
+    /// the room that waiting appenders need. When that fails, waits for room
+    /// itself, making room meanwhile.
     ///
     /// Progress argument: the log is full only while some live replica's
     /// applied position is below the needed head. That replica either has an
@@ -334,17 +337,15 @@ where
     /// anything, and every appender in line catches up its own replica on
     /// each turn, so the first in line eventually fits.
     fn reserve(&self, r: usize, guard: &CombinerGuard<'_>, n: usize) -> Result<usize, Stop> {
-        if !self.log.has_waiters() {
-            if let Ok(start) = self.log.try_reserve(n) {
-                return Ok(start);
-            }
+        match self.log.try_reserve_keeping(n, self.log.waiting_need()) {
+            Ok(start) => Ok(start),
+            Err(_) => self.reserve_waiting(r, guard, n),
         }
-        self.reserve_in_line(r, guard, n)
     }
 
     #[cold]
     #[inline(never)]
-    fn reserve_in_line(
+    fn reserve_waiting(
         &self,
         r: usize,
         guard: &CombinerGuard<'_>,
@@ -352,26 +353,26 @@ where
     ) -> Result<usize, Stop> {
         #[cfg(test)]
         super::stats::Stats::bump(&self.stats.waited_for_room, 1);
-        let ticket = self.log.take_ticket();
+        /// Stops counting us as waiting, however we leave.
+        struct Leave<'a, T>(&'a super::log::Log<T>, usize);
+        impl<T> Drop for Leave<'_, T> {
+            fn drop(&mut self) {
+                // Mutant `waiter_never_leaves` (loom model 8).
+                #[cfg(not(noderep_mutant = "waiter_never_leaves"))]
+                self.0.leave_waiters(self.1);
+            }
+        }
+        self.log.join_waiters(n);
+        let _leave = Leave(&self.log, n);
         let mut backoff = Backoff::new();
         loop {
-            if self.log.is_serving(ticket) {
-                match self.log.try_reserve(n) {
-                    Ok(start) => {
-                        self.log.done_serving(ticket);
-                        return Ok(start);
-                    }
-                    Err(LogFull { needed_head }) => self.make_room(r, guard, needed_head, n)?,
-                }
-            } else {
-                // Not first in line: keep our own replica current (the first
-                // in line may be waiting for it) and help the others.
-                let tail = self.log.tail();
-                let needed = tail.saturating_sub(self.log.capacity()) + n;
-                self.make_room(r, guard, needed, n)?;
+            // Room for us and for every other waiter (`need` includes us).
+            let keep = self.log.waiting_need().saturating_sub(n);
+            match self.log.try_reserve_keeping(n, keep) {
+                Ok(start) => return Ok(start),
+                Err(LogFull { needed_head }) => self.make_room(r, guard, needed_head, n)?,
             }
-            // Acquire: pairs with the Release that poisons. A poisoned
-            // instance never serves again, so nobody waits for our ticket.
+            // Acquire: pairs with the Release that poisons.
             if self.poisoned.load(Ordering::Acquire) {
                 return Err(Stop::Poisoned);
             }
@@ -396,6 +397,9 @@ where
         // same, but no single write pays for a whole log (4096 entries by
         // default, about 0.5 ms here).
         let help_to = tail.min(needed_head + help_chunk(self.log.capacity(), n));
+        // Mutant `make_room_skips_own` (loom model 8): our replica, whose
+        // lock we hold, is never caught up while we wait.
+        #[cfg(not(noderep_mutant = "make_room_skips_own"))]
         self.replicas[r].exec(guard, &self.log, tail, &self.poisoned, 0..0)?;
         for (q, lagging) in self.replicas.iter().enumerate() {
             let at = self.log.ltail(q);

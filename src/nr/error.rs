@@ -100,7 +100,9 @@ pub enum NrError {
         hint: &'static str,
     },
     /// Memory for the log or the replicas could not be allocated.
-    #[error("could not allocate {bytes} bytes for {what}; use a smaller log_capacity or fewer replicas")]
+    #[error(
+        "could not allocate {bytes} bytes for {what}; use a smaller log_capacity or fewer replicas"
+    )]
     OutOfMemory {
         /// What was being allocated.
         what: &'static str,

@@ -21,11 +21,17 @@
 //! without an extra load: [`Log::is_behind`] treats `PARKED` as behind any
 //! commit point.
 //!
-//! Appenders that find the log full line up in FIFO order ([`Log::take_ticket`]):
-//! once one of them waits, every later arrival takes a ticket behind it and
-//! only the first in line may reserve, so a writer facing a full log is never
-//! overtaken by an unbounded number of later appends. The common case, a log
-//! with room and nobody waiting, pays one load of a line that is not written.
+//! Appenders that find the log full *wait for room* ([`Log::join_waiters`]):
+//! the sum of their batch sizes is kept, and every appender — a new arrival
+//! or another waiter — reserves only if that much room stays free after its
+//! reservation ([`Log::try_reserve_keeping`]). Room that a waiting writer
+//! made is therefore never taken from it by later appends: once the free
+//! room covers every waiter, each of them fits. Nobody waits for a
+//! particular thread to take its turn (a FIFO of tickets would: a
+//! descheduled first-in-line stalls everyone behind it). The waiters are at
+//! most one combiner per replica, whose batches fit in the log together
+//! (the builder checks), so the wait is bounded. The common case, a log with
+//! room and nobody waiting, pays one load of a line that is not written.
 //!
 //! Each entry has an *alive bit* whose meaning flips on every lap of the
 //! buffer: position `i` is published when the bit equals `lap_parity(i)`
@@ -113,18 +119,16 @@ pub(crate) struct Log<T> {
     /// holder of that replica's combiner lock; read by appenders computing
     /// `head` and by the replica's readers.
     ltails: Box<[CachePadded<AtomicUsize>]>,
-    /// FIFO line of appenders that found the log full: `next` is the next
-    /// ticket to hand out (fetch_add by waiting appenders), `serving` the
-    /// ticket whose holder may reserve (advanced by that holder). Equal when
-    /// nobody waits; read by every appender.
+    /// What appenders that found the log full still wait for. Read by every
+    /// appender, written only while the log is full.
     line: CachePadded<Line>,
 }
 
-/// The two counters of the full-log line (one cache line: both are read
-/// together by every appender, and written only while the log is full).
+/// The appenders waiting for room in a full log.
 struct Line {
-    next: AtomicUsize,
-    serving: AtomicUsize,
+    /// Sum of their batch sizes: everyone else leaves that much room free
+    /// (fetch_add / fetch_sub by the waiters).
+    need: AtomicUsize,
 }
 
 // SAFETY: entries hold `T`s that are written by one thread and cloned/dropped
@@ -171,8 +175,7 @@ impl<T> Log<T> {
                 .map(|_| CachePadded::new(AtomicUsize::new(0)))
                 .collect(),
             line: CachePadded::new(Line {
-                next: AtomicUsize::new(0),
-                serving: AtomicUsize::new(0),
+                need: AtomicUsize::new(0),
             }),
         })
     }
@@ -189,53 +192,34 @@ impl<T> Log<T> {
         Some(log)
     }
 
-    /// Whether an appender is waiting in the full-log line (so a new
-    /// appender must line up behind it instead of reserving).
+    /// Log positions that appenders waiting for room still need (the sum
+    /// of their batch sizes; 0 when nobody waits).
     #[inline]
-    pub(crate) fn has_waiters(&self) -> bool {
-        // Relaxed: a hint. An appender that misses a waiter that lined up a
-        // moment ago reserves as if it had arrived first, which the line
-        // allows (the waiter was not yet waiting when we looked); the
-        // tickets themselves are ordered by the fetch_add in `take_ticket`.
-        self.line.next.load(Ordering::Relaxed) != self.line.serving.load(Ordering::Relaxed)
-    }
-
-    /// Lines up behind every appender already waiting; returns our ticket.
-    pub(crate) fn take_ticket(&self) -> usize {
-        // Relaxed: the RMW makes tickets unique; what the holder of the
-        // serving ticket may do is decided by `serving` (Acquire below).
-        self.line.next.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Whether `ticket` is the first in line (its holder may reserve).
-    #[inline]
-    pub(crate) fn is_serving(&self, ticket: usize) -> bool {
-        // Acquire: pairs with the Release in `done_serving`; the previous
-        // holder's reservation happens before ours.
+    pub(crate) fn waiting_need(&self) -> usize {
+        // Relaxed: a hint that sizes the room to leave. An appender that
+        // reads a stale value may take room a waiter joined for a moment
+        // ago, once; the waiter was not yet waiting when it looked, and the
+        // next appender sees it (RMWs below are totally ordered).
         #[cfg(not(noderep_mutant = "line_ignored"))]
-        return self.line.serving.load(Ordering::Acquire) == ticket;
-        // Mutant `line_ignored` (loom model 8): every waiter may reserve at
-        // once, so a later arrival can take the room a waiter made.
+        return self.line.need.load(Ordering::Relaxed);
+        // Mutant `line_ignored`: appenders take the room a waiter made, so
+        // it can wait forever (a fairness property, not a safety one: the
+        // unit test `waiting_writers_keep_the_room_they_need` catches it).
         #[cfg(noderep_mutant = "line_ignored")]
-        return {
-            let _ = ticket;
-            true
-        };
+        return 0;
     }
 
-    /// The first in line has reserved (or given up): the next may go.
-    pub(crate) fn done_serving(&self, ticket: usize) {
-        // Release: pairs with the Acquire in `is_serving`.
-        #[cfg(not(noderep_mutant = "line_ignored"))]
-        self.line.serving.store(ticket + 1, Ordering::Release);
-        #[cfg(noderep_mutant = "line_ignored")]
-        self.line.serving.fetch_max(ticket + 1, Ordering::Release);
+    /// An appender starts waiting for `n` positions.
+    pub(crate) fn join_waiters(&self, n: usize) {
+        // Relaxed: see `waiting_need`.
+        self.line.need.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// How many tickets were handed out (test statistics).
-    #[cfg(test)]
-    pub(crate) fn tickets(&self) -> usize {
-        self.line.next.load(Ordering::Relaxed)
+    /// An appender stops waiting for `n` positions (it reserved them, or
+    /// gave up).
+    pub(crate) fn leave_waiters(&self, n: usize) {
+        // Relaxed: see `waiting_need`.
+        self.line.need.fetch_sub(n, Ordering::Relaxed);
     }
 
     /// Number of entries.
@@ -264,7 +248,14 @@ impl<T> Log<T> {
     /// must hold their replica's combiner lock (with one replica this makes
     /// the caller the only appender).
     pub(crate) fn try_reserve(&self, n: usize) -> Result<usize, LogFull> {
+        self.try_reserve_keeping(n, 0)
+    }
+
+    /// As [`try_reserve`](Self::try_reserve), but only if `keep` positions
+    /// stay free after the reservation (room that waiting appenders need).
+    pub(crate) fn try_reserve_keeping(&self, n: usize, keep: usize) -> Result<usize, LogFull> {
         debug_assert!(n <= self.capacity());
+        let n_keep = n + keep;
         loop {
             // Relaxed: the tail is only a reservation counter; the CAS below
             // decides, and slot reuse is guarded by `head`, not by `tail`.
@@ -273,11 +264,11 @@ impl<T> Log<T> {
             // that every replica's reads of the slots below `head` happen
             // before we overwrite them.
             let mut head = self.head.load(Ordering::Acquire);
-            if tail + n > head + self.capacity() {
+            if tail + n_keep > head + self.capacity() {
                 head = self.advance_head();
-                if tail + n > head + self.capacity() {
+                if tail + n_keep > head + self.capacity() {
                     return Err(LogFull {
-                        needed_head: tail + n - self.capacity(),
+                        needed_head: (tail + n_keep).saturating_sub(self.capacity()),
                     });
                 }
             }

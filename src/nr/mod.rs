@@ -310,10 +310,10 @@ where
     pub fn remove_replica(&self, r: usize) -> Result<(), NrError> {
         let shared = &*self.shared;
         let replicas = shared.replicas.len();
-        let rep = shared
-            .replicas
-            .get(r)
-            .ok_or(NrError::NoSuchReplica { replica: r, replicas })?;
+        let rep = shared.replicas.get(r).ok_or(NrError::NoSuchReplica {
+            replica: r,
+            replicas,
+        })?;
         if shared.log.is_single() {
             return Err(NrError::LastReplica { replica: r });
         }
@@ -333,9 +333,9 @@ where
         if shared.log.ltail(r) != PARKED {
             // The last live replica cannot park; bring another back first.
             while !shared.park(r, &guard) {
-                let Some(q) = (0..replicas).find(|&q| {
-                    q != r && !shared.replicas[q].removed.load(Ordering::Acquire)
-                }) else {
+                let Some(q) = (0..replicas)
+                    .find(|&q| q != r && !shared.replicas[q].removed.load(Ordering::Acquire))
+                else {
                     return Err(NrError::LastReplica { replica: r });
                 };
                 let other = &shared.replicas[q];
@@ -358,6 +358,7 @@ where
 
     /// Brings a removed replica place back into service at run time, rebuilt
     /// from a live replica (with [`Dispatch::snapshot`]); returns its index.
+    /// Places that no thread is registered with are preferred.
     /// The builder's [`max_replicas`](NrBuilder::max_replicas) reserves
     /// places for replicas added later.
     ///
@@ -371,7 +372,14 @@ where
         if !shared.can_snapshot {
             return Err(NrError::SnapshotUnsupported);
         }
-        for (r, rep) in shared.replicas.iter().enumerate() {
+        // Places without registered threads first: threads still holding a
+        // token of a removed replica keep getting `ReplicaRemoved` until
+        // they register again, rather than silently resuming on it.
+        let mut order: Vec<usize> = (0..shared.replicas.len()).collect();
+        // Relaxed: a placement hint.
+        order.sort_by_key(|&r| shared.replicas[r].registered.load(Ordering::Relaxed) > 0);
+        for r in order {
+            let rep = &shared.replicas[r];
             // Acquire: pairs with the Release in `remove_replica`.
             if !rep.removed.load(Ordering::Acquire) {
                 continue;
@@ -723,3 +731,5 @@ fn lock_combiner<'a, D: Dispatch>(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_multi;

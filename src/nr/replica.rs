@@ -33,7 +33,8 @@ use super::log::{Log, Record};
 use super::rwlock::DistRwLock;
 use super::Dispatch;
 use crate::sync::{
-    wait_on, wake_all, AtomicBool, AtomicU32, AtomicUsize, Backoff, CachePadded, Ordering, UnsafeCell,
+    wait_on, wake_all, AtomicBool, AtomicU32, AtomicUsize, Backoff, CachePadded, Ordering,
+    UnsafeCell,
 };
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -241,7 +242,12 @@ impl<D: Dispatch> Replica<D> {
             if state == LOCKED_SLEEPERS
                 || self
                     .combiner
-                    .compare_exchange(LOCKED, LOCKED_SLEEPERS, Ordering::Relaxed, Ordering::Relaxed)
+                    .compare_exchange(
+                        LOCKED,
+                        LOCKED_SLEEPERS,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    )
                     .is_ok()
             {
                 wait_on(&self.combiner, LOCKED_SLEEPERS);
