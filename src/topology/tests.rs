@@ -118,20 +118,29 @@ fn hwloc_reports_the_same_nodes_and_cpus_as_sysfs() {
 
 #[test]
 fn pages_are_found_without_touching_them_and_moved_to_a_node() {
-    let Some(node) = local_memory_node() else {
-        eprintln!("skipped: the kernel does not answer move_pages here (no NUMA support?)");
-        return;
-    };
-    let buf = vec![1u8; 3 * 4096];
-    let (start, len) = (buf.as_ptr() as usize, buf.len());
-    assert_eq!(node_of_address(start), Some(node));
-    // Three pages of data start inside a page, so they span three or four.
-    let on_node = move_to_node(&[(start, len), (start, 1)], node).expect("move_pages answers");
-    assert!((3..=4).contains(&on_node), "{on_node} pages");
-    assert_eq!(move_to_node(&[], node), Some(0));
-    // 64 MiB: a fresh mapping, its page at 1 MiB never touched.
-    let untouched: Vec<u8> = Vec::with_capacity(64 << 20);
-    let page = untouched.as_ptr() as usize + (1 << 20);
-    assert_eq!(nodes_of_pages(&[page, start]), Some(vec![None, Some(node)]));
-    assert_eq!(node_of_address(page), None, "looking does not touch");
+    // On its own pinned thread: on a machine with several nodes the pages
+    // must not follow a thread that moves.
+    let cpu = current_cpu().expect("getcpu works on Linux").cpu;
+    std::thread::spawn(move || {
+        pin_to_cpu(cpu).unwrap();
+        let Some(node) = local_memory_node() else {
+            eprintln!("skipped: the kernel does not answer move_pages here (no NUMA support?)");
+            return;
+        };
+        let buf = vec![1u8; 3 * 4096];
+        let (start, len) = (buf.as_ptr() as usize, buf.len());
+        // Three pages of data start inside a page, so they span three or
+        // four; the allocator may have recycled them from another node.
+        let on_node = move_to_node(&[(start, len), (start, 1)], node).expect("move_pages answers");
+        assert!((3..=4).contains(&on_node), "{on_node} pages");
+        assert_eq!(node_of_address(start), Some(node));
+        assert_eq!(move_to_node(&[], node), Some(0));
+        // 64 MiB: a fresh mapping, its page at 1 MiB never touched.
+        let untouched: Vec<u8> = Vec::with_capacity(64 << 20);
+        let page = untouched.as_ptr() as usize + (1 << 20);
+        assert_eq!(nodes_of_pages(&[page, start]), Some(vec![None, Some(node)]));
+        assert_eq!(node_of_address(page), None, "looking does not touch");
+    })
+    .join()
+    .unwrap();
 }
