@@ -6,12 +6,23 @@
 //! [`NrError`] that says what to change), decides each replica's *home* — the
 //! CPUs of its NUMA node, or its core — from the topology, and builds each
 //! replica on a thread pinned to its home, so that the replica's memory is
-//! first touched, and therefore placed by the kernel, on its own node.
+//! first touched, and therefore placed by the kernel, on its own node. The
+//! allocator may hand that thread pages another thread already touched
+//! elsewhere (glibc gives a new thread the arena of an exited one), so the
+//! builder first returns the allocator's free pages to the kernel (they
+//! come back fresh), and afterwards moves the replica's own pages (the
+//! replica with `D` inline, its thread slots and reader flags) to the node
+//! where the thread's first touch goes (move_pages). `scripts/numa-vm.sh`
+//! checks the result on emulated nodes.
 //!
 //! # Trade-offs
 //!
-//! First-touch placement is best effort: if pinning fails (a restricted
-//! cpuset), the replica is still built, on whatever CPU the thread gets.
+//! Placement is best effort: if pinning fails (a restricted cpuset), the
+//! replica is still built, on whatever CPU the thread gets. Memory that `D`
+//! allocates itself (a map's buckets) is placed by first touch only: the
+//! builder cannot see it, and pages it shares with live allocations of other
+//! threads stay where they are. Trimming the allocator costs a walk of its
+//! arenas per build.
 
 use super::config::{
     DEFAULT_LOG_CAPACITY, DEFAULT_THREADS_PER_REPLICA, MAX_LOG_CAPACITY, MAX_REPLICAS,
@@ -368,19 +379,40 @@ impl<D> NrBuilder<D> {
         D::WriteOperation: Send,
         D::Response: Send,
     {
+        // Free allocator pages that other threads touched would keep their
+        // nodes when the build threads reuse them (module docs).
+        crate::topology::release_free_heap_pages();
         std::thread::scope(|s| {
             let handles: Vec<_> = homes
                 .iter()
                 .enumerate()
                 .map(|(r, home)| {
                     let cpu = home.first().copied();
+                    // Mutant `replicas_on_node0` (scripts/numa-vm-mutant.sh):
+                    // every replica is built, and first touched, on the
+                    // first replica's home.
+                    #[cfg(noderep_mutant = "replicas_on_node0")]
+                    let cpu = homes[0].first().copied();
                     s.spawn(move || {
                         if let Some(cpu) = cpu {
                             // Best effort (module docs): an unpinned build
                             // still works, just without placement.
                             let _ = crate::topology::pin_to_cpu(cpu);
                         }
-                        build_one(r)
+                        let replica = build_one(r);
+                        if cpu.is_some() {
+                            // First touch placed only the fresh pages; the
+                            // allocator may have recycled pages that an
+                            // exited thread touched on another node (seen
+                            // in the emulated-NUMA guest): move the
+                            // replica's own pages to where this thread's
+                            // first touch goes.
+                            if let Some(node) = crate::topology::local_memory_node() {
+                                let _ =
+                                    crate::topology::move_to_node(&replica.owned_ranges(), node);
+                            }
+                        }
+                        replica
                     })
                 })
                 .collect();

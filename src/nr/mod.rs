@@ -725,6 +725,16 @@ where
         self.shared.replicas.get(r).map(|rep| rep.data_addr())
     }
 
+    /// Address of replica `r`'s thread slots (one contiguous array), for
+    /// NUMA placement checks.
+    #[cfg(feature = "std")]
+    pub fn replica_slots_addr(&self, r: usize) -> Option<*const u8> {
+        self.shared
+            .replicas
+            .get(r)
+            .map(|rep| rep.contexts.as_ptr().cast::<u8>())
+    }
+
     #[cfg(test)]
     pub(crate) fn stats(&self) -> &stats::Stats {
         &self.shared.stats
