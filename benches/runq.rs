@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use noderep::runq::{Exit, OwnerHandle, Pick, Replication, RunQueues, Spawner};
+use noderep::runq::{Exit, OwnerHandle, Pick, Replication, RunQueues, RunqError, Spawner};
 
 const BATCH: usize = 256;
 
@@ -67,9 +67,20 @@ fn run_batch(s: &mut Setup) {
     for _ in 0..BATCH {
         s.spawner.spawn(0).expect("spawn");
     }
+    // A full ring (the backup thread lags) is `BackupStalled`: retry, as a
+    // scheduler would after draining its own backups.
+    fn retry<T>(mut f: impl FnMut() -> Result<T, RunqError>) -> T {
+        loop {
+            match f() {
+                Ok(x) => return x,
+                Err(RunqError::BackupStalled { .. }) => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
     let mut n = 0;
-    while let Pick::Task(t) = s.owner.pick().expect("pick") {
-        s.owner.complete(t, Exit::Done).expect("complete");
+    while let Pick::Task(t) = retry(|| s.owner.pick()) {
+        retry(|| s.owner.complete(t, Exit::Done));
         n += 1;
     }
     assert_eq!(n, BATCH);
