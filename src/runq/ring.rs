@@ -153,6 +153,11 @@ pub(crate) enum RingState {
 pub(crate) struct Ring {
     tail: CachePadded<AtomicU64>,
     head: CachePadded<AtomicU64>,
+    /// The producer's last view of `head` (written and read by the owner
+    /// only, on its own cache line): `head` itself, which the backup writes,
+    /// is re-read only when this view says the ring is full, so an owner
+    /// does not miss on the backup's cache line at every push.
+    head_seen: CachePadded<AtomicU64>,
     slots: Box<[(AtomicU64, AtomicU64)]>,
     mask: u64,
 }
@@ -173,6 +178,7 @@ impl Ring {
         Ok(Self {
             tail: CachePadded::new(AtomicU64::new((u64::from(epoch) & MASK24) << POS_BITS)),
             head: CachePadded::new(AtomicU64::new(0)),
+            head_seen: CachePadded::new(AtomicU64::new(0)),
             slots: slots.into_boxed_slice(),
             mask: capacity as u64 - 1,
         })
@@ -191,11 +197,8 @@ impl Ring {
             return Push::Closed;
         }
         let pos = t & POS_MASK;
-        // Acquire: pairs with the Release store of `head` in `drain`: the
-        // backup has finished reading the slots we are about to overwrite.
-        let head = self.head.load(Ordering::Acquire);
         let n = recs.len() as u64;
-        if pos + n - head > self.mask + 1 {
+        if !self.room_for(pos, n) {
             return Push::Full;
         }
         for (i, r) in recs.iter().enumerate() {
@@ -221,10 +224,26 @@ impl Ring {
     /// Owner side: is there room for `n` more records? (Only the owner
     /// pushes, so room seen here stays until it pushes.)
     pub(crate) fn has_room(&self, n: u64) -> bool {
-        // Acquire (both): pairs with the Release CAS of `tail` in `push` /
-        // `close` and the Release store of `head` in `drain`.
+        // Acquire: pairs with the Release CAS of `tail` in `push` / `close`.
         let pos = self.tail.load(Ordering::Acquire) & POS_MASK;
+        self.room_for(pos, n)
+    }
+
+    /// Producer side: room for `n` records past `pos`? Uses the cached view
+    /// of `head` and re-reads `head` only when that view says no.
+    fn room_for(&self, pos: u64, n: u64) -> bool {
+        // Relaxed: written and read only by the producer (the owner thread).
+        let seen = self.head_seen.load(Ordering::Relaxed);
+        if pos + n - seen <= self.mask + 1 {
+            // The view is older than `head`, so the slots it frees were
+            // freed by a drain whose Release store we read earlier (below).
+            return true;
+        }
+        // Acquire: pairs with the Release store of `head` in `drain`: the
+        // backup has finished reading the slots we are about to overwrite.
         let head = self.head.load(Ordering::Acquire);
+        // Relaxed: producer-private cache (see the field).
+        self.head_seen.store(head, Ordering::Relaxed);
         pos + n - head <= self.mask + 1
     }
 
