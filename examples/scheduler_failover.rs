@@ -186,8 +186,18 @@ fn start(
                                     let _ = spawn_one(&rq, &ledger, &next, id, q);
                                 }
                                 busy[id].store(false, Ordering::Release);
-                                let _ =
-                                    w.finish(queue, task, Exit::Done, || ledger.committed(task));
+                                // A backup that stays stalled (with k = 1, a
+                                // core and its only backup dead): keep trying
+                                // until told to stop.
+                                while let Err(RunqError::BackupStalled { .. }) =
+                                    w.finish(queue, task, Exit::Done, || ledger.committed(task))
+                                {
+                                    // Acquire: pairs with the Release store in `shutdown`.
+                                    if stop.load(Ordering::Acquire) {
+                                        break;
+                                    }
+                                    std::thread::sleep(Duration::from_millis(1));
+                                }
                             }
                             Step::Idle => std::thread::sleep(Duration::from_micros(30)),
                             Step::Fenced => std::thread::sleep(Duration::from_millis(1)),
@@ -529,9 +539,20 @@ fn round(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    while spawned < o.tasks {
+    // The rest of the tasks (bounded: a scheduler that lost a queue for good
+    // may stop accepting spawns, e.g. a full table).
+    let mut idle = 0;
+    while spawned < o.tasks && idle < 500 {
+        let before = spawned;
         spawn_batch(16, &mut spawned);
+        idle = if spawned == before { idle + 1 } else { 0 };
         std::thread::sleep(Duration::from_millis(1));
+    }
+    if spawned < o.tasks {
+        notes.push((
+            c.rq.now(),
+            format!("spawns refused after {spawned} of {} tasks", o.tasks),
+        ));
     }
     c.settle(Duration::from_millis(500), Duration::from_secs(8));
     let spawn_crashes = fired

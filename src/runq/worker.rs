@@ -222,7 +222,9 @@ impl CoreWorker {
     ///
     /// # Errors
     ///
-    /// [`RunqError::Fenced`] if this core no longer owns `queue`; else as
+    /// [`RunqError::Fenced`] if this core no longer owns `queue`;
+    /// [`RunqError::BackupStalled`] if a backup's ring stayed full for twice
+    /// lease + margin (the task is still running here: call again); else as
     /// [`OwnerHandle::complete`].
     pub fn finish(
         &mut self,
@@ -233,6 +235,12 @@ impl CoreWorker {
     ) -> Result<(), RunqError> {
         let mut on_commit = Some(on_commit);
         let mut backoff = crate::sync::Backoff::new();
+        // A dead backup is replaced within about lease + margin (its own
+        // queue is taken over, then this core's tick re-backs-up); wait for
+        // twice that at most, then report the stall (the task stays running
+        // here: call again).
+        let start = self.rq.now();
+        let limit = self.rq.config().expiry_ns().saturating_mul(2);
         loop {
             let Some(o) = self.owners.iter_mut().find(|o| o.queue() == queue) else {
                 return Err(RunqError::Fenced {
@@ -250,8 +258,11 @@ impl CoreWorker {
                 // A backup's ring is full: drain the rings this core backs up
                 // (the cycle of cores backing each other up must not wait on
                 // itself), then retry.
-                Err(RunqError::BackupStalled { .. }) => {
+                Err(e @ RunqError::BackupStalled { .. }) => {
                     let now = self.rq.now();
+                    if now.saturating_sub(start) > limit {
+                        return Err(e);
+                    }
                     self.housekeep(now)?;
                     backoff.snooze();
                 }
