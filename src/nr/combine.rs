@@ -444,7 +444,6 @@ where
             // again and again (a helper that keeps running while the woken
             // waiter waits for a CPU) starved those threads for seconds.
             // Relaxed: a hint (see `Replica::waiting`).
-            #[cfg(not(noderep_mutant = "help_ignores_waiters"))]
             if lagging.waiting.load(Ordering::Relaxed) > 0 {
                 continue;
             }
