@@ -153,7 +153,7 @@ where
         if self.live.load(Ordering::Acquire) == 1 {
             let tail = self.log.tail();
             if self.log.ltail(r) < tail {
-                replica.exec(guard, &self.log, tail, &self.poisoned, 0..0)?;
+                replica.exec(guard, &self.log, tail, &self.poisoned, 0..0, None)?;
             }
             let round = replica.combine_direct(guard, own.map(|(_, op)| op), &self.poisoned)?;
             #[cfg(test)]
@@ -185,15 +185,11 @@ where
                 super::stats::Stats::bump(&self.stats.combined_ops, n);
             }
         }
-        replica.exec(guard, &self.log, end, &self.poisoned, batch)?;
-        // The combiner's own response, straight out of its slot (it never
-        // left this thread's hands); a panic payload stays for the caller's
-        // poll, which resumes it.
-        Ok(own_slot.and_then(|slot| {
-            // SAFETY: the slot is our own thread's (`own_slot` came from its
-            // token), and its outcome was stored by `exec` just now.
-            unsafe { replica.contexts[slot].take_own_response() }
-        }))
+        // The combiner's own operation is the last of its batch; `exec` hands
+        // its response straight back (a panic payload goes to our slot,
+        // where the caller's poll resumes it).
+        let own = own_slot.map(|slot| (batch.end.wrapping_sub(1), slot));
+        Ok(replica.exec(guard, &self.log, end, &self.poisoned, batch, own)?)
     }
 
     /// Whether replica `r` (whose lock we hold) is the only live replica
@@ -425,7 +421,7 @@ where
         // Mutant `make_room_skips_own` (loom model 8): our replica, whose
         // lock we hold, is never caught up while we wait.
         #[cfg(not(noderep_mutant = "make_room_skips_own"))]
-        self.replicas[r].exec(guard, &self.log, tail, &self.poisoned, 0..0)?;
+        self.replicas[r].exec(guard, &self.log, tail, &self.poisoned, 0..0, None)?;
         for (q, lagging) in self.replicas.iter().enumerate() {
             let at = self.log.ltail(q);
             if q == r || at == PARKED || at >= needed_head {
@@ -437,7 +433,7 @@ where
             {
                 let dummy = crate::sync::AtomicU32::new(1);
                 let forged = CombinerGuard::forged(&dummy);
-                lagging.exec(&forged, &self.log, help_to, &self.poisoned, 0..0)?;
+                lagging.exec(&forged, &self.log, help_to, &self.poisoned, 0..0, None)?;
             }
             // A replica whose own threads wait for its lock is left to them:
             // one of them takes it next and catches it up. Taking it here
@@ -461,7 +457,7 @@ where
                 if self.can_snapshot && idle && self.park(q, &their_guard) {
                     continue;
                 }
-                lagging.exec(&their_guard, &self.log, help_to, &self.poisoned, 0..0)?;
+                lagging.exec(&their_guard, &self.log, help_to, &self.poisoned, 0..0, None)?;
                 lagging.seen_activity.store(activity, Ordering::Relaxed);
                 #[cfg(test)]
                 super::stats::Stats::bump(&self.stats.helped, 1);
