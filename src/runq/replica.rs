@@ -32,13 +32,34 @@
 //! tombstones and their collection).
 
 use alloc::vec::Vec;
-use core::hash::BuildHasherDefault;
-use std::collections::hash_map::DefaultHasher;
+use core::hash::{BuildHasherDefault, Hasher};
 use std::collections::HashMap;
 
-/// A hash map with a fixed hasher: deterministic (loom replays need that) and
-/// the keys are task ids the replica's owner chose, not attacker input.
-type Map = HashMap<TaskId, (Stamp, Replicated), BuildHasherDefault<DefaultHasher>>;
+/// A hash map with a fixed, cheap hasher: deterministic (loom replays need
+/// that), and the keys are task ids the replica's owner chose, not attacker
+/// input, so a keyed hash (SipHash) would only cost time on every record.
+type Map = HashMap<TaskId, (Stamp, Replicated), BuildHasherDefault<IdHasher>>;
+
+/// Multiplicative (Fibonacci) hashing of the 64-bit task id: one multiply,
+/// good high bits (which the map's control bytes use).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
 
 use super::ring::{Record, RecordKind, Stamp};
 use super::task::TaskId;
