@@ -105,6 +105,14 @@ impl std::fmt::Display for Corruption {
             Corruption::Misdirected { found } => {
                 write!(f, "misdirected write (block is for address {found})")
             }
+            Corruption::Stale { found: 0, expected } => write!(
+                f,
+                "stale copy: unwritten (all zeros) where sequence {expected} was acknowledged — the block was zeroed or lost"
+            ),
+            Corruption::Stale { found, expected } if found < expected => write!(
+                f,
+                "stale copy (sequence {found}, expected {expected}): an older version — a lost write or a rollback"
+            ),
             Corruption::Stale { found, expected } => {
                 write!(f, "stale copy (sequence {found}, expected {expected})")
             }

@@ -81,6 +81,12 @@ pub trait BlockDevice: Send {
     fn stats(&self) -> DeviceStats {
         DeviceStats::default()
     }
+    /// What identifies the underlying file or device, so that assembly can
+    /// refuse one device given twice: `(st_dev, st_ino)` of a file,
+    /// `(0, st_rdev)` of a block device; None if unknown.
+    fn identity(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 impl<D: BlockDevice + ?Sized> BlockDevice for Box<D> {
@@ -105,6 +111,9 @@ impl<D: BlockDevice + ?Sized> BlockDevice for Box<D> {
     }
     fn stats(&self) -> DeviceStats {
         (**self).stats()
+    }
+    fn identity(&self) -> Option<(u64, u64)> {
+        (**self).identity()
     }
 }
 
@@ -133,7 +142,7 @@ impl Default for DeviceConfig {
 
 /// Checks a block size: a power of two, 512 ..= 1 MiB (so that it holds a
 /// header and payload, and `O_DIRECT` alignment works).
-pub fn check_block_size(block_size: usize) -> Result<(), MirrorError> {
+pub(crate) fn check_block_size(block_size: usize) -> Result<(), MirrorError> {
     if !block_size.is_power_of_two() || !(512..=1 << 20).contains(&block_size) {
         return Err(MirrorError::BadBlockSize { block_size });
     }
@@ -153,6 +162,7 @@ pub struct FileDevice {
     durability: Durability,
     stats: DeviceStats,
     iov: Vec<libc::iovec>,
+    identity: Option<(u64, u64)>,
 }
 
 // SAFETY: the iovec scratch holds raw pointers only during one write_blocks
@@ -164,6 +174,11 @@ const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 
 impl FileDevice {
     /// Opens (creating and preallocating a regular file if needed) `path`.
+    ///
+    /// # Errors
+    ///
+    /// [`MirrorError::BadBlockSize`], [`MirrorError::Open`],
+    /// [`MirrorError::DirectUnsupported`], [`MirrorError::TooSmall`].
     pub fn open(path: impl AsRef<Path>, config: &DeviceConfig) -> Result<Self, MirrorError> {
         let path = path.as_ref();
         check_block_size(config.block_size)?;
@@ -240,7 +255,9 @@ impl FileDevice {
                 have: 0,
             });
         }
+        let identity = file_identity(&file);
         Ok(Self {
+            identity,
             file,
             name: path.display().to_string(),
             block_size: config.block_size,
@@ -254,7 +271,7 @@ impl FileDevice {
     /// Splits the device into its open file, name, block size, block count
     /// and durability (for other backends built on the same opening logic).
     #[cfg_attr(not(feature = "io-uring"), allow(dead_code))]
-    pub(super) fn into_parts(self) -> (File, String, usize, u64, Durability) {
+    pub(crate) fn into_parts(self) -> (File, String, usize, u64, Durability) {
         (
             self.file,
             self.name,
@@ -324,6 +341,17 @@ impl FileDevice {
         }
         Ok(())
     }
+}
+
+/// `(st_dev, st_ino)` of a file, `(0, st_rdev)` of a block device.
+pub(super) fn file_identity(file: &File) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = file.metadata().ok()?;
+    Some(if m.file_type().is_block_device() {
+        (0, m.rdev())
+    } else {
+        (m.dev(), m.ino())
+    })
 }
 
 /// Checks that `len` bytes at block `lba` are whole blocks inside a device
@@ -463,5 +491,9 @@ impl BlockDevice for FileDevice {
 
     fn stats(&self) -> DeviceStats {
         self.stats
+    }
+
+    fn identity(&self) -> Option<(u64, u64)> {
+        self.identity
     }
 }

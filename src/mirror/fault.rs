@@ -275,6 +275,10 @@ impl<D: BlockDevice> BlockDevice for FaultyDevice<D> {
     fn stats(&self) -> DeviceStats {
         self.inner.stats()
     }
+
+    fn identity(&self) -> Option<(u64, u64)> {
+        self.inner.identity()
+    }
 }
 
 /// True if `w` writes block `lba`.

@@ -75,16 +75,19 @@ impl MerkleTree {
     }
 
     /// Number of leaves.
+    #[cfg(test)]
     pub fn len(&self) -> u64 {
         self.len
     }
 
     /// True if the tree has no leaves.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Leaf `i`.
+    #[cfg(test)]
     pub fn leaf(&self, i: u64) -> u64 {
         self.nodes[self.width + i as usize]
     }
@@ -136,6 +139,7 @@ impl MerkleTree {
     }
 
     /// The root digest.
+    #[cfg(test)]
     pub fn root(&mut self) -> u64 {
         self.refresh();
         self.nodes[1]

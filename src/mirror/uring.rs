@@ -251,6 +251,10 @@ impl BlockDevice for UringDevice {
         result
     }
 
+    fn identity(&self) -> Option<(u64, u64)> {
+        super::device::file_identity(&self.file)
+    }
+
     fn stats(&self) -> DeviceStats {
         self.stats
     }
