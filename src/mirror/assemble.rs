@@ -365,7 +365,11 @@ impl MirrorBuilder {
                     name: dev.name().to_string(),
                     role,
                     uuid: sb.device,
-                    holder: reference.members.get(role).map(|m| m.uuid).unwrap_or_default(),
+                    holder: reference
+                        .members
+                        .get(role)
+                        .map(|m| m.uuid)
+                        .unwrap_or_default(),
                 });
             }
             if dev.blocks() < layout.device_blocks() {
@@ -546,7 +550,10 @@ fn read_superblock(
     if dev.blocks() < 2 {
         return Err(MirrorError::NotAMember {
             name,
-            found: std::format!("a device of {} block(s), too small for a superblock", dev.blocks()),
+            found: std::format!(
+                "a device of {} block(s), too small for a superblock",
+                dev.blocks()
+            ),
         });
     }
     let mut buf = AlignedBuf::zeroed(2 * bs);
@@ -651,8 +658,7 @@ fn load_table(m: &mut Mirror, fresh: &[DeviceId], dirty: &mut [bool]) -> Vec<Met
             for k in 0..count {
                 let blk = &buf[k as usize * bs..(k as usize + 1) * bs];
                 let idx = t + k;
-                let Some(stamp) = check_meta(blk, TABLE_MAGIC, l.table_start + idx, m.array)
-                else {
+                let Some(stamp) = check_meta(blk, TABLE_MAGIC, l.table_start + idx, m.array) else {
                     continue;
                 };
                 if best[idx as usize].is_some_and(|s| s >= stamp) {
@@ -769,8 +775,7 @@ fn scan_dirty(
                         Err(p) => p.clone(),
                     };
                     m.scratch.resize(bs);
-                    m.scratch
-                        .copy_from_slice(&bufs[from][k * bs..(k + 1) * bs]);
+                    m.scratch.copy_from_slice(&bufs[from][k * bs..(k + 1) * bs]);
                     let action = match m.write_scratch(d, lba) {
                         Ok(()) => ScrubAction::Repaired { from },
                         Err(e) => {

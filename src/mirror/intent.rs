@@ -344,12 +344,16 @@ impl Mirror {
             self.events += 1;
             let at = Superblock::copy_for(self.events);
             let bs = self.block_size;
-            let mut buf = std::mem::replace(&mut self.meta_buf, super::block::AlignedBuf::zeroed(0));
+            let mut buf =
+                std::mem::replace(&mut self.meta_buf, super::block::AlignedBuf::zeroed(0));
             buf.resize(bs);
             let mut failures: Vec<(DeviceId, String)> = Vec::new();
             for d in targets {
                 self.superblock_for(d, clean).encode(&mut buf);
-                let w = [BlockWrite { lba: at, data: &buf }];
+                let w = [BlockWrite {
+                    lba: at,
+                    data: &buf,
+                }];
                 if let Err(e) = self.members[d]
                     .dev
                     .write_blocks(&w, &mut PhaseClock::disabled())

@@ -176,8 +176,13 @@ impl Mirror {
             let count = SCAN_CHUNK.min(self.capacity - start);
             self.chunk.resize(count as usize * bs);
             let at = self.layout.data_start + start;
-            let verdicts =
-                read_chunk(&mut *self.members[device].dev, at, start, &mut self.chunk, bs)?;
+            let verdicts = read_chunk(
+                &mut *self.members[device].dev,
+                at,
+                start,
+                &mut self.chunk,
+                bs,
+            )?;
             leaves.extend(verdicts.iter().map(|v| match v {
                 Ok(st) => state_leaf(*st),
                 Err(_) => BAD_LEAF,

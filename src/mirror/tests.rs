@@ -258,7 +258,11 @@ fn durability_modes_write_the_same_bytes() {
         assert_eq!(out, d);
         if durability == Durability::SyncPerBatch {
             let after = m.device_stats(0).expect("stats").syncs;
-            assert_eq!(after - before, 1, "one sync per batch once the region is dirty");
+            assert_eq!(
+                after - before,
+                1,
+                "one sync per batch once the region is dirty"
+            );
         }
     }
 }
@@ -294,7 +298,8 @@ fn io_uring_backend_writes_a_batch_with_one_enter_per_device() {
         .zip(&data)
         .map(|(l, d)| (*l, d.as_slice()))
         .collect();
-    m.write(63, b"sets the region's write-intent bit").expect("write");
+    m.write(63, b"sets the region's write-intent bit")
+        .expect("write");
     let before: Vec<DeviceStats> = (0..2).map(|d| m.device_stats(d).expect("stats")).collect();
     m.write_batch(&batch).expect("batch");
     for d in 0..2 {
