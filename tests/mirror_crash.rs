@@ -1,0 +1,341 @@
+//! Crash-restart campaign with real processes: a child process runs a
+//! mirror (random write batches, checkpoints, a member failed and re-added,
+//! clean shutdowns and reassemblies, scrubs) and reports every batch before
+//! it starts and when it is acknowledged; the parent kills it with SIGKILL —
+//! at a random moment, or exactly at the N-th block the child writes (torn
+//! after a random number of bytes, which lands on data, bitmap, table and
+//! superblock writes alike) — then reassembles the devices and checks every
+//! block against the model: an acknowledged write must read back (or a
+//! newer, unacknowledged one that was in flight), never an older version,
+//! never nothing, never an error.
+//!
+//! `NODEREP_CRASH_RUNS=N` sets the number of runs (default 24, for CI;
+//! use 200+ for a campaign). A harness-less test: `main` is the campaign,
+//! or the child when `NODEREP_CRASH_CHILD` is set.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use noderep::mirror::{
+    BlockDevice, DeviceConfig, FaultyDevice, FileDevice, Mirror, MirrorBuilder, ScrubMode,
+    WarningSink,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const BS: usize = 4096;
+const CAPACITY: u64 = 256;
+const NAMES: [&str; 2] = ["a", "b"];
+
+fn builder() -> MirrorBuilder {
+    Mirror::builder()
+        .warnings(WarningSink::Silent)
+        .region_blocks(16)
+        .clean_interval(4)
+}
+
+/// The payload of version `ver` of block `lba`: both, then a pattern.
+fn data(lba: u64, ver: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16 + 300);
+    v.extend_from_slice(&lba.to_le_bytes());
+    v.extend_from_slice(&ver.to_le_bytes());
+    v.extend((0..(20 + ver % 280) as usize).map(|i| (i as u64 ^ ver ^ lba) as u8));
+    v
+}
+
+fn decode(p: &[u8]) -> Option<(u64, u64)> {
+    if p.len() < 16 {
+        return None;
+    }
+    let lba = u64::from_le_bytes(p[..8].try_into().ok()?);
+    let ver = u64::from_le_bytes(p[8..16].try_into().ok()?);
+    (data(lba, ver) == p).then_some((lba, ver))
+}
+
+fn open(dir: &Path) -> Vec<Box<dyn BlockDevice>> {
+    NAMES
+        .iter()
+        .map(|n| {
+            Box::new(FileDevice::open(dir.join(n), &DeviceConfig::default()).expect("open"))
+                as Box<dyn BlockDevice>
+        })
+        .collect()
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// The child: runs the workload until killed (or until it has done enough).
+fn child(dir: &Path) {
+    let seed = env_u64("NODEREP_CRASH_SEED").unwrap_or(1);
+    let mut ver = env_u64("NODEREP_CRASH_START_VER").unwrap_or(1);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut out = std::io::stdout().lock();
+    let mut say = |line: String| {
+        // Unbuffered protocol: each line is out before the step it announces.
+        writeln!(out, "{line}").expect("stdout");
+        out.flush().expect("stdout");
+    };
+    let mut devs = Vec::new();
+    let mut ctls = Vec::new();
+    for d in open(dir) {
+        let (f, c) = FaultyDevice::new(d);
+        devs.push(Box::new(f) as Box<dyn BlockDevice>);
+        ctls.push(c);
+    }
+    if let (Some(n), Some(keep), Some(dev)) = (
+        env_u64("NODEREP_CRASH_KILL_AFTER"),
+        env_u64("NODEREP_CRASH_KILL_KEEP"),
+        env_u64("NODEREP_CRASH_KILL_DEV"),
+    ) {
+        ctls[dev as usize].kill_process_after(n, keep as usize);
+    }
+    say("P assemble".into());
+    let (mut m, _) = builder().assemble(devs).expect("child assemble");
+    say("P run".into());
+    for _ in 0..3000 {
+        match rng.random_range(0..100u32) {
+            0..=79 => {
+                let n = rng.random_range(1..=6usize);
+                let mut lbas: Vec<u64> = (0..n).map(|_| rng.random_range(0..CAPACITY)).collect();
+                lbas.sort_unstable();
+                lbas.dedup();
+                let batch: Vec<(u64, Vec<u8>)> = lbas
+                    .iter()
+                    .map(|&l| {
+                        ver += 1;
+                        (l, data(l, ver))
+                    })
+                    .collect();
+                let desc: Vec<String> = batch
+                    .iter()
+                    .map(|(l, d)| format!("{l}:{}", decode(d).expect("own data").1))
+                    .collect();
+                say(format!("B {}", desc.join(" ")));
+                let refs: Vec<(u64, &[u8])> =
+                    batch.iter().map(|(l, d)| (*l, d.as_slice())).collect();
+                m.write_batch(&refs).expect("child write");
+                say("A".into());
+            }
+            80..=84 => {
+                say("P checkpoint".into());
+                m.checkpoint();
+                say("P run".into());
+            }
+            85..=89 => {
+                if m.health() == (noderep::mirror::Health::Optimal { devices: 2 }) {
+                    say("P fail".into());
+                    m.fail_device(1, "campaign").expect("fail");
+                    say("P run".into());
+                } else {
+                    say("P resync".into());
+                    m.readd(1).expect("readd");
+                    say("P run".into());
+                }
+            }
+            90..=94 => {
+                say("P close".into());
+                let devs = m.close().expect("close");
+                say("P assemble".into());
+                m = builder().assemble(devs).expect("reassemble").0;
+                say("P run".into());
+            }
+            _ => {
+                say("P scrub".into());
+                m.scrub(ScrubMode::Repair).expect("scrub");
+                say("P run".into());
+            }
+        }
+    }
+    say("DONE".into());
+}
+
+/// What the parent knows: the acknowledged version of each block and the
+/// batch in flight (announced, not acknowledged) when the child died.
+#[derive(Default)]
+struct Model {
+    acked: HashMap<u64, u64>,
+    pending: Vec<(u64, u64)>,
+    phase: String,
+    max_ver: u64,
+}
+
+impl Model {
+    fn line(&mut self, l: &str) {
+        if let Some(rest) = l.strip_prefix("B ") {
+            self.pending = rest
+                .split(' ')
+                .map(|x| {
+                    let (a, b) = x.split_once(':').expect("lba:ver");
+                    (a.parse().expect("lba"), b.parse().expect("ver"))
+                })
+                .collect();
+            self.max_ver = self
+                .max_ver
+                .max(self.pending.iter().map(|p| p.1).max().unwrap_or(0));
+            self.phase = "write".into();
+        } else if l == "A" {
+            for (lba, ver) in self.pending.drain(..) {
+                self.acked.insert(lba, ver);
+            }
+            self.phase = "run".into();
+        } else if let Some(p) = l.strip_prefix("P ") {
+            self.phase = p.into();
+        } else if l == "DONE" {
+            self.phase = "done".into();
+        }
+    }
+}
+
+/// Reassembles after a crash and checks every block against the model;
+/// then makes what was read the new truth and shuts down cleanly.
+fn verify(dir: &Path, model: &mut Model, run: usize) {
+    let (mut m, report) = builder()
+        .assemble(open(dir))
+        .unwrap_or_else(|e| panic!("run {run}: reassembly failed: {e}"));
+    assert!(report.lost.is_empty(), "run {run}: lost {:?}", report.lost);
+    let mut out = Vec::new();
+    for lba in 0..CAPACITY {
+        m.read(lba, &mut out)
+            .unwrap_or_else(|e| panic!("run {run}: block {lba}: {e}"));
+        let acked = model.acked.get(&lba).copied();
+        let in_flight = model.pending.iter().find(|p| p.0 == lba).map(|p| p.1);
+        let found = if out.is_empty() {
+            None
+        } else {
+            let (l, v) = decode(&out)
+                .unwrap_or_else(|| panic!("run {run}: block {lba} holds bytes nobody wrote"));
+            assert_eq!(l, lba, "run {run}: block {lba} holds block {l}'s data");
+            Some(v)
+        };
+        assert!(
+            found == acked || (found.is_some() && found == in_flight),
+            "run {run} (killed in phase {}): block {lba} read version {found:?}, acknowledged {acked:?}, in flight {in_flight:?}",
+            model.phase
+        );
+        match found {
+            Some(v) => model.acked.insert(lba, v),
+            None => model.acked.remove(&lba),
+        };
+    }
+    model.pending.clear();
+    let r = m.scrub(ScrubMode::Repair).expect("scrub");
+    assert_eq!(r.unrecoverable(), 0, "run {run}: {:?}", r.findings);
+    m.close().expect("close");
+}
+
+fn main() {
+    if let Ok(dir) = std::env::var("NODEREP_CRASH_CHILD") {
+        child(&PathBuf::from(dir));
+        return;
+    }
+    let runs = env_u64("NODEREP_CRASH_RUNS").unwrap_or(24) as usize;
+    let dir = std::env::temp_dir().join(format!("noderep-mirror-crash-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let size = builder().device_blocks(CAPACITY, BS).expect("size");
+    let cfg = DeviceConfig {
+        blocks: Some(size),
+        ..DeviceConfig::default()
+    };
+    let devs: Vec<Box<dyn BlockDevice>> = NAMES
+        .iter()
+        .map(|n| {
+            Box::new(FileDevice::open(dir.join(n), &cfg).expect("open")) as Box<dyn BlockDevice>
+        })
+        .collect();
+    builder()
+        .create(devs)
+        .expect("create")
+        .close()
+        .expect("close");
+    let exe = std::env::current_exe().expect("own path");
+    let mut rng = StdRng::seed_from_u64(0x6b69_6c6c);
+    let mut model = Model::default();
+    let mut phases: HashMap<String, usize> = HashMap::new();
+    let (mut self_kills, mut timer_kills, mut finished) = (0, 0, 0);
+    let mut acked_total = 0usize;
+    for run in 0..runs {
+        let mut cmd = Command::new(&exe);
+        cmd.env("NODEREP_CRASH_CHILD", &dir)
+            .env("NODEREP_CRASH_SEED", (run as u64 * 7919 + 1).to_string())
+            .env("NODEREP_CRASH_START_VER", (model.max_ver + 1).to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let self_kill = run % 2 == 0;
+        if self_kill {
+            cmd.env(
+                "NODEREP_CRASH_KILL_AFTER",
+                rng.random_range(0..1500u64).to_string(),
+            )
+            .env(
+                "NODEREP_CRASH_KILL_KEEP",
+                rng.random_range(0..=BS as u64).to_string(),
+            )
+            .env(
+                "NODEREP_CRASH_KILL_DEV",
+                rng.random_range(0..2u64).to_string(),
+            );
+        }
+        let mut child = cmd.spawn().expect("spawn child");
+        let stdout = child.stdout.take().expect("pipe");
+        let (tx, rx) = mpsc::channel::<String>();
+        let reader = std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut lines = 0usize;
+        if self_kill {
+            for l in rx.iter() {
+                lines += 1;
+                model.line(&l);
+            }
+        } else {
+            // Wait for the child to start running, then kill it at a random moment.
+            for l in rx.iter() {
+                lines += 1;
+                model.line(&l);
+                if l == "P run" {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_micros(rng.random_range(200..30_000)));
+            child.kill().expect("SIGKILL");
+            for l in rx.iter() {
+                lines += 1;
+                model.line(&l);
+            }
+        }
+        let status = child.wait().expect("wait");
+        reader.join().expect("reader");
+        assert!(lines > 0, "run {run}: the child said nothing ({status})");
+        if model.phase == "done" {
+            finished += 1;
+        } else if self_kill {
+            self_kills += 1;
+        } else {
+            timer_kills += 1;
+        }
+        *phases.entry(model.phase.clone()).or_default() += 1;
+        acked_total += model.acked.len();
+        verify(&dir, &mut model, run);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut ph: Vec<_> = phases.into_iter().collect();
+    ph.sort();
+    println!(
+        "mirror crash campaign: {runs} runs ({self_kills} killed at the N-th block write, {timer_kills} killed by a timer, {finished} finished before the kill); killed in phase: {ph:?}; {acked_total} acknowledged blocks checked after the runs; 0 lost"
+    );
+    assert!(
+        self_kills + timer_kills >= runs * 3 / 4,
+        "most runs must end in a kill"
+    );
+}
