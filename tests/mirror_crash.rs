@@ -88,12 +88,16 @@ fn child(dir: &Path) {
         devs.push(Box::new(f) as Box<dyn BlockDevice>);
         ctls.push(c);
     }
-    if let (Some(n), Some(keep), Some(dev)) = (
-        env_u64("NODEREP_CRASH_KILL_AFTER"),
+    if let (Some(keep), Some(dev)) = (
         env_u64("NODEREP_CRASH_KILL_KEEP"),
         env_u64("NODEREP_CRASH_KILL_DEV"),
     ) {
-        ctls[dev as usize].kill_process_after(n, keep as usize);
+        if let Some(n) = env_u64("NODEREP_CRASH_KILL_AFTER") {
+            ctls[dev as usize].kill_process_after(n, keep as usize);
+        }
+        if let Some(b) = env_u64("NODEREP_CRASH_KILL_BLOCK") {
+            ctls[dev as usize].kill_process_at_write_of(b, keep as usize);
+        }
     }
     say("P assemble".into());
     let (mut m, _) = builder().assemble(devs).expect("child assemble");
@@ -249,11 +253,15 @@ fn main() {
             Box::new(FileDevice::open(dir.join(n), &cfg).expect("open")) as Box<dyn BlockDevice>
         })
         .collect();
-    builder()
-        .create(devs)
-        .expect("create")
-        .close()
-        .expect("close");
+    let m = builder().create(devs).expect("create");
+    let data_start = m.data_start();
+    assert_eq!(
+        data_start,
+        3 + CAPACITY.div_ceil(253),
+        "one bitmap block, then the table"
+    );
+    m.close().expect("close");
+    let mut hit: HashMap<&str, usize> = HashMap::new();
     let exe = std::env::current_exe().expect("own path");
     let mut rng = StdRng::seed_from_u64(0x6b69_6c6c);
     let mut model = Model::default();
@@ -266,14 +274,27 @@ fn main() {
             .env("NODEREP_CRASH_SEED", (run as u64 * 7919 + 1).to_string())
             .env("NODEREP_CRASH_START_VER", (model.max_ver + 1).to_string())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(Stdio::piped());
+        // Even runs kill at a chosen write: every 4th at the N-th block the
+        // child writes, the others at the next write of a metadata block
+        // (superblock copy A or B, the bitmap, a table block). Odd runs
+        // kill by a timer.
         let self_kill = run % 2 == 0;
         if self_kill {
+            if run % 4 == 0 {
+                cmd.env(
+                    "NODEREP_CRASH_KILL_AFTER",
+                    rng.random_range(0..1500u64).to_string(),
+                );
+            } else {
+                let target = match rng.random_range(0..4u32) {
+                    0 | 1 => rng.random_range(0..2u64),
+                    2 => 2,
+                    _ => rng.random_range(3..data_start),
+                };
+                cmd.env("NODEREP_CRASH_KILL_BLOCK", target.to_string());
+            }
             cmd.env(
-                "NODEREP_CRASH_KILL_AFTER",
-                rng.random_range(0..1500u64).to_string(),
-            )
-            .env(
                 "NODEREP_CRASH_KILL_KEEP",
                 rng.random_range(0..=BS as u64).to_string(),
             )
@@ -284,6 +305,12 @@ fn main() {
         }
         let mut child = cmd.spawn().expect("spawn child");
         let stdout = child.stdout.take().expect("pipe");
+        let mut stderr = child.stderr.take().expect("pipe");
+        let err_reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+            s
+        });
         let (tx, rx) = mpsc::channel::<String>();
         let reader = std::thread::spawn(move || {
             for l in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -316,6 +343,21 @@ fn main() {
         }
         let status = child.wait().expect("wait");
         reader.join().expect("reader");
+        let err = err_reader.join().expect("stderr reader");
+        if let Some(at) = err
+            .split("SIGKILL while writing block ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            let kind = match at {
+                0 | 1 => "superblock",
+                2 => "bitmap",
+                b if b < data_start => "table",
+                _ => "data",
+            };
+            *hit.entry(kind).or_default() += 1;
+        }
         assert!(lines > 0, "run {run}: the child said nothing ({status})");
         if model.phase == "done" {
             finished += 1;
@@ -331,8 +373,10 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     let mut ph: Vec<_> = phases.into_iter().collect();
     ph.sort();
+    let mut hit: Vec<_> = hit.into_iter().collect();
+    hit.sort();
     println!(
-        "mirror crash campaign: {runs} runs ({self_kills} killed at the N-th block write, {timer_kills} killed by a timer, {finished} finished before the kill); killed in phase: {ph:?}; {acked_total} acknowledged blocks checked after the runs; 0 lost"
+        "mirror crash campaign: {runs} runs ({self_kills} killed at a chosen block write, {timer_kills} killed by a timer, {finished} finished before the kill); killed in phase: {ph:?}; chosen kills hit writes of: {hit:?}; {acked_total} block checks against acknowledged versions; 0 lost"
     );
     assert!(
         self_kills + timer_kills >= runs * 3 / 4,

@@ -623,9 +623,8 @@ fn load_bitmap(m: &mut Mirror, fresh: &[DeviceId]) -> Vec<bool> {
             let end = (first + bpb).min(regions);
             let ok = m.members[d].dev.read_blocks(at, &mut buf).is_ok()
                 && check_meta(&buf, BITMAP_MAGIC, at, m.array).is_some();
-            for r in first..end {
-                let i = r - first;
-                dirty[r] |= !ok || buf[META_HEADER + i / 8] & (1 << (i % 8)) != 0;
+            for (i, bit) in dirty[first..end].iter_mut().enumerate() {
+                *bit |= !ok || buf[META_HEADER + i / 8] & (1 << (i % 8)) != 0;
             }
         }
     }

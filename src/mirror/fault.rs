@@ -83,6 +83,15 @@ impl FaultControl {
         self.tear_write_after(after_blocks, keep_bytes);
     }
 
+    /// A real crash aimed at one block: the next write of physical block
+    /// `lba` writes its first `keep_bytes` and the process kills itself with
+    /// SIGKILL (e.g. in the middle of a superblock update).
+    pub fn kill_process_at_write_of(&self, lba: u64, keep_bytes: usize) {
+        // Relaxed: independent switches, see `Switches`.
+        self.s.kill_on_tear.store(true, Ordering::Relaxed);
+        self.tear_write_of(lba, keep_bytes);
+    }
+
     /// Reads touching block `lba` fail with EIO until cleared.
     pub fn bad_sector(&self, lba: u64) {
         // Relaxed: independent switch, see `Switches`.
@@ -284,9 +293,7 @@ impl<D: BlockDevice> BlockDevice for FaultyDevice<D> {
         };
         let tear_block = s.tear_block.load(Ordering::Relaxed);
         let aimed = tear_block != OFF && writes.iter().any(|w| covers(w, tear_block, bs));
-        if stop.is_none()
-            && !aimed
-            && (lost == OFF || !writes.iter().any(|w| covers(w, lost, bs)))
+        if stop.is_none() && !aimed && (lost == OFF || !writes.iter().any(|w| covers(w, lost, bs)))
         {
             return self.inner.write_blocks(writes, clock);
         }
@@ -297,7 +304,8 @@ impl<D: BlockDevice> BlockDevice for FaultyDevice<D> {
             for (k, block) in w.data.chunks_exact(bs).enumerate() {
                 let lba = w.lba + k as u64;
                 if written == limit || (aimed && lba == tear_block) {
-                    let torn = lba == tear_block || (tear_at == Some(limit) && fail_at != Some(limit));
+                    let torn =
+                        lba == tear_block || (tear_at == Some(limit) && fail_at != Some(limit));
                     if lba == tear_block {
                         s.tear_block.store(OFF, Ordering::Relaxed);
                     }
@@ -311,6 +319,10 @@ impl<D: BlockDevice> BlockDevice for FaultyDevice<D> {
                             self.inner.write_blocks(&part, clock)?;
                         }
                         if s.kill_on_tear.load(Ordering::Relaxed) {
+                            // Says where the crash hit (for campaign tallies).
+                            std::eprintln!(
+                                "noderep fault injection: SIGKILL while writing block {lba} ({keep} of {bs} bytes written)"
+                            );
                             // SAFETY: kill(2) on our own pid has no memory
                             // effects; SIGKILL ends the process here.
                             unsafe {
