@@ -121,7 +121,10 @@ fn a_block_zeroed_on_both_copies_is_an_error_not_an_empty_read() {
     let mut out = vec![7u8];
     let err = m.read(5, &mut out).expect_err("zeroed block");
     let msg = err.to_string();
-    assert!(matches!(err, MirrorError::Unrecoverable { lba: 5, .. }), "{msg}");
+    assert!(
+        matches!(err, MirrorError::Unrecoverable { lba: 5, .. }),
+        "{msg}"
+    );
     assert!(msg.contains("zeroed"), "{msg}");
     assert_eq!(out, vec![7u8], "nothing returned");
     let mut rest = model.clone();
@@ -154,7 +157,11 @@ fn a_block_zeroed_on_both_copies_is_an_error_not_an_empty_read() {
     let err = m.read(6, &mut out).expect_err("zeroed block");
     assert!(err.to_string().contains("no good copy survived"), "{err}");
     m.read(7, &mut out).expect("read");
-    assert_eq!(out, data(7, 2), "the write after the checkpoint survived the crash");
+    assert_eq!(
+        out,
+        data(7, 2),
+        "the write after the checkpoint survived the crash"
+    );
 }
 
 #[test]
@@ -208,7 +215,10 @@ fn a_truncated_device_reopened_without_a_size_is_refused_and_can_be_replaced() {
         .expect_err("too small");
     let msg = err.to_string();
     assert!(matches!(err, MirrorError::TooSmallForArray { .. }), "{msg}");
-    assert!(msg.contains("truncated") && msg.contains("allow_missing"), "{msg}");
+    assert!(
+        msg.contains("truncated") && msg.contains("allow_missing"),
+        "{msg}"
+    );
     // Without it: refused unless degraded assembly is allowed.
     let err = quiet().assemble(s.reopen(&["a"])).expect_err("missing");
     assert!(matches!(err, MirrorError::TooFewDevices { .. }), "{err}");
@@ -217,7 +227,11 @@ fn a_truncated_device_reopened_without_a_size_is_refused_and_can_be_replaced() {
         .assemble(s.reopen(&["a"]))
         .expect("degraded");
     assert_eq!(report.missing, vec![1]);
-    assert_eq!(m.capacity(), BLOCKS, "the capacity comes from the superblock");
+    assert_eq!(
+        m.capacity(),
+        BLOCKS,
+        "the capacity comes from the superblock"
+    );
     check(&mut m, &model);
     let r = m.replace(1, s.open("c", Some(BLOCKS))).expect("replace");
     assert_eq!(r.device, 1);
@@ -262,7 +276,10 @@ fn the_same_device_twice_is_refused_by_inode_and_by_uuid() {
     let msg = err.to_string();
     assert!(msg.contains("device UUID"), "{msg}");
     let (mut m, _) = quiet().assemble(s.reopen(&["b", "a"])).expect("assemble");
-    assert_eq!(m.device_name(0).expect("name"), s.path("a").display().to_string());
+    assert_eq!(
+        m.device_name(0).expect("name"),
+        s.path("a").display().to_string()
+    );
     check(&mut m, &model);
 }
 
@@ -280,11 +297,17 @@ fn devices_of_different_sizes_need_an_explicit_capacity() {
     let err = m.write(BLOCKS, b"x").expect_err("beyond");
     assert!(matches!(err, MirrorError::OutOfRange { .. }));
     let devs = s.reopen(&["a", "b"]);
-    let err = quiet().capacity(BLOCKS * 4).create(devs).expect_err("too big");
+    let err = quiet()
+        .capacity(BLOCKS * 4)
+        .create(devs)
+        .expect_err("too big");
     assert!(matches!(err, MirrorError::AlreadyMember { .. }), "{err}");
     drop(m);
     let devs = vec![s.open("c", Some(BLOCKS)), s.open("d", Some(BLOCKS))];
-    let err = quiet().capacity(BLOCKS * 4).create(devs).expect_err("too big");
+    let err = quiet()
+        .capacity(BLOCKS * 4)
+        .create(devs)
+        .expect_err("too big");
     assert!(matches!(err, MirrorError::TooSmall { .. }), "{err}");
 }
 
@@ -324,9 +347,7 @@ fn foreign_missing_replaced_and_split_brain_devices_are_refused() {
         .assemble(s.reopen(&["a", "b"]))
         .expect_err("split brain");
     assert!(matches!(err, MirrorError::SplitBrain { .. }), "{err}");
-    let err = quiet()
-        .assemble(s.reopen(&["a"]))
-        .expect_err("missing");
+    let err = quiet().assemble(s.reopen(&["a"])).expect_err("missing");
     assert!(matches!(err, MirrorError::TooFewDevices { .. }), "{err}");
 }
 
@@ -365,7 +386,10 @@ fn a_stale_member_is_named_and_resynced_never_trusted() {
         .min_events(events + 2)
         .assemble(s.reopen(&["a", "b"]))
         .expect_err("older");
-    assert!(matches!(err, MirrorError::OlderThanExpected { .. }), "{err}");
+    assert!(
+        matches!(err, MirrorError::OlderThanExpected { .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -391,16 +415,30 @@ fn a_clean_bitmap_means_assembly_reads_no_data_and_a_crash_only_dirty_regions() 
     assert!(m.dirty_regions() <= 2, "{} dirty", m.dirty_regions());
     let dirty = m.dirty_regions() as u64;
     drop(m.into_devices());
-    let (mut m, report) = builder.clone().assemble(s.reopen(&["a", "b"])).expect("assemble");
+    let (mut m, report) = builder
+        .clone()
+        .assemble(s.reopen(&["a", "b"]))
+        .expect("assemble");
     assert_eq!(report.regions_total, 8);
     assert_eq!(report.regions_scanned, dirty);
     assert_eq!(report.blocks_scanned, dirty * 8);
     check(&mut m, &model);
     assert_eq!(m.dirty_regions(), 0, "assembly cleans what it compared");
     drop(m.close().expect("close"));
-    let (_, report) = builder.assemble(s.reopen(&["a", "b"])).expect("assemble");
+    let (m, report) = builder
+        .clone()
+        .write_intent_bitmap(false)
+        .assemble(s.reopen(&["a", "b"]))
+        .expect("assemble");
     assert_eq!(report.regions_scanned, 0);
     assert!(report.was_clean);
+    // Without a bitmap every region stays dirty until close: a crash means
+    // comparing everything.
+    assert_eq!(m.dirty_regions(), 8);
+    drop(m.into_devices());
+    let (m, report) = builder.assemble(s.reopen(&["a", "b"])).expect("assemble");
+    assert_eq!(report.regions_scanned, 8);
+    assert_eq!(m.dirty_regions(), 0);
 }
 
 /// A superblock update torn after every byte of the first 16 (checksum,

@@ -281,7 +281,7 @@ impl MirrorBuilder {
         let mut m = Mirror::skeleton(members, layout, array, &self.opts);
         m.events = 1;
         if !m.bitmap {
-            m.dirty.fill(true);
+            m.reset_dirty(std::vec![true; layout.regions() as usize]);
         }
         for d in 0..m.members.len() {
             m.write_all_metadata(d)
@@ -469,7 +469,7 @@ impl MirrorBuilder {
         m.next_seq = m.next_seq.max(report.max_seq + 1);
         // Dirty regions stay dirty (in memory and on disk) until the pass
         // below has recorded their table.
-        m.dirty = dirty;
+        m.reset_dirty(dirty);
         for &d in &stale {
             if m.members[d].state == MemberState::InSync {
                 if let Err(e) = m.write_all_metadata(d) {
@@ -478,12 +478,14 @@ impl MirrorBuilder {
             }
         }
         m.commit_sb(false)?;
+        // Record what was compared and clear the bits (without a bitmap,
+        // set them all again: every region stays dirty until close).
+        m.pass(true);
         if !m.bitmap {
             let all: Vec<u64> = (0..layout.bitmap_blocks).collect();
-            m.dirty.fill(true);
+            m.reset_dirty(std::vec![true; layout.regions() as usize]);
             m.write_bitmap_blocks(&all, None)?;
         }
-        m.pass(true);
         m.tree.refresh();
         report.events = m.events;
         Ok((m, report))

@@ -68,8 +68,11 @@ impl Mirror {
         let mut fresh = false;
         for lba in lbas {
             let r = (lba >> self.region_shift) as usize;
-            self.touched[r] = self.epoch;
-            fresh |= !self.dirty[r];
+            if self.touched[r] != self.epoch {
+                self.touched[r] = self.epoch;
+                self.recent.push(r as u32);
+                fresh |= !self.dirty[r];
+            }
         }
         if fresh {
             self.set_fresh_bits()?;
@@ -83,20 +86,29 @@ impl Mirror {
     fn set_fresh_bits(&mut self) -> Result<(), MirrorError> {
         let bpb = Layout::bits_per_block(self.block_size);
         let mut blocks: Vec<u64> = Vec::new();
-        for r in 0..self.dirty.len() {
-            if !self.dirty[r] && self.touched[r] == self.epoch {
+        for i in 0..self.recent.len() {
+            let r = self.recent[i] as usize;
+            if !self.dirty[r] {
                 self.dirty[r] = true;
-                let b = r as u64 / bpb;
-                if blocks.last() != Some(&b) {
-                    blocks.push(b);
-                }
+                self.dirty_list.push(r as u32);
+                blocks.push(r as u64 / bpb);
             }
         }
+        blocks.sort_unstable();
+        blocks.dedup();
         self.write_bitmap_blocks(&blocks, None)?;
         if self.in_sync().is_empty() {
             return Err(self.no_healthy());
         }
         Ok(())
+    }
+
+    /// Replaces the write-intent bits (in memory only).
+    pub(crate) fn reset_dirty(&mut self, dirty: Vec<bool>) {
+        self.dirty_list = (0..dirty.len() as u32)
+            .filter(|&r| dirty[r as usize])
+            .collect();
+        self.dirty = dirty;
     }
 
     /// Makes sure `n` more sequence numbers lie below the persisted limit.
@@ -120,15 +132,23 @@ impl Mirror {
 
     /// Records in the table every block written since the previous pass and
     /// clears the bits of regions idle since then (`all`: every dirty region,
-    /// as at close). Failures take devices out; never an error.
+    /// as at close). Failures take devices out; never an error. Costs
+    /// O(dirty regions + regions written since the last pass).
     pub(crate) fn pass(&mut self, all: bool) {
         self.batches_since_pass = 0;
         let epoch = self.epoch;
         // Table blocks of the regions written since the previous pass (or
         // of every dirty region).
-        let refresh: Vec<usize> = (0..self.dirty.len())
-            .filter(|&r| self.dirty[r] && (all || self.touched[r] == epoch))
-            .collect();
+        let refresh: Vec<u32> = if all {
+            self.dirty_list.clone()
+        } else {
+            self.recent
+                .iter()
+                .copied()
+                .filter(|&r| self.dirty[r as usize])
+                .collect()
+        };
+        self.recent.clear();
         self.epoch = self.epoch.wrapping_add(1).max(1);
         if !refresh.is_empty() {
             let epb = Layout::entries_per_block(self.block_size);
@@ -137,12 +157,10 @@ impl Mirror {
             for &r in &refresh {
                 let first = r as u64 * rb / epb;
                 let last = ((r as u64 + 1) * rb).min(self.capacity).div_ceil(epb);
-                for t in first..last {
-                    if tables.last().is_none_or(|&x| x < t) {
-                        tables.push(t);
-                    }
-                }
+                tables.extend(first..last);
             }
+            tables.sort_unstable();
+            tables.dedup();
             if self.write_table_blocks(&tables, None).is_err() {
                 return;
             }
@@ -155,15 +173,19 @@ impl Mirror {
         }
         let bpb = Layout::bits_per_block(self.block_size);
         let mut blocks: Vec<u64> = Vec::new();
-        for r in 0..self.dirty.len() {
-            if self.dirty[r] && (all || self.touched[r] != epoch) {
-                self.dirty[r] = false;
-                let b = r as u64 / bpb;
-                if blocks.last() != Some(&b) {
-                    blocks.push(b);
-                }
+        let mut keep: Vec<u32> = Vec::new();
+        for i in 0..self.dirty_list.len() {
+            let r = self.dirty_list[i];
+            if all || self.touched[r as usize] != epoch {
+                self.dirty[r as usize] = false;
+                blocks.push(r as u64 / bpb);
+            } else {
+                keep.push(r);
             }
         }
+        self.dirty_list = keep;
+        blocks.sort_unstable();
+        blocks.dedup();
         let _ = self.write_bitmap_blocks(&blocks, None);
     }
 

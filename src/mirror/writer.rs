@@ -279,8 +279,12 @@ pub struct Mirror {
     /// Write-intent bits as they are on the in-sync devices: set (on disk
     /// first) before a region is written, cleared lazily by `clean_pass`.
     pub(crate) dirty: Vec<bool>,
+    /// The regions whose bit is set in `dirty` (no repeats).
+    pub(crate) dirty_list: Vec<u32>,
     /// Clean-pass epoch in which each region was last written.
     pub(crate) touched: Vec<u32>,
+    /// The regions stamped in the current epoch (no repeats).
+    pub(crate) recent: Vec<u32>,
     /// The current clean-pass epoch.
     pub(crate) epoch: u32,
     /// `log2(region_blocks)`.
@@ -358,7 +362,9 @@ impl Mirror {
             events: 0,
             seq_limit: 1,
             dirty: std::vec![false; regions],
+            dirty_list: Vec::new(),
             touched: std::vec![0; regions],
+            recent: Vec::new(),
             epoch: 1,
             region_shift: layout.region_blocks.trailing_zeros(),
             batches_since_pass: 0,
@@ -537,7 +543,7 @@ impl Mirror {
     /// Regions whose write-intent bit is set now (what a crash at this
     /// moment would make the next assembly compare).
     pub fn dirty_regions(&self) -> usize {
-        self.dirty.iter().filter(|&&d| d).count()
+        self.dirty_list.len()
     }
 
     /// Takes a device out of the mirror by hand (for example before
