@@ -456,7 +456,7 @@ impl MirrorBuilder {
         m.next_seq = reference.seq_limit.max(1);
         let mut dirty = load_bitmap(&mut m, &fresh);
         let bound = load_table(&mut m, &fresh, &mut dirty);
-        if self.opts.full_scan || !m.bitmap {
+        if self.opts.full_scan {
             dirty.fill(true);
         }
         for (lba, meta) in bound.iter().enumerate() {
