@@ -266,7 +266,7 @@ impl MirrorBuilder {
         let array = Uuid::new_v4();
         let mut members = Vec::with_capacity(devices.len());
         for mut dev in devices {
-            zero_blocks(&mut *dev, 0, layout.device_blocks()).map_err(|source| {
+            dev.zero_blocks(0, layout.device_blocks()).map_err(|source| {
                 MirrorError::Create {
                     name: dev.name().to_string(),
                     source,
@@ -590,23 +590,6 @@ fn describe(p: &SbProblem) -> String {
         SbProblem::Damaged(w) => w.clone(),
         SbProblem::Version(v) => std::format!("format version {v}"),
     }
-}
-
-/// Writes zeros over `count` blocks from `lba`.
-fn zero_blocks(dev: &mut dyn BlockDevice, lba: u64, count: u64) -> io::Result<()> {
-    let bs = dev.block_size();
-    let zeros = AlignedBuf::zeroed(SCAN_CHUNK as usize * bs);
-    let mut at = lba;
-    while at < lba + count {
-        let n = SCAN_CHUNK.min(lba + count - at);
-        let w = [BlockWrite {
-            lba: at,
-            data: &zeros[..n as usize * bs],
-        }];
-        dev.write_blocks(&w, &mut PhaseClock::disabled())?;
-        at += n;
-    }
-    Ok(())
 }
 
 /// The union of the bitmaps of the up-to-date members (an unreadable or

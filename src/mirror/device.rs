@@ -87,6 +87,34 @@ pub trait BlockDevice: Send {
     fn identity(&self) -> Option<(u64, u64)> {
         None
     }
+    /// Makes `count` blocks from `lba` read as zeros (creating a mirror
+    /// does this to the whole device). The default writes zeros, 1 MiB at a
+    /// time; [`FileDevice`] asks the file system to zero the range instead.
+    fn zero_blocks(&mut self, lba: u64, count: u64) -> io::Result<()> {
+        write_zeros(self, lba, count)
+    }
+}
+
+/// Writes zeros over `count` blocks from `lba`, 256 blocks per call.
+pub(crate) fn write_zeros<D: BlockDevice + ?Sized>(
+    dev: &mut D,
+    lba: u64,
+    count: u64,
+) -> io::Result<()> {
+    const CHUNK: u64 = 256;
+    let bs = dev.block_size();
+    let zeros = super::block::AlignedBuf::zeroed(CHUNK.min(count.max(1)) as usize * bs);
+    let mut at = lba;
+    while at < lba + count {
+        let n = CHUNK.min(lba + count - at);
+        let w = [BlockWrite {
+            lba: at,
+            data: &zeros[..n as usize * bs],
+        }];
+        dev.write_blocks(&w, &mut PhaseClock::disabled())?;
+        at += n;
+    }
+    Ok(())
 }
 
 impl<D: BlockDevice + ?Sized> BlockDevice for Box<D> {
@@ -114,6 +142,9 @@ impl<D: BlockDevice + ?Sized> BlockDevice for Box<D> {
     }
     fn identity(&self) -> Option<(u64, u64)> {
         (**self).identity()
+    }
+    fn zero_blocks(&mut self, lba: u64, count: u64) -> io::Result<()> {
+        (**self).zero_blocks(lba, count)
     }
 }
 
@@ -495,5 +526,26 @@ impl BlockDevice for FileDevice {
 
     fn identity(&self) -> Option<(u64, u64)> {
         self.identity
+    }
+
+    fn zero_blocks(&mut self, lba: u64, count: u64) -> io::Result<()> {
+        self.check_range(lba, (count as usize).saturating_mul(self.block_size))?;
+        if self.identity.is_some_and(|(dev, _)| dev != 0) {
+            let bs = self.block_size as u64;
+            // SAFETY: fallocate on an owned, open descriptor; no memory is passed.
+            let rc = unsafe {
+                libc::fallocate(
+                    self.file.as_raw_fd(),
+                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                    (lba * bs) as libc::off_t,
+                    (count * bs) as libc::off_t,
+                )
+            };
+            if rc == 0 {
+                return Ok(());
+            }
+        }
+        // Block devices, and file systems without FALLOC_FL_ZERO_RANGE.
+        write_zeros(self, lba, count)
     }
 }

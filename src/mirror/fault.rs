@@ -354,6 +354,10 @@ impl<D: BlockDevice> BlockDevice for FaultyDevice<D> {
     fn identity(&self) -> Option<(u64, u64)> {
         self.inner.identity()
     }
+
+    fn zero_blocks(&mut self, lba: u64, count: u64) -> io::Result<()> {
+        self.inner.zero_blocks(lba, count)
+    }
 }
 
 /// True if `w` writes block `lba`.
