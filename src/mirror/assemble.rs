@@ -266,12 +266,11 @@ impl MirrorBuilder {
         let array = Uuid::new_v4();
         let mut members = Vec::with_capacity(devices.len());
         for mut dev in devices {
-            dev.zero_blocks(0, layout.device_blocks()).map_err(|source| {
-                MirrorError::Create {
+            dev.zero_blocks(0, layout.device_blocks())
+                .map_err(|source| MirrorError::Create {
                     name: dev.name().to_string(),
                     source,
-                }
-            })?;
+                })?;
             members.push(Member {
                 dev,
                 state: MemberState::InSync,
@@ -296,7 +295,7 @@ impl MirrorBuilder {
 
     /// Assembles an existing mirror from its devices (in any order; they
     /// are put back in role order), checking every superblock, resyncing
-    /// stale members and the dirty regions; see the [module docs](self).
+    /// stale members and the dirty regions (see the [module docs](super)).
     ///
     /// # Errors
     ///

@@ -194,7 +194,7 @@ pub fn payload(block: &[u8], state: BlockState) -> &[u8] {
     }
 }
 
-/// A zeroed heap buffer aligned to [`IO_ALIGN`], usable for `O_DIRECT`.
+/// A zeroed heap buffer aligned to 4 KiB, usable for `O_DIRECT`.
 pub struct AlignedBuf {
     /// Start of the allocation (dangling when `cap == 0`).
     ptr: NonNull<u8>,

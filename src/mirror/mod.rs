@@ -47,7 +47,7 @@
 //!   (`UringDevice`, cargo feature `io-uring`: one `io_uring_enter` per
 //!   batch). `FaultyDevice` (cargo feature `fault-injection`) wraps any
 //!   device to inject failures.
-//! * **Blocks** ([`block`]): a 32-byte header — crc32c, magic, address,
+//! * **Blocks** (`block.rs`): a 32-byte header — crc32c, magic, address,
 //!   sequence number, length — then the payload (`block_size - 32` bytes).
 //! * **Writes** ([`Mirror::write_batch`]): stage the batch into one aligned
 //!   buffer with fresh sequence numbers (bookkeeping), checksum each block,
@@ -58,7 +58,7 @@
 //!   the other still holds a complete old or new version.
 //! * **Expected state**: the mirror remembers the `(sequence, crc)` of the
 //!   last acknowledged write of every block (16 bytes per block) and a
-//!   [`MerkleTree`] over them. A read checks the copy's checksum, address
+//!   Merkle tree over them. A read checks the copy's checksum, address
 //!   and that its sequence/crc match — so a stale copy (a write the device
 //!   claimed but lost) is caught too — then returns the payload; a bad copy
 //!   is rewritten from a good one ([`ReadOutcome::Repaired`]).
