@@ -10,8 +10,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use noderep::mirror::{
-    BlockDevice, DeviceConfig, FaultyDevice, FileDevice, Health, Mirror, MirrorBuilder,
-    MirrorError, WarningSink,
+    BlockDevice, DeviceConfig, FaultControl, FaultyDevice, FileDevice, Health, Mirror,
+    MirrorBuilder, MirrorError, WarningSink,
 };
 
 const BS: usize = 4096;
@@ -89,6 +89,16 @@ fn read_block(path: &Path, phys: u64) -> Vec<u8> {
 fn write_block(path: &Path, phys: u64, bytes: &[u8]) {
     let f = OpenOptions::new().write(true).open(path).expect("open");
     f.write_all_at(bytes, phys * BS as u64).expect("write");
+}
+
+/// Wraps every device in a [`FaultyDevice`].
+fn faulty(devs: Vec<Box<dyn BlockDevice>>) -> (Vec<Box<dyn BlockDevice>>, Vec<FaultControl>) {
+    devs.into_iter()
+        .map(|d| {
+            let (f, c) = FaultyDevice::new(d);
+            (Box::new(f) as Box<dyn BlockDevice>, c)
+        })
+        .unzip()
 }
 
 /// Every block in `model` reads back exactly; every other block is empty.
@@ -474,14 +484,7 @@ fn a_superblock_update_torn_at_every_point_never_loses_the_array() {
                 model.insert(40, data(40, 3));
                 let at = |events: u64| events & 1; // the copy the next update writes
                 let (devs, ctls): (Vec<Box<dyn BlockDevice>>, Vec<_>) = if during_close {
-                    let devs = m.into_devices();
-                    let mut out = Vec::new();
-                    let mut ctls = Vec::new();
-                    for d in devs {
-                        let (f, c) = FaultyDevice::new(d);
-                        out.push(Box::new(f) as Box<dyn BlockDevice>);
-                        ctls.push(c);
-                    }
+                    let (out, ctls) = faulty(m.into_devices());
                     // Reassemble through the faulty devices, then close: torn.
                     let (m2, _) = quiet().assemble(out).expect("assemble");
                     let target = at(m2.events() + 1);
@@ -490,14 +493,7 @@ fn a_superblock_update_torn_at_every_point_never_loses_the_array() {
                     (s.reopen(&names), ctls)
                 } else {
                     let target = at(m.events() + 1);
-                    let devs = m.into_devices();
-                    let mut out = Vec::new();
-                    let mut ctls = Vec::new();
-                    for d in devs {
-                        let (f, c) = FaultyDevice::new(d);
-                        out.push(Box::new(f) as Box<dyn BlockDevice>);
-                        ctls.push(c);
-                    }
+                    let (out, ctls) = faulty(m.into_devices());
                     ctls[dev].tear_write_of(target, keep);
                     // The assembly's superblock update tears; the other
                     // device takes it, or assembly reports no device left.
