@@ -15,8 +15,8 @@
 //!   update) a million numbers at a time, so after a crash numbering resumes
 //!   above anything ever used without scanning the devices.
 //! * **Every `clean_interval` batches** (`pass`), and on `checkpoint`: the
-//!   table blocks of the regions written since the previous pass are
-//!   rewritten from the expected state; then regions that were dirty but
+//!   table blocks holding the blocks acknowledged since the previous pass
+//!   are rewritten from the expected state; then regions that were dirty but
 //!   not written since the previous pass (their table is current) get their
 //!   bits cleared. Bits are cleared only while every member is in sync, so a
 //!   member that drops out can later be brought back by resyncing the dirty
@@ -35,9 +35,11 @@
 //! still finds its region dirty and compares the copies, and catches any
 //! copy older than what the table recorded at the previous pass; an
 //! identical rollback of every copy to a version written within the window
-//! is not detectable. Passes cost one multi-block write per device of the
-//! table blocks written since the last pass (about 1 block per 253 blocks
-//! written) and, when regions go idle, one bitmap block write.
+//! is not detectable. A pass costs a write per device of the table blocks
+//! holding the blocks acknowledged since the last pass (253 entries per
+//! 4 KiB table block: one block for a sequential run of up to 253 writes)
+//! and, when regions go idle, one bitmap block write; the write path itself
+//! only remembers each acknowledged address (one push).
 
 use std::io;
 use std::string::{String, ToString};
@@ -125,7 +127,8 @@ impl Mirror {
     #[inline]
     pub(crate) fn after_batch(&mut self) {
         self.batches_since_pass += 1;
-        if self.batches_since_pass >= self.clean_interval {
+        // (The address list is bounded too, whatever the interval.)
+        if self.batches_since_pass >= self.clean_interval || self.written.len() >= 1 << 16 {
             self.pass(false);
         }
     }
@@ -137,28 +140,22 @@ impl Mirror {
     pub(crate) fn pass(&mut self, all: bool) {
         self.batches_since_pass = 0;
         let epoch = self.epoch;
-        // Table blocks of the regions written since the previous pass (or
-        // of every dirty region).
-        let refresh: Vec<u32> = if all {
-            self.dirty_list.clone()
-        } else {
-            self.recent
-                .iter()
-                .copied()
-                .filter(|&r| self.dirty[r as usize])
-                .collect()
-        };
-        self.recent.clear();
-        self.epoch = self.epoch.wrapping_add(1).max(1);
-        if !refresh.is_empty() {
-            let epb = Layout::entries_per_block(self.block_size);
+        // Table blocks of the blocks acknowledged since the previous pass
+        // (and, for `all`, of every dirty region).
+        let epb = Layout::entries_per_block(self.block_size);
+        let mut tables: Vec<u64> = self.written.iter().map(|&lba| lba / epb).collect();
+        self.written.clear();
+        if all {
             let rb = self.layout.region_blocks;
-            let mut tables: Vec<u64> = Vec::new();
-            for &r in &refresh {
+            for &r in &self.dirty_list {
                 let first = r as u64 * rb / epb;
                 let last = ((r as u64 + 1) * rb).min(self.capacity).div_ceil(epb);
                 tables.extend(first..last);
             }
+        }
+        self.recent.clear();
+        self.epoch = self.epoch.wrapping_add(1).max(1);
+        if !tables.is_empty() {
             tables.sort_unstable();
             tables.dedup();
             if self.write_table_blocks(&tables, None).is_err() {

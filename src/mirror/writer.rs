@@ -285,6 +285,8 @@ pub struct Mirror {
     pub(crate) touched: Vec<u32>,
     /// The regions stamped in the current epoch (no repeats).
     pub(crate) recent: Vec<u32>,
+    /// Blocks acknowledged since the last pass (their table entries are due).
+    pub(crate) written: Vec<u64>,
     /// The current clean-pass epoch.
     pub(crate) epoch: u32,
     /// `log2(region_blocks)`.
@@ -365,6 +367,7 @@ impl Mirror {
             dirty_list: Vec::new(),
             touched: std::vec![0; regions],
             recent: Vec::new(),
+            written: Vec::new(),
             epoch: 1,
             region_shift: layout.region_blocks.trailing_zeros(),
             batches_since_pass: 0,
@@ -822,6 +825,7 @@ impl Mirror {
                 crc: self.crcs[i],
             };
             self.set_meta(lba, meta);
+            self.written.push(lba);
         }
         let missing = self.members.len() - copies;
         let ack = WriteAck {
