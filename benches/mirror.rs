@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use noderep::mirror::{crc32c, BlockDevice, DeviceConfig, FileDevice, Mirror, WarningSink};
+use noderep::mirror::{crc32c, BlockDevice, FileDevice, Mirror, WarningSink};
 
 fn checksum(c: &mut Criterion) {
     let mut g = c.benchmark_group("checksum_crc32c");
@@ -31,15 +31,12 @@ impl Drop for Dir {
 
 fn mirror(dir: &Dir, copies: usize) -> Mirror {
     let builder = Mirror::builder().warnings(WarningSink::Silent);
-    let cfg = DeviceConfig {
-        blocks: Some(builder.device_blocks(4096, 4096).expect("size")),
-        ..DeviceConfig::default()
-    };
+    let cfg = FileDevice::builder().blocks(builder.device_blocks(4096, 4096).expect("size"));
     let devs: Vec<Box<dyn BlockDevice>> = (0..2)
         .map(|i| {
             // Each mirror gets its own files (create refuses a member of another).
             let p = dir.0.join(format!("c{copies}-d{i}"));
-            Box::new(FileDevice::open(p, &cfg).expect("open")) as Box<dyn BlockDevice>
+            Box::new(cfg.open(p).expect("open")) as Box<dyn BlockDevice>
         })
         .collect();
     let mut m = builder.create(devs).expect("create");

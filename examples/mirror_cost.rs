@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use noderep::cost::{fit_amortised, AmortisedFit, CostMeter, Phase, PhaseTimes};
-use noderep::mirror::{BlockDevice, DeviceConfig, Durability, FileDevice, Mirror, WarningSink};
+use noderep::mirror::{BlockDevice, Durability, FileDevice, Mirror, WarningSink};
 
 const BATCHES: [usize; 4] = [1, 4, 16, 64];
 const DEVICE_BLOCKS: u64 = 4096;
@@ -154,26 +154,20 @@ fn open_mirror(dir: &Path, args: &Args, mode: Mode, accounting: bool) -> Mirror 
         .warnings(WarningSink::Silent)
         .account_phases(accounting)
         .write_intent_bitmap(args.bitmap);
-    let cfg = DeviceConfig {
-        blocks: Some(
+    let cfg = FileDevice::builder()
+        .blocks(
             builder
                 .device_blocks(DEVICE_BLOCKS, 4096)
                 .unwrap_or_else(|e| fail(e)),
-        ),
-        durability: args.durability,
-        ..DeviceConfig::default()
-    };
+        )
+        .durability(args.durability);
     let devs: Vec<Box<dyn BlockDevice>> = (0..2)
         .map(|i| -> Box<dyn BlockDevice> {
             let p = dir.join(format!("dev{i}"));
             match args.backend {
-                Backend::Pwritev => {
-                    Box::new(FileDevice::open(&p, &cfg).unwrap_or_else(|e| fail(e)))
-                }
+                Backend::Pwritev => Box::new(cfg.open(&p).unwrap_or_else(|e| fail(e))),
                 #[cfg(feature = "io-uring")]
-                Backend::Uring => Box::new(
-                    noderep::mirror::UringDevice::open(&p, &cfg, 256).unwrap_or_else(|e| fail(e)),
-                ),
+                Backend::Uring => Box::new(cfg.open_uring(&p, 256).unwrap_or_else(|e| fail(e))),
             }
         })
         .collect();
@@ -594,15 +588,12 @@ fn open_devices(paths: &[PathBuf], durability: Durability) -> Vec<Box<dyn BlockD
     paths
         .iter()
         .map(|p| {
-            let cfg = DeviceConfig {
-                durability,
-                ..DeviceConfig::default()
-            };
-            let d: Box<dyn BlockDevice> = match FileDevice::open(p, &cfg) {
+            let cfg = FileDevice::builder().durability(durability);
+            let d: Box<dyn BlockDevice> = match cfg.open(p) {
                 Ok(d) => Box::new(d),
-                Err(noderep::mirror::MirrorError::DirectUnsupported { .. }) => Box::new(
-                    FileDevice::open(p, &DeviceConfig::default()).unwrap_or_else(|e| fail(e)),
-                ),
+                Err(noderep::mirror::MirrorError::DirectUnsupported { .. }) => {
+                    Box::new(FileDevice::builder().open(p).unwrap_or_else(|e| fail(e)))
+                }
                 Err(e) => fail(e),
             };
             d
@@ -639,15 +630,10 @@ fn resync_report(args: &Args, dir: &Path) -> String {
     for p in &paths {
         wipe_superblocks(p);
     }
-    let cfg = DeviceConfig {
-        blocks: Some(size),
-        ..DeviceConfig::default()
-    };
+    let cfg = FileDevice::builder().blocks(size);
     let devs: Vec<Box<dyn BlockDevice>> = paths
         .iter()
-        .map(|p| {
-            Box::new(FileDevice::open(p, &cfg).unwrap_or_else(|e| fail(e))) as Box<dyn BlockDevice>
-        })
+        .map(|p| Box::new(cfg.open(p).unwrap_or_else(|e| fail(e))) as Box<dyn BlockDevice>)
         .collect();
     let m = builder.create(devs).unwrap_or_else(|e| fail(e));
     let regions = capacity.div_ceil(m.region_blocks());

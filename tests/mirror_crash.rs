@@ -21,8 +21,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use noderep::mirror::{
-    BlockDevice, DeviceConfig, FaultyDevice, FileDevice, Mirror, MirrorBuilder, ScrubMode,
-    WarningSink,
+    BlockDevice, FaultyDevice, FileDevice, Mirror, MirrorBuilder, ScrubMode, WarningSink,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -60,8 +59,7 @@ fn open(dir: &Path) -> Vec<Box<dyn BlockDevice>> {
     NAMES
         .iter()
         .map(|n| {
-            Box::new(FileDevice::open(dir.join(n), &DeviceConfig::default()).expect("open"))
-                as Box<dyn BlockDevice>
+            Box::new(FileDevice::builder().open(dir.join(n)).expect("open")) as Box<dyn BlockDevice>
         })
         .collect()
 }
@@ -243,15 +241,10 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     let size = builder().device_blocks(CAPACITY, BS).expect("size");
-    let cfg = DeviceConfig {
-        blocks: Some(size),
-        ..DeviceConfig::default()
-    };
+    let cfg = FileDevice::builder().blocks(size);
     let devs: Vec<Box<dyn BlockDevice>> = NAMES
         .iter()
-        .map(|n| {
-            Box::new(FileDevice::open(dir.join(n), &cfg).expect("open")) as Box<dyn BlockDevice>
-        })
+        .map(|n| Box::new(cfg.open(dir.join(n)).expect("open")) as Box<dyn BlockDevice>)
         .collect();
     let m = builder().create(devs).expect("create");
     let data_start = m.data_start();

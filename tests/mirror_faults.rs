@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use noderep::mirror::{
-    BlockDevice, DeviceConfig, FaultControl, FaultyDevice, FileDevice, Health, MemberState, Mirror,
+    BlockDevice, FaultControl, FaultyDevice, FileDevice, Health, MemberState, Mirror,
     MirrorBuilder, MirrorError, MirrorEvent, ReadOutcome, Redundancy, ScrubAction, ScrubMode,
     WarningSink,
 };
@@ -56,14 +56,7 @@ impl Rig {
         let size = quiet().device_blocks(blocks, BS).expect("size");
         for i in 0..n {
             let p = s.0.join(format!("dev{i}"));
-            let f = FileDevice::open(
-                &p,
-                &DeviceConfig {
-                    blocks: Some(size),
-                    ..DeviceConfig::default()
-                },
-            )
-            .expect("open");
+            let f = FileDevice::builder().blocks(size).open(&p).expect("open");
             let (d, c) = FaultyDevice::new(f);
             devs.push(Box::new(d));
             paths.push(p);

@@ -10,8 +10,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use noderep::mirror::{
-    BlockDevice, DeviceConfig, FaultControl, FaultyDevice, FileDevice, Health, Mirror,
-    MirrorBuilder, MirrorError, WarningSink,
+    BlockDevice, FaultControl, FaultyDevice, FileDevice, Health, Mirror, MirrorBuilder,
+    MirrorError, WarningSink,
 };
 
 const BS: usize = 4096;
@@ -37,11 +37,11 @@ impl Scratch {
 
     /// Opens `name`, sized for `blocks` data blocks (None: its current size).
     fn open(&self, name: &str, blocks: Option<u64>) -> Box<dyn BlockDevice> {
-        let cfg = DeviceConfig {
-            blocks: blocks.map(|b| quiet().device_blocks(b, BS).expect("size")),
-            ..DeviceConfig::default()
-        };
-        Box::new(FileDevice::open(self.path(name), &cfg).expect("open"))
+        let mut cfg = FileDevice::builder();
+        if let Some(b) = blocks {
+            cfg = cfg.blocks(quiet().device_blocks(b, BS).expect("size"));
+        }
+        Box::new(cfg.open(self.path(name)).expect("open"))
     }
 
     /// Reopens existing devices at their current size.
@@ -407,13 +407,10 @@ fn a_clean_bitmap_means_assembly_reads_no_data_and_a_crash_only_dirty_regions() 
     let s = Scratch::new("bitmap");
     let builder = quiet().region_blocks(8).clean_interval(4);
     let size = builder.device_blocks(BLOCKS, BS).expect("size");
-    let cfg = DeviceConfig {
-        blocks: Some(size),
-        ..DeviceConfig::default()
-    };
+    let cfg = FileDevice::builder().blocks(size);
     let devs: Vec<Box<dyn BlockDevice>> = ["a", "b"]
         .iter()
-        .map(|n| Box::new(FileDevice::open(s.path(n), &cfg).expect("open")) as Box<dyn BlockDevice>)
+        .map(|n| Box::new(cfg.open(s.path(n)).expect("open")) as Box<dyn BlockDevice>)
         .collect();
     let mut m = builder.clone().create(devs).expect("create");
     let mut model = HashMap::new();

@@ -70,16 +70,16 @@ pub(crate) struct Options {
 /// # Examples
 ///
 /// ```
-/// use noderep::mirror::{BlockDevice, DeviceConfig, FileDevice, Mirror, WarningSink};
+/// use noderep::mirror::{BlockDevice, FileDevice, Mirror, WarningSink};
 /// # fn main() -> Result<(), noderep::mirror::MirrorError> {
 /// # let dir = std::env::temp_dir().join(format!("noderep-mirror-builder-{}", std::process::id()));
 /// # std::fs::create_dir_all(&dir).expect("temp dir");
 /// let builder = Mirror::builder().region_blocks(64).warnings(WarningSink::Silent);
 /// // Devices sized for exactly 1000 data blocks plus the metadata.
-/// let cfg = DeviceConfig { blocks: Some(builder.device_blocks(1000, 4096)?), ..DeviceConfig::default() };
+/// let cfg = FileDevice::builder().blocks(builder.device_blocks(1000, 4096)?);
 /// let devs: Vec<Box<dyn BlockDevice>> = vec![
-///     Box::new(FileDevice::open(dir.join("a"), &cfg)?),
-///     Box::new(FileDevice::open(dir.join("b"), &cfg)?),
+///     Box::new(cfg.open(dir.join("a"))?),
+///     Box::new(cfg.open(dir.join("b"))?),
 /// ];
 /// let mirror = builder.clone().create(devs)?;
 /// assert_eq!(mirror.capacity(), 1000);
@@ -187,7 +187,7 @@ impl MirrorBuilder {
 
     /// Blocks each device needs for a mirror of `capacity` data blocks of
     /// `block_size` bytes with this builder's region size (metadata
-    /// included): the size to give [`super::DeviceConfig::blocks`].
+    /// included): the size to give [`super::DeviceBuilder::blocks`].
     ///
     /// # Errors
     ///

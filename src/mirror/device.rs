@@ -148,26 +148,95 @@ impl<D: BlockDevice + ?Sized> BlockDevice for Box<D> {
     }
 }
 
-/// How to open a [`FileDevice`].
+/// Opens a [`FileDevice`] (or, with the `io-uring` feature, a
+/// `UringDevice`): block size, number of blocks, durability.
+///
+/// # Examples
+///
+/// ```
+/// use noderep::mirror::{BlockDevice, Durability, FileDevice};
+/// # fn main() -> Result<(), noderep::mirror::MirrorError> {
+/// # let path = std::env::temp_dir().join(format!("noderep-device-doc-{}", std::process::id()));
+/// let dev = FileDevice::builder()
+///     .blocks(128) // created and preallocated if missing
+///     .durability(Durability::SyncPerBatch)
+///     .open(&path)?;
+/// assert_eq!((dev.blocks(), dev.block_size()), (128, 4096));
+/// # drop(dev);
+/// # std::fs::remove_file(&path).ok();
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
-pub struct DeviceConfig {
-    /// Bytes per block: a power of two from 512 to 1 MiB.
-    pub block_size: usize,
-    /// Blocks wanted. For a regular file, the file is created if missing and
-    /// preallocated (`fallocate`) to this size; `None` uses the existing
-    /// size. For a block device, `None` uses all of it.
-    pub blocks: Option<u64>,
+pub struct DeviceBuilder {
+    /// Bytes per block.
+    block_size: usize,
+    /// Blocks wanted (None: the existing size).
+    blocks: Option<u64>,
     /// Durability of each batch.
-    pub durability: Durability,
+    durability: Durability,
 }
 
-impl Default for DeviceConfig {
+impl Default for DeviceBuilder {
     fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DeviceBuilder {
+    /// 4 KiB blocks, the device's existing size, [`Durability::None`].
+    pub fn new() -> Self {
         Self {
             block_size: 4096,
             blocks: None,
             durability: Durability::None,
         }
+    }
+
+    /// Bytes per block: a power of two from 512 to 1 MiB (4096 by default).
+    pub fn block_size(mut self, bytes: usize) -> Self {
+        self.block_size = bytes;
+        self
+    }
+
+    /// Blocks wanted. A regular file is created if missing and preallocated
+    /// (`fallocate`) to this size; without it the existing size is used (a
+    /// block device: all of it).
+    pub fn blocks(mut self, blocks: u64) -> Self {
+        self.blocks = Some(blocks);
+        self
+    }
+
+    /// Durability of each batch ([`Durability::None`] by default).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Opens (creating and preallocating a regular file if needed) `path`.
+    ///
+    /// # Errors
+    ///
+    /// [`MirrorError::BadBlockSize`], [`MirrorError::Open`],
+    /// [`MirrorError::DirectUnsupported`], [`MirrorError::TooSmall`].
+    pub fn open(&self, path: impl AsRef<Path>) -> Result<FileDevice, MirrorError> {
+        FileDevice::open_with(path.as_ref(), self)
+    }
+
+    /// Opens `path` as [`DeviceBuilder::open`] does and sets up an io_uring
+    /// of `entries` submission entries (a power of two, e.g. 128).
+    ///
+    /// # Errors
+    ///
+    /// As [`DeviceBuilder::open`], and [`MirrorError::Open`] when the
+    /// kernel or a sandbox refuses io_uring.
+    #[cfg(feature = "io-uring")]
+    pub fn open_uring(
+        &self,
+        path: impl AsRef<Path>,
+        entries: u32,
+    ) -> Result<super::UringDevice, MirrorError> {
+        super::UringDevice::open_with(path.as_ref(), self, entries)
     }
 }
 
@@ -204,14 +273,13 @@ unsafe impl Send for FileDevice {}
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 
 impl FileDevice {
-    /// Opens (creating and preallocating a regular file if needed) `path`.
-    ///
-    /// # Errors
-    ///
-    /// [`MirrorError::BadBlockSize`], [`MirrorError::Open`],
-    /// [`MirrorError::DirectUnsupported`], [`MirrorError::TooSmall`].
-    pub fn open(path: impl AsRef<Path>, config: &DeviceConfig) -> Result<Self, MirrorError> {
-        let path = path.as_ref();
+    /// How to open one: see [`DeviceBuilder`].
+    pub fn builder() -> DeviceBuilder {
+        DeviceBuilder::new()
+    }
+
+    /// Opens `path` as `config` says.
+    pub(crate) fn open_with(path: &Path, config: &DeviceBuilder) -> Result<Self, MirrorError> {
         check_block_size(config.block_size)?;
         let open_err = |source: io::Error| MirrorError::Open {
             path: PathBuf::from(path),

@@ -155,13 +155,13 @@ impl FaultControl {
 /// # Examples
 ///
 /// ```
-/// use noderep::mirror::{BlockDevice, DeviceConfig, FaultyDevice, FileDevice, Mirror, WarningSink};
+/// use noderep::mirror::{BlockDevice, FaultyDevice, FileDevice, Mirror, WarningSink};
 /// # fn main() -> Result<(), noderep::mirror::MirrorError> {
 /// # let dir = std::env::temp_dir().join(format!("noderep-faulty-doc-{}", std::process::id()));
 /// # std::fs::create_dir_all(&dir).expect("temp dir");
-/// let cfg = DeviceConfig { blocks: Some(64), ..DeviceConfig::default() };
-/// let (flaky, ctl) = FaultyDevice::new(FileDevice::open(dir.join("a"), &cfg)?);
-/// let good = FileDevice::open(dir.join("b"), &cfg)?;
+/// let cfg = FileDevice::builder().blocks(64);
+/// let (flaky, ctl) = FaultyDevice::new(cfg.open(dir.join("a"))?);
+/// let good = cfg.open(dir.join("b"))?;
 /// let devs: Vec<Box<dyn BlockDevice>> = vec![Box::new(flaky), Box::new(good)];
 /// let mut m = Mirror::builder().warnings(WarningSink::Silent).create(devs)?;
 /// ctl.vanish();

@@ -10,15 +10,15 @@
 //! CPU it costs made visible through [`crate::cost`].
 //!
 //! ```
-//! use noderep::mirror::{BlockDevice, DeviceConfig, FileDevice, Mirror, ReadOutcome};
+//! use noderep::mirror::{BlockDevice, FileDevice, Mirror, ReadOutcome};
 //!
 //! # fn main() -> Result<(), noderep::mirror::MirrorError> {
 //! let dir = std::env::temp_dir().join(format!("noderep-mirror-doc-{}", std::process::id()));
 //! std::fs::create_dir_all(&dir).expect("temp dir");
-//! let cfg = DeviceConfig { blocks: Some(256), ..DeviceConfig::default() }; // 256 × 4 KiB
+//! let cfg = FileDevice::builder().blocks(256); // 256 × 4 KiB
 //! let devices: Vec<Box<dyn BlockDevice>> = vec![
-//!     Box::new(FileDevice::open(dir.join("a"), &cfg)?),
-//!     Box::new(FileDevice::open(dir.join("b"), &cfg)?),
+//!     Box::new(cfg.open(dir.join("a"))?),
+//!     Box::new(cfg.open(dir.join("b"))?),
 //! ];
 //! let mut mirror = Mirror::builder().create(devices)?;
 //! mirror.write_batch(&[(0, b"hello".as_slice()), (1, b"world".as_slice())])?;
@@ -138,7 +138,7 @@ mod tests;
 
 pub use assemble::MirrorBuilder;
 pub use block::{crc32c, AlignedBuf, Corruption, HEADER_SIZE};
-pub use device::{BlockDevice, BlockWrite, DeviceConfig, DeviceStats, Durability, FileDevice};
+pub use device::{BlockDevice, BlockWrite, DeviceBuilder, DeviceStats, Durability, FileDevice};
 #[cfg(feature = "fault-injection")]
 pub use fault::{FaultControl, FaultyDevice};
 pub use scrub::{

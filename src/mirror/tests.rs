@@ -24,11 +24,9 @@ impl Scratch {
 
     /// A device with room for `blocks` data blocks (and the metadata).
     fn device(&self, name: &str, blocks: u64) -> FileDevice {
-        let cfg = DeviceConfig {
-            blocks: Some(builder().device_blocks(blocks, 4096).expect("size")),
-            ..DeviceConfig::default()
-        };
-        FileDevice::open(self.0.join(name), &cfg).expect("open device")
+        let cfg =
+            FileDevice::builder().blocks(builder().device_blocks(blocks, 4096).expect("size"));
+        cfg.open(self.0.join(name)).expect("open device")
     }
 
     fn mirror(&self, n: usize, blocks: u64) -> Mirror {
@@ -170,22 +168,15 @@ fn bad_requests_are_errors_not_panics() {
         builder().create(one),
         Err(MirrorError::TooFewDevices { given: 1 })
     ));
-    let bad = DeviceConfig {
-        block_size: 1000,
-        ..DeviceConfig::default()
-    };
+    let bad = FileDevice::builder().block_size(1000);
     assert!(matches!(
-        FileDevice::open(s.0.join("odd"), &bad),
+        bad.open(s.0.join("odd")),
         Err(MirrorError::BadBlockSize { block_size: 1000 })
     ));
-    let small = DeviceConfig {
-        block_size: 512,
-        blocks: Some(8),
-        ..DeviceConfig::default()
-    };
+    let small = FileDevice::builder().block_size(512).blocks(8);
     let mixed: Vec<Box<dyn BlockDevice>> = std::vec![
         Box::new(s.device("big", 8)),
-        Box::new(FileDevice::open(s.0.join("small"), &small).expect("open")),
+        Box::new(small.open(s.0.join("small")).expect("open")),
     ];
     let err = builder().create(mixed).expect_err("mismatch");
     assert!(err.to_string().contains("same block size"), "{err}");
@@ -227,16 +218,11 @@ fn reassembly_keeps_every_acknowledged_write_and_sequence_numbers_grow() {
 fn durability_modes_write_the_same_bytes() {
     let s = Scratch::new("dur");
     for durability in [Durability::SyncPerBatch, Durability::Direct] {
-        let cfg = DeviceConfig {
-            blocks: Some(16),
-            durability,
-            ..DeviceConfig::default()
-        };
+        let cfg = FileDevice::builder().blocks(16).durability(durability);
         let mk = |n: &str| -> Result<Box<dyn BlockDevice>, MirrorError> {
-            Ok(Box::new(FileDevice::open(
-                s.0.join(std::format!("{durability:?}{n}")),
-                &cfg,
-            )?))
+            Ok(Box::new(
+                cfg.open(s.0.join(std::format!("{durability:?}{n}")))?,
+            ))
         };
         let devs = match (mk("a"), mk("b")) {
             (Ok(a), Ok(b)) => std::vec![a, b],
@@ -276,12 +262,10 @@ fn io_uring_backend_writes_a_batch_with_one_enter_per_device() {
         .into_iter()
         .enumerate()
     {
-        let cfg = DeviceConfig {
-            blocks: Some(builder().device_blocks(64, 4096).expect("size")),
-            durability,
-            ..DeviceConfig::default()
-        };
-        match UringDevice::open(s.0.join(std::format!("u{i}")), &cfg, 64) {
+        let cfg = FileDevice::builder()
+            .blocks(builder().device_blocks(64, 4096).expect("size"))
+            .durability(durability);
+        match cfg.open_uring(s.0.join(std::format!("u{i}")), 64) {
             Ok(d) => devs.push(Box::new(d)),
             Err(e) => {
                 std::eprintln!("skipping: {e}");
@@ -338,16 +322,10 @@ fn real_block_devices_with_direct_io() {
         );
         return;
     };
-    let cfg = DeviceConfig {
-        durability: Durability::Direct,
-        ..DeviceConfig::default()
-    };
+    let cfg = FileDevice::builder().durability(Durability::Direct);
     let open = || -> Vec<Box<dyn BlockDevice>> {
         list.split(',')
-            .map(|p| {
-                Box::new(FileDevice::open(p, &cfg).expect("open block device"))
-                    as Box<dyn BlockDevice>
-            })
+            .map(|p| Box::new(cfg.open(p).expect("open block device")) as Box<dyn BlockDevice>)
             .collect()
     };
     // A mirror left by an earlier run is assembled; blank devices are created.

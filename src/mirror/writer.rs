@@ -237,13 +237,13 @@ pub(crate) struct Member {
 /// # Examples
 ///
 /// ```
-/// use noderep::mirror::{BlockDevice, DeviceConfig, FileDevice, Mirror};
+/// use noderep::mirror::{BlockDevice, FileDevice, Mirror};
 /// # fn main() -> Result<(), noderep::mirror::MirrorError> {
 /// # let dir = std::env::temp_dir().join(format!("noderep-mirror-ty-{}", std::process::id()));
 /// # std::fs::create_dir_all(&dir).expect("temp dir");
-/// let cfg = DeviceConfig { blocks: Some(64), ..DeviceConfig::default() };
+/// let cfg = FileDevice::builder().blocks(64);
 /// let open = |name: &str| -> Result<Box<dyn BlockDevice>, _> {
-///     Ok(Box::new(FileDevice::open(dir.join(name), &cfg)?))
+///     Ok(Box::new(cfg.open(dir.join(name))?))
 /// };
 /// let mut mirror = Mirror::builder().create(vec![open("a")?, open("b")?])?;
 /// mirror.write(3, b"kept across restarts")?;
