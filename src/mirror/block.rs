@@ -159,6 +159,10 @@ fn le_u32(b: &[u8]) -> u32 {
 
 /// Verifies `block` as the copy of address `lba`: checksum, magic, address.
 /// (Freshness against the mirror's sequence number is the caller's check.)
+///
+/// # Errors
+///
+/// The [`Corruption`] found.
 pub fn verify(block: &[u8], lba: u64) -> Result<BlockState, Corruption> {
     let stored = le_u32(&block[0..4]);
     let computed = crc32c(&block[4..]);
@@ -195,6 +199,17 @@ pub fn payload(block: &[u8], state: BlockState) -> &[u8] {
 }
 
 /// A zeroed heap buffer aligned to 4 KiB, usable for `O_DIRECT`.
+///
+/// # Examples
+///
+/// ```
+/// use noderep::mirror::AlignedBuf;
+/// let mut buf = AlignedBuf::zeroed(4096);
+/// assert_eq!(buf.as_ptr() as usize % 4096, 0);
+/// buf[0] = 1;
+/// buf.resize(8192); // keeps the contents, zero-fills the rest
+/// assert_eq!((buf[0], buf[8191]), (1, 0));
+/// ```
 pub struct AlignedBuf {
     /// Start of the allocation (dangling when `cap == 0`).
     ptr: NonNull<u8>,

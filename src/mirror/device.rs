@@ -33,6 +33,21 @@ pub enum Durability {
 /// One write: whole blocks starting at `lba`. `data.len()` is a multiple of
 /// the block size; with [`Durability::Direct`] `data` must be 4 KiB-aligned
 /// (the mirror's staging buffers are).
+///
+/// # Examples
+///
+/// ```
+/// use noderep::mirror::{AlignedBuf, BlockDevice, BlockWrite, FileDevice};
+/// use noderep::cost::PhaseClock;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let path = std::env::temp_dir().join(format!("noderep-blockwrite-doc-{}", std::process::id()));
+/// let mut dev = FileDevice::builder().blocks(8).open(&path)?;
+/// let data = AlignedBuf::zeroed(2 * 4096); // blocks 3 and 4
+/// dev.write_blocks(&[BlockWrite { lba: 3, data: &data }], &mut PhaseClock::disabled())?;
+/// # std::fs::remove_file(&path).ok();
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct BlockWrite<'a> {
     /// First block written.
@@ -70,11 +85,20 @@ pub trait BlockDevice: Send {
     fn blocks(&self) -> u64;
     /// Reads `buf.len() / block_size` blocks starting at `lba` into `buf`
     /// (4 KiB-aligned, a whole number of blocks).
+    ///
+    /// # Errors
+    ///
+    /// The device's error; an out-of-range or misaligned request is
+    /// `InvalidInput`.
     fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Writes every entry of `writes` (one call per batch: the point of
     /// batching) and returns once they are as durable as the device's
     /// [`Durability`] promises. Call `clock.mark(Phase::Submission)` once the
     /// writes are submitted; the caller attributes the rest to completion.
+    ///
+    /// # Errors
+    ///
+    /// The device's error (some of the writes may have reached it).
     fn write_blocks(&mut self, writes: &[BlockWrite<'_>], clock: &mut PhaseClock)
         -> io::Result<()>;
     /// Operation counters so far.
@@ -90,6 +114,10 @@ pub trait BlockDevice: Send {
     /// Makes `count` blocks from `lba` read as zeros (creating a mirror
     /// does this to the whole device). The default writes zeros, 1 MiB at a
     /// time; [`FileDevice`] asks the file system to zero the range instead.
+    ///
+    /// # Errors
+    ///
+    /// The device's error.
     fn zero_blocks(&mut self, lba: u64, count: u64) -> io::Result<()> {
         write_zeros(self, lba, count)
     }
@@ -252,7 +280,8 @@ pub(crate) fn check_block_size(block_size: usize) -> Result<(), MirrorError> {
 
 /// A regular file or a block device (`/dev/...`) used through positional
 /// I/O: `pread`, `pwritev` (one per run of consecutive blocks) and
-/// `fdatasync` per batch, or `O_DIRECT | O_DSYNC`.
+/// `fdatasync` per batch, or `O_DIRECT | O_DSYNC`. Opened through
+/// [`FileDevice::builder`] (see [`DeviceBuilder`] for an example).
 #[derive(Debug)]
 pub struct FileDevice {
     file: File,

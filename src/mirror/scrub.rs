@@ -205,6 +205,11 @@ impl Mirror {
     /// Merkle trees, with the mirror's expected state; every difference is
     /// re-examined and then repaired from a good copy, reported
     /// ([`ScrubMode::ReportOnly`]) or declared unrecoverable.
+    ///
+    /// # Errors
+    ///
+    /// [`MirrorError::NoHealthyDevice`]; damage is reported in the
+    /// [`ScrubReport`], not as an error.
     pub fn scrub(&mut self, mode: ScrubMode) -> Result<ScrubReport, MirrorError> {
         let devices = self.in_sync();
         if devices.is_empty() {
