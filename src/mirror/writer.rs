@@ -338,6 +338,9 @@ impl fmt::Debug for Mirror {
             .field("devices", &self.members.len())
             .field("block_size", &self.block_size)
             .field("capacity", &self.capacity)
+            .field("array", &self.array)
+            .field("events", &self.events)
+            .field("dirty_regions", &self.dirty_list.len())
             .field("health", &self.health())
             .finish()
     }
