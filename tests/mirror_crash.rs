@@ -86,9 +86,11 @@ fn child(dir: &Path) {
         devs.push(Box::new(f) as Box<dyn BlockDevice>);
         ctls.push(c);
     }
-    if let (Some(keep), Some(dev)) = (
+    let in_resync = env_u64("NODEREP_CRASH_KILL_IN_RESYNC");
+    if let (Some(keep), Some(dev), None) = (
         env_u64("NODEREP_CRASH_KILL_KEEP"),
         env_u64("NODEREP_CRASH_KILL_DEV"),
+        in_resync,
     ) {
         if let Some(n) = env_u64("NODEREP_CRASH_KILL_AFTER") {
             ctls[dev as usize].kill_process_after(n, keep as usize);
@@ -100,6 +102,27 @@ fn child(dir: &Path) {
     say("P assemble".into());
     let (mut m, _) = builder().assemble(devs).expect("child assemble");
     say("P run".into());
+    if let Some(n) = in_resync {
+        // Device 1 misses a stretch of writes, then is killed `n` blocks
+        // into its resync (block copies and metadata alike).
+        say("P fail".into());
+        m.fail_device(1, "campaign").expect("fail");
+        for k in 0..40u64 {
+            ver += 1;
+            let (l, d) = (
+                (k * 37 + seed) % CAPACITY,
+                data((k * 37 + seed) % CAPACITY, ver),
+            );
+            say(format!("B {l}:{ver}"));
+            m.write(l, &d).expect("child write");
+            say("A".into());
+        }
+        let keep = env_u64("NODEREP_CRASH_KILL_KEEP").unwrap_or(0) as usize;
+        ctls[1].kill_process_after(n, keep);
+        say("P resync".into());
+        m.readd(1).expect("readd");
+        say("P run".into());
+    }
     for _ in 0..3000 {
         match rng.random_range(0..100u32) {
             0..=79 => {
@@ -269,15 +292,20 @@ fn main() {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         // Even runs kill at a chosen write: every 4th at the N-th block the
-        // child writes, the others at the next write of a metadata block
-        // (superblock copy A or B, the bitmap, a table block). Odd runs
-        // kill by a timer.
+        // child writes, every 8th N blocks into a resync, the others at the
+        // next write of a metadata block (superblock copy A or B, the
+        // bitmap, a table block). Odd runs kill by a timer.
         let self_kill = run % 2 == 0;
         if self_kill {
             if run % 4 == 0 {
                 cmd.env(
                     "NODEREP_CRASH_KILL_AFTER",
                     rng.random_range(0..1500u64).to_string(),
+                );
+            } else if run % 8 == 2 {
+                cmd.env(
+                    "NODEREP_CRASH_KILL_IN_RESYNC",
+                    rng.random_range(0..45u64).to_string(),
                 );
             } else {
                 let target = match rng.random_range(0..4u32) {
