@@ -59,7 +59,7 @@ pub(crate) struct Options {
     pub(crate) region_blocks: u64,
     pub(crate) capacity: Option<u64>,
     pub(crate) bitmap: bool,
-    pub(crate) clean_interval: u32,
+    pub(crate) clean_interval: u64,
     pub(crate) full_scan: bool,
     pub(crate) allow_missing: bool,
     pub(crate) min_events: u64,
@@ -103,7 +103,7 @@ impl Default for MirrorBuilder {
 
 impl MirrorBuilder {
     /// Defaults: warnings on stderr, no phase accounting, 1024-block
-    /// regions, write-intent bitmap on, a pass every 64 batches, capacity
+    /// regions, write-intent bitmap on, a pass every 4096 blocks written, capacity
     /// from the devices (which must then be the same size).
     pub fn new() -> Self {
         Self {
@@ -113,7 +113,7 @@ impl MirrorBuilder {
                 region_blocks: 1024,
                 capacity: None,
                 bitmap: true,
-                clean_interval: 64,
+                clean_interval: 4096,
                 full_scan: false,
                 allow_missing: false,
                 min_events: 0,
@@ -156,10 +156,12 @@ impl MirrorBuilder {
         self
     }
 
-    /// Write batches between passes that record writes in the sequence
-    /// table and clear idle regions' bits (default 64).
-    pub fn clean_interval(mut self, batches: u32) -> Self {
-        self.opts.clean_interval = batches;
+    /// Blocks written between passes that record the writes in the
+    /// sequence table and clear idle regions' bits (default 4096: one pass
+    /// costs a write of up to 17 table blocks per device, and bounds the
+    /// window in which a rollback of every copy goes unnoticed).
+    pub fn clean_interval(mut self, blocks: u64) -> Self {
+        self.opts.clean_interval = blocks;
         self
     }
 

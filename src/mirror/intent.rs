@@ -14,7 +14,8 @@
 //!   below which every number handed out lies; it is raised (one superblock
 //!   update) a million numbers at a time, so after a crash numbering resumes
 //!   above anything ever used without scanning the devices.
-//! * **Every `clean_interval` batches** (`pass`), and on `checkpoint`: the
+//! * **Every `clean_interval` blocks written** (`pass`; 4096 by default),
+//!   and on `checkpoint`: the
 //!   table blocks holding the blocks acknowledged since the previous pass
 //!   are rewritten from the expected state; then regions that were dirty but
 //!   not written since the previous pass (their table is current) get their
@@ -30,7 +31,7 @@
 //! # Trade-offs
 //!
 //! A write is protected against rollback or zeroing of *every* copy once a
-//! pass has recorded it in the table: within `clean_interval` batches, at
+//! pass has recorded it in the table: within `clean_interval` blocks, at
 //! [`Mirror::checkpoint`] or at [`Mirror::close`]. Before that, a restart
 //! still finds its region dirty and compares the copies, and catches any
 //! copy older than what the table recorded at the previous pass; an
@@ -48,7 +49,7 @@ use std::vec::Vec;
 use super::device::BlockWrite;
 use super::superblock::{
     seal_meta, set_table_entry, Layout, MemberRecord, Superblock, BITMAP_MAGIC, META_HEADER,
-    TABLE_MAGIC,
+    TABLE_ENTRY, TABLE_MAGIC,
 };
 use super::writer::{MemberState, Mirror};
 use super::{DeviceId, MirrorError};
@@ -123,12 +124,10 @@ impl Mirror {
         self.commit_sb(false)
     }
 
-    /// Counts a batch and runs a pass every `clean_interval` batches.
+    /// Runs a pass once `clean_interval` blocks were written since the last.
     #[inline]
     pub(crate) fn after_batch(&mut self) {
-        self.batches_since_pass += 1;
-        // (The address list is bounded too, whatever the interval.)
-        if self.batches_since_pass >= self.clean_interval || self.written.len() >= 1 << 16 {
+        if self.written.len() as u64 >= self.clean_interval {
             self.pass(false);
         }
     }
@@ -138,7 +137,6 @@ impl Mirror {
     /// as at close). Failures take devices out; never an error. Costs
     /// O(dirty regions + regions written since the last pass).
     pub(crate) fn pass(&mut self, all: bool) {
-        self.batches_since_pass = 0;
         let epoch = self.epoch;
         // Table blocks of the blocks acknowledged since the previous pass
         // (and, for `all`, of every dirty region).
@@ -236,13 +234,14 @@ impl Mirror {
         buf.resize(tables.len() * bs);
         for (i, &t) in tables.iter().enumerate() {
             let blk = &mut buf[i * bs..(i + 1) * bs];
-            blk.fill(0);
             let first = t * epb;
             let end = (first + epb).min(self.capacity);
             for lba in first..end {
                 let m = self.meta[lba as usize];
                 set_table_entry(blk, (lba - first) as usize, m.seq, m.crc);
             }
+            // The header is written by seal_meta; zero what no entry covers.
+            blk[META_HEADER + (end - first) as usize * TABLE_ENTRY..].fill(0);
             let at = self.layout.table_start + t;
             seal_meta(blk, TABLE_MAGIC, at, self.next_seq, self.array);
         }

@@ -79,7 +79,7 @@
 //!   region of 1024 blocks by default) and a sequence table (the expected
 //!   `(sequence, crc)` of every block, refreshed lazily).
 //! * **Intent** (`intent.rs`): a region's bit is set on disk before the
-//!   region is written; every 64 batches a pass records recent writes in the
+//!   region is written; every 4096 blocks written a pass records them in the
 //!   table and clears the bits of idle regions; a member failure is recorded
 //!   in the survivors' superblocks before the write is acknowledged.
 //! * **Creation and assembly** ([`MirrorBuilder`]): `create` writes fresh
@@ -102,7 +102,7 @@
 //!   pass interval. Expected state lives in memory: about 32 bytes per
 //!   block including the tree (32 MiB per million blocks, i.e. per 4 GiB).
 //! * Rollback or zeroing of *every* copy of a block is detected once a pass
-//!   (at most `clean_interval` batches, [`Mirror::checkpoint`] or
+//!   (at most `clean_interval` blocks later, [`Mirror::checkpoint`] or
 //!   [`Mirror::close`]) has recorded the write; not within that window, and
 //!   not if every device, superblocks included, is replaced by an identical
 //!   older image (keep [`Mirror::events`] elsewhere and use

@@ -291,10 +291,8 @@ pub struct Mirror {
     pub(crate) epoch: u32,
     /// `log2(region_blocks)`.
     pub(crate) region_shift: u32,
-    /// Write batches since the last clean pass.
-    pub(crate) batches_since_pass: u32,
-    /// Batches between clean passes.
-    pub(crate) clean_interval: u32,
+    /// Blocks written between passes.
+    pub(crate) clean_interval: u64,
     /// False: every region stays dirty until `close` (no write-intent
     /// bitmap; a crash means a full scan at the next assembly).
     pub(crate) bitmap: bool,
@@ -373,7 +371,6 @@ impl Mirror {
             written: Vec::new(),
             epoch: 1,
             region_shift: layout.region_blocks.trailing_zeros(),
-            batches_since_pass: 0,
             clean_interval: opts.clean_interval.max(1),
             bitmap: opts.bitmap,
             meta_buf: AlignedBuf::zeroed(0),
