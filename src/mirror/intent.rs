@@ -236,9 +236,11 @@ impl Mirror {
             let blk = &mut buf[i * bs..(i + 1) * bs];
             let first = t * epb;
             let end = (first + epb).min(self.capacity);
-            for lba in first..end {
-                let m = self.meta[lba as usize];
-                set_table_entry(blk, (lba - first) as usize, m.seq, m.crc);
+            let n = (end - first) as usize;
+            let entries = &mut blk[META_HEADER..META_HEADER + n * TABLE_ENTRY];
+            let metas = &self.meta[first as usize..end as usize];
+            for (e, m) in entries.chunks_exact_mut(TABLE_ENTRY).zip(metas) {
+                set_table_entry(e, m.seq, m.crc);
             }
             // The header is written by seal_meta; zero what no entry covers.
             blk[META_HEADER + (end - first) as usize * TABLE_ENTRY..].fill(0);

@@ -354,12 +354,13 @@ pub(crate) fn table_entry(block: &[u8], k: usize) -> (u64, u32) {
     (le_u64(&block[at..]), le_u32(&block[at + 8..]))
 }
 
-/// Writes table entry `k` of a table block.
-pub(crate) fn set_table_entry(block: &mut [u8], k: usize, seq: u64, crc: u32) {
-    let at = META_HEADER + k * TABLE_ENTRY;
-    block[at..at + 8].copy_from_slice(&seq.to_le_bytes());
-    block[at + 8..at + 12].copy_from_slice(&crc.to_le_bytes());
-    block[at + 12..at + 16].fill(0);
+/// Fills one 16-byte table entry.
+#[inline]
+pub(crate) fn set_table_entry(entry: &mut [u8], seq: u64, crc: u32) {
+    let mut e = [0u8; TABLE_ENTRY];
+    e[..8].copy_from_slice(&seq.to_le_bytes());
+    e[8..12].copy_from_slice(&crc.to_le_bytes());
+    entry.copy_from_slice(&e);
 }
 
 #[cfg(test)]
@@ -425,7 +426,8 @@ mod tests {
     #[test]
     fn meta_blocks_are_tied_to_place_and_array() {
         let mut b = std::vec![0u8; 512];
-        set_table_entry(&mut b, 3, 99, 7);
+        let at = META_HEADER + 3 * TABLE_ENTRY;
+        set_table_entry(&mut b[at..at + TABLE_ENTRY], 99, 7);
         seal_meta(&mut b, TABLE_MAGIC, 5, 42, Uuid::from_u128(9));
         assert_eq!(check_meta(&b, TABLE_MAGIC, 5, Uuid::from_u128(9)), Some(42));
         assert_eq!(table_entry(&b, 3), (99, 7));
