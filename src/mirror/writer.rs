@@ -811,11 +811,17 @@ impl Mirror {
             self.clock.mark(Phase::Completion);
         }
         drop(list);
-        if !failures.is_empty() {
+        let failed = !failures.is_empty();
+        if failed {
             // Committed to the survivors' superblocks before the ack.
             self.fail_members(failures, "a write");
         }
-        let copies = copies.min(self.in_sync().len());
+        let copies = if failed {
+            // A superblock update may have taken out more devices.
+            copies.min(self.in_sync().len())
+        } else {
+            copies
+        };
         if copies == 0 {
             return Err(self.no_healthy());
         }
