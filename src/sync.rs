@@ -24,7 +24,9 @@
 
 #[cfg(loom)]
 #[allow(unused_imports)]
-pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use loom::sync::atomic::{
+    fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
 #[cfg(loom)]
 pub use loom::sync::Arc;
 
@@ -32,7 +34,9 @@ pub use loom::sync::Arc;
 pub use alloc::sync::Arc;
 #[cfg(not(loom))]
 #[allow(unused_imports)]
-pub(crate) use core::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use core::sync::atomic::{
+    fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
 
 #[cfg(all(loom, feature = "std"))]
 #[allow(unused_imports)]
@@ -275,4 +279,69 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.step = 0;
     }
+}
+
+/// Sleeps while `word` holds `expected`, for at most about a millisecond: a
+/// futex wait on Linux with `std`. Elsewhere (and under loom) it yields or
+/// spins once; callers re-check their condition in a loop either way.
+///
+/// The bounded sleep is a backstop, not the protocol: every state change a
+/// sleeper waits for is followed by [`wake_all`] on the same word.
+#[inline]
+pub(crate) fn wait_on(word: &AtomicU32, expected: u32) {
+    #[cfg(loom)]
+    {
+        let _ = (word, expected);
+        loom::thread::yield_now();
+    }
+    #[cfg(all(not(loom), feature = "std", target_os = "linux"))]
+    {
+        let timeout = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 1_000_000,
+        };
+        // SAFETY: `word` is a live, aligned 32-bit atomic for the duration of
+        // the call; FUTEX_WAIT only reads it (atomically, in the kernel) and
+        // returns at once if it no longer holds `expected`. `timeout` is a
+        // valid relative timespec on our stack.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                expected,
+                &timeout as *const libc::timespec,
+            );
+        }
+    }
+    #[cfg(all(not(loom), feature = "std", not(target_os = "linux")))]
+    {
+        if word.load(Ordering::Relaxed) == expected {
+            std::thread::yield_now();
+        }
+    }
+    #[cfg(all(not(loom), not(feature = "std")))]
+    {
+        if word.load(Ordering::Relaxed) == expected {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// Wakes every thread sleeping in [`wait_on`] on `word`.
+#[inline]
+pub(crate) fn wake_all(word: &AtomicU32) {
+    #[cfg(all(not(loom), feature = "std", target_os = "linux"))]
+    // SAFETY: `word` is a live, aligned 32-bit atomic; FUTEX_WAKE does not
+    // access memory through the pointer, it only names the wait queue.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            i32::MAX,
+        );
+    }
+    #[cfg(not(all(not(loom), feature = "std", target_os = "linux")))]
+    let _ = word;
 }

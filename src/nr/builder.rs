@@ -13,7 +13,10 @@
 //! First-touch placement is best effort: if pinning fails (a restricted
 //! cpuset), the replica is still built, on whatever CPU the thread gets.
 
-use super::config::{DEFAULT_LOG_CAPACITY, DEFAULT_THREADS_PER_REPLICA, MAX_THREADS_PER_REPLICA};
+use super::config::{
+    DEFAULT_LOG_CAPACITY, DEFAULT_THREADS_PER_REPLICA, MAX_LOG_CAPACITY, MAX_REPLICAS,
+    MAX_THREADS_PER_REPLICA,
+};
 use super::log::Log;
 use super::replica::Replica;
 use super::{Dispatch, NodeReplicated, NrError};
@@ -43,6 +46,7 @@ pub struct NrBuilder {
     log_capacity: Option<usize>,
     threads_per_replica: usize,
     read_mostly: bool,
+    max_replicas: Option<usize>,
 }
 
 impl Default for NrBuilder {
@@ -64,6 +68,7 @@ impl NrBuilder {
             log_capacity: None,
             threads_per_replica: DEFAULT_THREADS_PER_REPLICA,
             read_mostly: false,
+            max_replicas: None,
         }
     }
 
@@ -112,7 +117,18 @@ impl NrBuilder {
 
     /// Checks the settings and returns each replica's home CPUs and the log
     /// capacity.
-    fn plan(&self) -> Result<(Vec<Vec<usize>>, usize), NrError> {
+    /// Reserves places for up to `replicas` replicas in all, so that
+    /// [`NodeReplicated::add_replica`] can bring more into service at run
+    /// time (the places beyond the policy's replicas start out of service;
+    /// their homes continue round-robin over the nodes). The default is the
+    /// policy's count. An instance with room for two or more replicas keeps
+    /// a log even while only one serves, so it can grow.
+    pub fn max_replicas(mut self, replicas: usize) -> Self {
+        self.max_replicas = Some(replicas);
+        self
+    }
+
+    fn plan(&self) -> Result<(Vec<Vec<usize>>, usize, usize), NrError> {
         if self.threads_per_replica == 0 {
             return Err(NrError::ZeroSize {
                 what: "max_threads_per_replica",
@@ -132,7 +148,50 @@ impl NrBuilder {
                 what: "the number of replicas (ReplicaPolicy::Fixed)",
             });
         }
-        let homes = self.homes()?;
+        for (what, asked) in [
+            (
+                "ReplicaPolicy::Fixed replicas",
+                match self.policy {
+                    ReplicaPolicy::Fixed(n) => n,
+                    _ => 0,
+                },
+            ),
+            ("max_replicas", self.max_replicas.unwrap_or(0)),
+        ] {
+            if asked > MAX_REPLICAS {
+                return Err(NrError::TooLarge {
+                    what,
+                    asked,
+                    max: MAX_REPLICAS,
+                    hint: "one replica per NUMA node (ReplicaPolicy::PerNode) is the usual choice",
+                });
+            }
+        }
+        if let Some(asked) = self.log_capacity {
+            if asked > MAX_LOG_CAPACITY {
+                return Err(NrError::TooLarge {
+                    what: "log_capacity",
+                    asked,
+                    max: MAX_LOG_CAPACITY,
+                    hint: "a few thousand entries per replica suffice (the default is 4096)",
+                });
+            }
+        }
+        let mut homes = self.homes()?;
+        let serving = homes.len();
+        if let Some(max) = self.max_replicas {
+            if max < serving {
+                return Err(NrError::TooFewPlaces {
+                    max_replicas: max,
+                    replicas: serving,
+                });
+            }
+            for r in serving..max {
+                let home = homes[r % serving].clone();
+                homes.push(home);
+            }
+        }
+        // Both factors are bounded (MAX_REPLICAS, MAX_THREADS_PER_REPLICA).
         let in_flight = homes.len() * self.threads_per_replica;
         // The default stays small enough to live in the L2 cache (appends
         // touch a fresh line per few entries; a 64 Ki-entry log measured 37%
@@ -150,7 +209,7 @@ impl NrBuilder {
                 threads_per_replica: self.threads_per_replica,
             });
         }
-        Ok((homes, capacity))
+        Ok((homes, capacity, serving))
     }
 
     #[cfg(feature = "std")]
@@ -194,7 +253,7 @@ impl NrBuilder {
         D::WriteOperation: Send + Sync,
         D::Response: Send,
     {
-        let (homes, capacity) = self.plan()?;
+        let (homes, capacity, serving) = self.plan()?;
         let slots = self.threads_per_replica;
         // With one replica nobody replays the log: writes are applied
         // straight from the thread slots (`Replica::combine_direct`), so
@@ -202,12 +261,23 @@ impl NrBuilder {
         let log = if homes.len() == 1 {
             Log::new(1, 1)
         } else {
-            Log::new(capacity, homes.len())
+            Log::try_with_live(capacity, homes.len(), serving).ok_or(NrError::OutOfMemory {
+                what: "the shared log",
+                bytes: capacity.saturating_mul(Log::<D::WriteOperation>::entry_size()),
+            })?
         };
         let asymmetric = self.read_mostly && crate::sync::asymmetric_fences();
         let build_one = |r: usize| Box::new(Replica::new(r, make(r), slots, asymmetric));
         let replicas = Self::place(&homes, &build_one);
-        Ok(NodeReplicated::from_parts(log, replicas, homes))
+        // Asked once, of a freshly built replica (the answer must not change).
+        let can_snapshot = replicas.len() > 1 && replicas[0].probe_snapshot();
+        Ok(NodeReplicated::from_parts(
+            log,
+            replicas,
+            homes,
+            serving,
+            can_snapshot,
+        ))
     }
 
     /// Builds each replica on a thread pinned to its home (first touch).

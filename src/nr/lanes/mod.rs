@@ -695,7 +695,8 @@ impl<D: LaneMap> LaneReplicated<D> {
                 let Some(g) = &guards[j] else {
                     unreachable!("every lane's read lock is held");
                 };
-                let resp = hooks::replica(lane, r).with_data(g, |s| s.data.dispatch(op.clone()));
+                let resp =
+                    hooks::replica(lane, r).with_data_read(g, |s| s.data.dispatch(op.clone()));
                 acc = Some(match acc {
                     None => resp,
                     Some(a) => D::merge_responses(a, resp),
