@@ -222,6 +222,8 @@ where
     pub(crate) fn wake(&self, r: usize, guard: &CombinerGuard<'_>) -> Result<(), Stop> {
         let replica = &self.replicas[r];
         // Acquire: pairs with the Release store in `remove_replica`.
+        // Mutant `removed_not_checked` (loom model 9) rebuilds it anyway.
+        #[cfg(not(noderep_mutant = "removed_not_checked"))]
         if replica.removed.load(Ordering::Acquire) {
             return Err(Stop::Removed);
         }
@@ -313,6 +315,9 @@ where
                 Err(now) => live = now,
             }
         }
+        // Mutant `park_keeps_ltail` (loom model 9): the parked replica keeps
+        // its old position, so its readers trust its stale data.
+        #[cfg(not(noderep_mutant = "park_keeps_ltail"))]
         self.log.set_ltail(q, PARKED);
         #[cfg(test)]
         super::stats::Stats::bump(&self.stats.parked, 1);
@@ -358,6 +363,8 @@ where
         struct Leave<'a, T>(&'a super::log::Log<T>, usize);
         impl<T> Drop for Leave<'_, T> {
             fn drop(&mut self) {
+                // Mutant `waiter_never_leaves` (loom model 8).
+                #[cfg(not(noderep_mutant = "waiter_never_leaves"))]
                 self.0.leave_waiters(self.1);
             }
         }
@@ -396,6 +403,9 @@ where
         // same, but no single write pays for a whole log (4096 entries by
         // default, about 0.5 ms here).
         let help_to = tail.min(needed_head + help_chunk(self.log.capacity(), n));
+        // Mutant `make_room_skips_own` (loom model 8): our replica, whose
+        // lock we hold, is never caught up while we wait.
+        #[cfg(not(noderep_mutant = "make_room_skips_own"))]
         self.replicas[r].exec(guard, &self.log, tail, &self.poisoned, 0..0)?;
         for (q, lagging) in self.replicas.iter().enumerate() {
             let at = self.log.ltail(q);

@@ -202,8 +202,9 @@ impl<T> Log<T> {
         // next appender sees it (RMWs below are totally ordered).
         #[cfg(not(noderep_mutant = "line_ignored"))]
         return self.line.need.load(Ordering::Relaxed);
-        // Mutant `line_ignored` (loom model 8): appenders take the room a
-        // waiter made, so it can wait forever.
+        // Mutant `line_ignored`: appenders take the room a waiter made, so
+        // it can wait forever (a fairness property, not a safety one: the
+        // unit test `waiting_writers_keep_the_room_they_need` catches it).
         #[cfg(noderep_mutant = "line_ignored")]
         return 0;
     }

@@ -359,6 +359,7 @@ where
 
     /// Brings a removed replica place back into service at run time, rebuilt
     /// from a live replica (with [`Dispatch::snapshot`]); returns its index.
+    /// Places that no thread is registered with are preferred.
     /// The builder's [`max_replicas`](NrBuilder::max_replicas) reserves
     /// places for replicas added later.
     ///
@@ -372,7 +373,14 @@ where
         if !shared.can_snapshot {
             return Err(NrError::SnapshotUnsupported);
         }
-        for (r, rep) in shared.replicas.iter().enumerate() {
+        // Places without registered threads first: threads still holding a
+        // token of a removed replica keep getting `ReplicaRemoved` until
+        // they register again, rather than silently resuming on it.
+        let mut order: Vec<usize> = (0..shared.replicas.len()).collect();
+        // Relaxed: a placement hint.
+        order.sort_by_key(|&r| shared.replicas[r].registered.load(Ordering::Relaxed) > 0);
+        for r in order {
+            let rep = &shared.replicas[r];
             // Acquire: pairs with the Release in `remove_replica`.
             if !rep.removed.load(Ordering::Acquire) {
                 continue;
