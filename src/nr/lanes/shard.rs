@@ -249,7 +249,7 @@ fn arrive<D: LaneMap>(desc: &AllDesc<D>, r: usize, lane: usize) {
         barrier.released.store(true, Ordering::Release);
         return;
     }
-    // Mutant `lane_leaf_runs_ahead` (loom model 8): apply the write to this
+    // Mutant `lane_leaf_runs_ahead` (loom model 10): apply the write to this
     // lane without waiting for the other lanes of the replica.
     #[cfg(noderep_mutant = "lane_leaf_runs_ahead")]
     return;

@@ -2,7 +2,7 @@
 //! on one and several replicas, the all-lane barrier with idle lanes and
 //! replicas, poisoning and tokens. Linearizability is checked in
 //! `tests/linearizability/lane_runs.rs`, the barrier's interleavings by loom
-//! model 8.
+//! model 10.
 
 use super::*;
 use crate::topology::Topology;

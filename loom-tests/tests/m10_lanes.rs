@@ -1,14 +1,14 @@
-//! Model 8: lanes (`noderep::nr::lanes`): combiners of different lanes and
+//! Model 10: lanes (`noderep::nr::lanes`): combiners of different lanes and
 //! the all-lane barrier.
 //!
-//! * `m8_lanes_two_combiners`: two threads of replica 0 write to different
+//! * `m10_lanes_two_combiners`: two threads of replica 0 write to different
 //!   lanes at once (with one replica, where each lane applies straight from
 //!   its slots, and with a second, idle replica, where each lane has its own
 //!   log). Checked: each write is applied exactly once, to its own lane's
 //!   shard only, each thread gets its own response, an all-lane read
 //!   afterwards sees both, and the two lanes' cells are never touched
 //!   concurrently (loom `UnsafeCell` tracking).
-//! * `m8_lanes_all_lane_order`: two replicas, two lanes. A thread of
+//! * `m10_lanes_all_lane_order`: two replicas, two lanes. A thread of
 //!   replica 1 issues an all-lane write (its leaves go into both lanes'
 //!   logs, then it drives replica 1 through them); a thread of replica 0
 //!   reads lane 0 and then lane 1. Checked: if the first read sees the
@@ -85,13 +85,13 @@ fn lanes(replicas: usize, slots: usize, log: usize) -> LaneReplicated<LSeq> {
 }
 
 #[test]
-fn m8_lanes_two_combiners() {
-    loom_tests::model("m8_lanes_two_combiners", || two_combiners(1));
+fn m10_lanes_two_combiners() {
+    loom_tests::model("m10_lanes_two_combiners", || two_combiners(1));
 }
 
 #[test]
-fn m8_lanes_two_combiners_log() {
-    loom_tests::model("m8_lanes_two_combiners_log", || two_combiners(2));
+fn m10_lanes_two_combiners_log() {
+    loom_tests::model("m10_lanes_two_combiners_log", || two_combiners(2));
 }
 
 fn two_combiners(replicas: usize) {
@@ -116,8 +116,8 @@ fn two_combiners(replicas: usize) {
 }
 
 #[test]
-fn m8_lanes_all_lane_order() {
-    loom_tests::model("m8_lanes_all_lane_order", || {
+fn m10_lanes_all_lane_order() {
+    loom_tests::model("m10_lanes_all_lane_order", || {
         let map = Arc::new(lanes(2, 2, 4));
         let issuer = {
             let map = Arc::clone(&map);
