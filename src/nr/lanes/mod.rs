@@ -321,6 +321,25 @@ impl<D: LaneMap> LanesShared<D> {
             None => (key % self.lanes.len() as u64) as usize,
         }
     }
+
+    /// The lane of `key` and the token's slot in it. The token may belong
+    /// to another instance (the lane's own check reports that), but every
+    /// token has one entry per lane of *some* instance; a token of an
+    /// instance with fewer lanes is caught here.
+    #[inline(always)]
+    fn lane<'a>(
+        &'a self,
+        key: u64,
+        token: &'a LaneToken<D>,
+    ) -> (&'a NodeReplicated<Shard<D>>, &'a ThreadToken<Shard<D>>) {
+        let lane = self.lane_of(key);
+        match (self.lanes.get(lane), token.tokens.get(lane)) {
+            (Some(nr), Some(tok)) => (nr, tok),
+            // A token with fewer lanes: use lane 0 of both, whose check
+            // then reports the wrong instance.
+            _ => (&self.lanes[0], &token.tokens[0]),
+        }
+    }
 }
 
 /// Poisons the instance if dropped while a panic unwinds through a call;
@@ -514,10 +533,9 @@ impl<D: LaneMap> LaneReplicated<D> {
         }
         match D::read_lane(&op) {
             Lane::One(key) => {
-                let lane = shared.lane_of(key);
+                let (nr, tok) = shared.lane(key, token);
                 // The lane checks that the token is this instance's.
-                let out = shared.lanes[lane].execute(op, &token.tokens[lane]);
-                settle(shared, out)
+                settle(shared, nr.execute(op, tok))
             }
             Lane::All => self.read_all(op, token),
         }
@@ -543,9 +561,9 @@ impl<D: LaneMap> LaneReplicated<D> {
         }
         match D::write_lane(&op) {
             Lane::One(key) => {
-                let lane = shared.lane_of(key);
+                let (nr, tok) = shared.lane(key, token);
                 let unwind = PoisonOnUnwind(&shared.poisoned);
-                let out = shared.lanes[lane].execute_mut(LaneOp::One(op), &token.tokens[lane]);
+                let out = nr.execute_mut(LaneOp::One(op), tok);
                 core::mem::forget(unwind);
                 settle(shared, out)
             }
