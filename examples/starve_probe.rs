@@ -1,5 +1,7 @@
+//! Probe: two replicas, one thread each, both pinned to CPU 0, a 50/50 mix;
+//! prints each thread's operations and worst operation (wall clock).
 use noderep::topology::Topology;
-use noderep::{Dispatch, NodeReplicated, ReplicaPolicy};
+use noderep::{Dispatch, ReplicaPolicy};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -12,12 +14,19 @@ impl Dispatch for Map {
     type ReadOperation<'a> = u64;
     type WriteOperation = Put;
     type Response = Option<u64>;
-    fn dispatch(&self, k: u64) -> Option<u64> { self.0.get(&k).copied() }
-    fn dispatch_mut(&mut self, p: Put) -> Option<u64> { self.0.insert(p.0, p.1) }
+    fn dispatch(&self, k: u64) -> Option<u64> {
+        self.0.get(&k).copied()
+    }
+    fn dispatch_mut(&mut self, p: Put) -> Option<u64> {
+        self.0.insert(p.0, p.1)
+    }
 }
 
 fn main() {
-    let secs: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(5);
+    let secs: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
     let nr = noderep::NrBuilder::new()
         .topology(Topology::simulated(2, 1).unwrap())
         .replicas(ReplicaPolicy::PerNode)
@@ -36,12 +45,20 @@ fn main() {
                 let mut n = 0u64;
                 let mut w = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
                     let k = x % 100_000;
                     let t0 = Instant::now();
-                    if x & 1 == 0 { nr.execute_mut(Put(k, n), &tok).unwrap(); } else { nr.execute(k, &tok).unwrap(); }
+                    if x & 1 == 0 {
+                        nr.execute_mut(Put(k, n), &tok).unwrap();
+                    } else {
+                        nr.execute(k, &tok).unwrap();
+                    }
                     let d = t0.elapsed().as_micros() as u64;
-                    if d > w { w = d; }
+                    if d > w {
+                        w = d;
+                    }
                     n += 1;
                 }
                 ops[t].store(n, Ordering::Relaxed);
@@ -51,5 +68,11 @@ fn main() {
         std::thread::sleep(Duration::from_secs(secs));
         stop.store(true, Ordering::Relaxed);
     });
-    for t in 0..2 { println!("thread {t}: ops {} worst {} us", ops[t].load(Ordering::Relaxed), worst[t].load(Ordering::Relaxed)); }
+    for t in 0..2 {
+        println!(
+            "thread {t}: ops {} worst {} us",
+            ops[t].load(Ordering::Relaxed),
+            worst[t].load(Ordering::Relaxed)
+        );
+    }
 }

@@ -3,7 +3,10 @@
 //! Every concurrent file in noderep imports its atomics, `Arc`, `UnsafeCell`,
 //! threads and spin hints from here, never from `std::sync::atomic` or `loom`
 //! directly, so that the very same protocol code runs natively and under the
-//! loom model checker (`RUSTFLAGS="--cfg loom"`).
+//! loom model checker (`RUSTFLAGS="--cfg loom"`). It is crate-private: its
+//! types change under loom, so they are no part of the public API (the loom
+//! models reach the real code through the public API and the
+//! `cfg(loom)`-only `nr::loom_api`).
 //!
 //! # How it works
 //!
@@ -28,10 +31,10 @@ pub(crate) use loom::sync::atomic::{
     fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
 #[cfg(loom)]
-pub use loom::sync::Arc;
+pub(crate) use loom::sync::Arc;
 
 #[cfg(not(loom))]
-pub use alloc::sync::Arc;
+pub(crate) use alloc::sync::Arc;
 #[cfg(not(loom))]
 #[allow(unused_imports)]
 pub(crate) use core::sync::atomic::{
@@ -229,7 +232,7 @@ pub(crate) fn heavy_fence() {
 /// core the thread it waits for needs). Under loom every call yields so the
 /// model checker explores the other threads.
 #[derive(Debug, Default)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     step: u32,
 }
 
@@ -238,16 +241,16 @@ impl Backoff {
     /// pauses in all: a few microseconds).
     const SPIN_ROUNDS: u32 = 64;
     /// Most `spin_loop` hints in one round (rounds 0, 1, 2.. spin 1, 2, 4..).
-    pub const MAX_PAUSES: u32 = 4;
+    pub(crate) const MAX_PAUSES: u32 = 4;
 
     /// A fresh backoff, spinning first.
-    pub const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Self { step: 0 }
     }
 
     /// Waits a little; longer on the first few calls, then a yield of the CPU.
     #[inline]
-    pub fn snooze(&mut self) {
+    pub(crate) fn snooze(&mut self) {
         #[cfg(loom)]
         {
             loom::thread::yield_now();
@@ -271,12 +274,12 @@ impl Backoff {
     }
 
     /// True once the backoff has moved from spinning to yielding.
-    pub fn is_yielding(&self) -> bool {
+    pub(crate) fn is_yielding(&self) -> bool {
         self.step >= Self::SPIN_ROUNDS
     }
 
     /// Starts over with short spins (call after progress was made).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.step = 0;
     }
 }

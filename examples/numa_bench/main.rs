@@ -403,7 +403,8 @@ fn pool(rows: Vec<Row>) -> Vec<Row> {
     out
 }
 
-/// One performance target of issue 4 and what was measured.
+/// One of noderep's performance goals against its peers, and what was
+/// measured.
 struct Target {
     what: String,
     measured: Option<f64>,
@@ -971,7 +972,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let targets = targets(&rows, mem.as_ref(), settings.reps);
     text.push_str(
-        "\nperformance targets (issue 4; noderep = noderep/node; ratios of medians from this run; \
+        "\nperformance goals of noderep against its peers (noderep = noderep/node; ratios of medians from this run; \
          `by CPU` = the same ratio from CPU-time throughput, robust to other processes; \
          `paired` = median over rounds of the ratio within each round, robust to load that comes and goes):\n",
     );

@@ -126,7 +126,7 @@ where
                 own.is_none(),
                 "the single-replica fast path returns directly"
             );
-            return self.combine_single(guard, None).map_err(Stop::from);
+            return self.combine_alone(0, guard, None).map_err(Stop::from);
         }
         // No collection after a panic: an operation taken by a combiner that
         // then stopped (or refused) because of the poison is never published,
@@ -197,15 +197,33 @@ where
         }))
     }
 
-    /// [`Replica::combine_direct`] on the only replica; returns `own`'s
-    /// outcome.
+    /// Whether replica `r` (whose lock we hold) is the only live replica
+    /// and has applied the whole log, so that a round may skip the log
+    /// entirely: the inlined check of [`combine`](Self::combine)'s direct
+    /// mode, for the fast path of `execute_mut`.
+    #[inline(always)]
+    pub(crate) fn runs_alone(&self, r: usize) -> bool {
+        // Acquire: as in `combine` (pairs with the Release decrement in
+        // `park`). Our ltail is written only under our lock; PARKED never
+        // equals the tail.
+        self.live.load(Ordering::Acquire) == 1 && self.log.ltail(r) == self.log.tail()
+    }
+
+    /// [`Replica::combine_direct`] on replica `r`, the only one serving
+    /// (the single replica, or the only live one when
+    /// [`runs_alone`](Self::runs_alone)); returns `own`'s outcome.
     #[inline]
-    pub(crate) fn combine_single(
+    pub(crate) fn combine_alone(
         &self,
+        r: usize,
         guard: &CombinerGuard<'_>,
         own: Option<D::WriteOperation>,
     ) -> Result<Option<D::Response>, PoisonedInstance> {
-        let round = self.replicas[0].combine_direct(guard, own, &self.poisoned)?;
+        let round = self.replicas[r].combine_direct(guard, own, &self.poisoned)?;
+        #[cfg(test)]
+        if !self.log.is_single() {
+            super::stats::Stats::bump(&self.stats.direct_rounds, 1);
+        }
         #[cfg(test)]
         if round.size > 0 {
             super::stats::Stats::bump(&self.stats.batches, 1);

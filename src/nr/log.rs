@@ -247,6 +247,7 @@ impl<T> Log<T> {
     /// promptly and without failing: replicas wait for them in order. Callers
     /// must hold their replica's combiner lock (with one replica this makes
     /// the caller the only appender).
+    #[cfg(any(test, loom))]
     pub(crate) fn try_reserve(&self, n: usize) -> Result<usize, LogFull> {
         self.try_reserve_keeping(n, 0)
     }

@@ -54,6 +54,9 @@
 //! Calciu, Sen, Balakrishnan, Aguilera: "Black-box Concurrent Data
 //! Structures for NUMA Architectures", ASPLOS 2017; Hendler et al., "Flat
 //! Combining and the Synchronization-Parallelism Tradeoff", SPAA 2010.
+//!
+//! The write and read paths step by step, and the poison protocol as a state
+//! table: `docs/ARCHITECTURE.md` in the repository.
 
 mod builder;
 mod combine;
@@ -565,10 +568,10 @@ where
         // mutant's single try is the one in the loop below.
         #[cfg(not(noderep_mutant = "no_combine_retry"))]
         if let Some(guard) = replica.try_combine() {
-            if shared.log.is_single() {
+            if shared.log.is_single() || shared.runs_alone(token.replica) {
                 // A panic of our operation unwinds from here (the instance
                 // is poisoned on the way, see `Replica::combine_direct`).
-                return match shared.combine_single(&guard, Some(op)) {
+                return match shared.combine_alone(token.replica, &guard, Some(op)) {
                     Ok(Some(r)) => Ok(r),
                     Ok(None) | Err(PoisonedInstance) => Err(ExecError::Poisoned),
                 };

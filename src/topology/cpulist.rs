@@ -5,11 +5,11 @@ use std::vec::Vec;
 
 /// Why a CPU list did not parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CpuListError;
+pub(crate) struct CpuListError;
 
 /// Parses a kernel CPU list such as `"0-3,8"` into ascending CPU numbers.
 /// An empty (or all-whitespace) list is a node without CPUs and yields `[]`.
-pub fn parse_cpulist(text: &str) -> Result<Vec<usize>, CpuListError> {
+pub(crate) fn parse_cpulist(text: &str) -> Result<Vec<usize>, CpuListError> {
     let mut cpus = Vec::new();
     for part in text
         .trim()

@@ -9,6 +9,11 @@ use std::vec::Vec;
 
 impl Topology {
     /// Asks hwloc for the NUMA nodes and the CPUs of each (their cpusets).
+    ///
+    /// # Errors
+    ///
+    /// [`TopologyError::Hwloc`] if hwloc cannot load the topology or reports
+    /// no NUMA node with CPUs.
     pub fn from_hwloc() -> Result<Self, TopologyError> {
         let topo = hwlocality::Topology::new().map_err(|e| TopologyError::Hwloc(e.to_string()))?;
         let mut layout: Vec<(usize, Vec<usize>)> = Vec::new();

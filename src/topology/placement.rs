@@ -34,6 +34,29 @@ pub fn current_cpu() -> Option<CpuLocation> {
 }
 
 /// Pins the calling thread to the operating-system CPU `os_cpu`.
+///
+/// # Errors
+///
+/// [`TopologyError::Pin`] if `os_cpu` is not in the process's allowed CPU
+/// set (or does not exist).
+///
+/// # Examples
+///
+/// ```
+/// use noderep::topology::{current_cpu, pin_to_cpu, Topology};
+///
+/// let cpu = Topology::detect()?.cores()[0].os_cpu;
+/// std::thread::spawn(move || -> Result<(), noderep::topology::TopologyError> {
+///     pin_to_cpu(cpu)?;
+///     if let Some(here) = current_cpu() {
+///         assert_eq!(here.cpu, cpu);
+///     }
+///     Ok(())
+/// })
+/// .join()
+/// .expect("no panic")?;
+/// # Ok::<(), noderep::topology::TopologyError>(())
+/// ```
 pub fn pin_to_cpu(os_cpu: usize) -> Result<(), TopologyError> {
     if core_affinity::set_for_current(core_affinity::CoreId { id: os_cpu }) {
         Ok(())
@@ -42,9 +65,21 @@ pub fn pin_to_cpu(os_cpu: usize) -> Result<(), TopologyError> {
     }
 }
 
-/// The NUMA node holding the page at address `addr` (pass `ptr as usize`) (get_mempolicy(2) with
-/// `MPOL_F_NODE | MPOL_F_ADDR`), or `None` where the kernel does not say
-/// (no NUMA support, or the page is not yet faulted in).
+/// The kernel's NUMA node of the page holding address `addr`
+/// (get_mempolicy(2) with `MPOL_F_NODE | MPOL_F_ADDR`), or `None` where the
+/// kernel does not say (no NUMA support, or the page is not yet faulted in).
+///
+/// The address is only a lookup key (pass `ptr as usize`): nothing is read
+/// through it, so any value is safe.
+///
+/// # Examples
+///
+/// ```
+/// let buf = vec![1u8; 1 << 16]; // written, so its pages exist
+/// if let Some(node) = noderep::topology::node_of_address(buf.as_ptr() as usize) {
+///     println!("the buffer lives on node {node}");
+/// }
+/// ```
 pub fn node_of_address(addr: usize) -> Option<usize> {
     const MPOL_F_NODE: libc::c_ulong = 1;
     const MPOL_F_ADDR: libc::c_ulong = 2;

@@ -62,7 +62,12 @@ fn sysfs_layout_is_read_from_a_fake_tree() {
 
 #[test]
 fn missing_sysfs_is_an_error_so_detect_can_fall_back() {
-    assert!(Topology::from_sysfs(Path::new("/nonexistent/noderep")).is_err());
+    let err = Topology::from_sysfs(Path::new("/nonexistent/noderep")).unwrap_err();
+    assert!(
+        matches!(&err, TopologyError::Unreadable { path, .. } if path == "/nonexistent/noderep"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("NODEREP_TOPOLOGY"), "{err}");
 }
 
 #[test]
