@@ -28,7 +28,15 @@ enum W {
     Panic(u64),
     /// Panics on every shard.
     PanicAll,
+    /// In lane `key % lanes`: raises `BLOCK_ENTERED`, then waits for
+    /// `BLOCK_RELEASE` (only the test of independent lanes uses it).
+    Block(u64),
 }
+
+/// Raised by a `W::Block` once it runs inside its lane's combiner.
+static BLOCK_ENTERED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Lets a running `W::Block` return.
+static BLOCK_RELEASE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 #[derive(Clone, Copy, Debug)]
 enum R {
@@ -62,6 +70,14 @@ impl Dispatch for Counted {
                 Vec::new()
             }
             W::Panic(_) | W::PanicAll => panic!("lanes test: operation panicked on purpose"),
+            W::Block(_) => {
+                use std::sync::atomic::Ordering::SeqCst;
+                BLOCK_ENTERED.store(true, SeqCst);
+                while !BLOCK_RELEASE.load(SeqCst) {
+                    std::thread::yield_now();
+                }
+                Vec::new()
+            }
         }
     }
 }
@@ -69,7 +85,7 @@ impl Dispatch for Counted {
 impl LaneMap for Counted {
     fn write_lane(op: &W) -> Lane {
         match *op {
-            W::Put(k, _) | W::Panic(k) => Lane::One(k),
+            W::Put(k, _) | W::Panic(k) | W::Block(k) => Lane::One(k),
             W::Bump | W::Clear | W::PanicAll => Lane::All,
         }
     }
@@ -236,6 +252,36 @@ fn all_lane_writes_stay_atomic_with_idle_lanes_and_a_small_log() {
             assert_eq!(n, same.3, "replica {r} lane {lane} differs from replica 0");
         }
         assert_eq!(len(&map, &t), 5 * writers as u64);
+    }
+}
+
+/// While lane 0's combiner is stuck inside an operation (holding lane 0's
+/// combiner and write locks), writes and reads of lane 1 on the same
+/// replica complete: the lanes share no lock. One replica and two.
+#[test]
+fn a_stuck_lane_does_not_stop_another_lane() {
+    use std::sync::atomic::Ordering::SeqCst;
+    for replicas in [1, 2] {
+        BLOCK_ENTERED.store(false, SeqCst);
+        BLOCK_RELEASE.store(false, SeqCst);
+        let map = build(replicas, 2, 2, 16);
+        std::thread::scope(|s| {
+            let blocked = s.spawn(|| {
+                let t = map.register_on(0).unwrap();
+                map.execute_mut(W::Block(0), &t).unwrap()
+            });
+            while !BLOCK_ENTERED.load(SeqCst) {
+                std::thread::yield_now();
+            }
+            let t = map.register_on(0).unwrap();
+            for i in 0..100 {
+                map.execute_mut(W::Put(1, i), &t).unwrap();
+            }
+            assert_eq!(map.execute(R::Get(1), &t).unwrap(), vec![99]);
+            assert!(!blocked.is_finished(), "lane 0 is still stuck");
+            BLOCK_RELEASE.store(true, SeqCst);
+            assert_eq!(blocked.join().unwrap(), Vec::<u64>::new());
+        });
     }
 }
 
