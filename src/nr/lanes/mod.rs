@@ -71,6 +71,13 @@
 //!   operation that must not retry can be written as an all-lane write.
 //! * The structure is a sequential one per shard; a structure that is
 //!   itself concurrent (CNR's other mode) is not supported.
+//! * Replicas are never parked (`Dispatch::snapshot` of a lane's shard is
+//!   `None`, whatever the user's structure offers): each lane would park
+//!   and rebuild its replica on its own, while the all-lane barrier needs
+//!   every lane of a replica to replay in step. An idle replica is kept
+//!   current by helping instead, in every lane, exactly as in the
+//!   single-log case without snapshots; `add_replica`/`remove_replica` are
+//!   not offered.
 //!
 //! # References
 //!
