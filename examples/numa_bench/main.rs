@@ -46,7 +46,7 @@ mod workload;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use noderep::topology::{Core, Topology};
+use noderep::topology::{format_cpulist, Core, Topology};
 use noderep::ReplicaPolicy;
 use report::Row;
 use runner::Settings;
@@ -693,10 +693,22 @@ fn machine(topo: &Topology) -> String {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    // Which CPUs each node has, and where that came from (sysfs, hwloc, or a
+    // simulated topology), so a report says what it ran on.
+    let nodes: Vec<String> = topo
+        .nodes()
+        .iter()
+        .map(|n| {
+            let cpus: Vec<usize> = n.cores.iter().map(|c| c.os_cpu).collect();
+            format!("node {}: cpus {}", n.os_node, format_cpulist(&cpus))
+        })
+        .collect();
     format!(
-        "{model}, {} CPU(s), {} NUMA node(s), Linux {}",
+        "{model}, {} CPU(s), {} NUMA node(s) ({}; {:?}), Linux {}",
         topo.num_cores(),
         topo.num_nodes(),
+        nodes.join("; "),
+        topo.source(),
         kernel.trim()
     )
 }

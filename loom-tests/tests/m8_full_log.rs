@@ -10,8 +10,8 @@
 //! response is a prefix of that order ending with the thread's own value.
 //! Mutants caught: `make_room_skips_own` (a waiter does not catch up its own
 //! replica, which nobody else can while it holds the lock: deadlock) and
-//! `waiter_never_leaves` (a served waiter's need stays counted: every later
-//! append keeps room for a ghost and waits forever).
+//! `waiter_never_leaves` (a served waiter's need stays counted, so later
+//! appends keep room for a ghost; checked at quiescence).
 #![cfg(loom)]
 
 use loom::sync::Arc;
@@ -52,5 +52,10 @@ fn m8_full_log() {
         let mut sorted = a.clone();
         sorted.sort_unstable();
         assert_eq!(sorted, vec![10, 11, 20, 21], "every value exactly once");
+        assert_eq!(
+            noderep::nr::loom_api::waiting_need(&nr),
+            0,
+            "no room is kept for waiters at quiescence"
+        );
     });
 }

@@ -2,11 +2,11 @@
 //! replicas, racing with writes.
 //!
 //! `m9_park_and_wake`: two replicas of a copyable sequence, a log of 2. The
-//! writer (replica 0) appends three values; the log fills while replica 1
+//! writer (replica 0) appends five values; the log fills while replica 1
 //! has no thread, so the writer parks it and goes on without the log. A
 //! thread of replica 1 then reads, concurrently with the writes: its read
 //! rebuilds replica 1 from replica 0 and must return a prefix of the writes,
-//! and a read after the writer is done must see all three. Mutants caught:
+//! and a read after the writer is done must see all five. Mutants caught:
 //! `wake_after_unlock` (the rebuilt replica's position is published after
 //! the source's lock is released, when the log may already have moved past
 //! it) and `park_keeps_ltail` (a parked replica keeps its old position, so
@@ -27,6 +27,11 @@ use loom::thread;
 use loom_tests::{copy_nr, Op};
 use noderep::ExecError;
 
+/// Writes of the writer in `m9_park_and_wake`: two fill the log, the third
+/// parks replica 1, and the last two can wrap the log past the position a
+/// rebuilt replica 1 starts from (what `wake_after_unlock` gets wrong).
+const WRITES: u64 = 5;
+
 #[test]
 fn m9_park_and_wake() {
     loom_tests::model("m9_park_and_wake", || {
@@ -35,7 +40,7 @@ fn m9_park_and_wake() {
             let nr = Arc::clone(&nr);
             thread::spawn(move || {
                 let tok = nr.register_on(0).unwrap();
-                for v in 1..=3u64 {
+                for v in 1..=WRITES {
                     let resp = nr.execute_mut(Op::Push(v), &tok).unwrap();
                     assert_eq!(resp, (1..=v).collect::<Vec<_>>(), "response to write {v}");
                 }
@@ -46,17 +51,15 @@ fn m9_park_and_wake() {
             thread::spawn(move || {
                 let tok = nr.register_on(1).unwrap();
                 let got = nr.execute((), &tok).unwrap();
-                assert_eq!(&[1, 2, 3][..got.len()], &got[..], "replica 1 read {got:?}");
+                let all: Vec<u64> = (1..=WRITES).collect();
+                assert_eq!(&all[..got.len()], &got[..], "replica 1 read {got:?}");
             })
         };
         writer.join().unwrap();
         reader.join().unwrap();
         let tok = nr.register_on(1).unwrap();
-        assert_eq!(
-            nr.execute((), &tok).unwrap(),
-            vec![1, 2, 3],
-            "rebuilt and current"
-        );
+        let all: Vec<u64> = (1..=WRITES).collect();
+        assert_eq!(nr.execute((), &tok).unwrap(), all, "rebuilt and current");
     });
 }
 

@@ -128,7 +128,7 @@ impl<W, R> Context<W, R> {
             unsafe { (*p).take() }
         });
         // Relaxed: only the combiner reads TAKEN (the thread waits for DONE);
-        // the thread learns of our progress through the Release in `finish`.
+        // the thread learns of our progress through the Release in `publish`.
         // A taken operation that is never published (the instance was
         // poisoned first) must not be collected again; TAKEN says so here,
         // and `Shared::combine` also refuses to collect once poisoned, so
@@ -233,7 +233,7 @@ impl<W, R> Context<W, R> {
 
     /// The owning thread checks for its result, taking it if it is there.
     pub(crate) fn poll(&self) -> Option<Outcome<R>> {
-        // Acquire: pairs with the Release in `finish`.
+        // Acquire: pairs with the Release in `publish`.
         let s = self.state.load(Ordering::Acquire);
         if s != DONE && s != PANICKED {
             return None;

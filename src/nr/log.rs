@@ -372,9 +372,10 @@ impl<T> Log<T> {
 
     /// The next position to be handed out.
     pub(crate) fn tail(&self) -> usize {
-        // Acquire: a caller that waits for positions below the tail will read
-        // them through `read`, which has its own Acquire; this load only needs
-        // to be recent, and Acquire keeps it ordered after earlier loads.
+        // Acquire: orders the caller's later loads (ltails, entries) after
+        // this one. No Release pairs with it (reservations are Relaxed CASes);
+        // the entries themselves are synchronised by `read`'s Acquire on
+        // their alive bit.
         self.tail.load(Ordering::Acquire)
     }
 

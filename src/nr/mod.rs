@@ -242,12 +242,22 @@ where
 {
     /// One replica per NUMA node of the detected topology (with `std`), each
     /// built by `make(replica_index)`. See [`NrBuilder`] for the options.
+    ///
+    /// # Errors
+    ///
+    /// As [`NrBuilder::build`] (for example, a topology that cannot be
+    /// detected).
+    ///
+    /// # Panics
+    ///
+    /// If `make` panics, the panic is resumed in the caller and nothing is
+    /// built.
     pub fn new(make: impl Fn(usize) -> D + Sync) -> Result<Self, NrError> {
         NrBuilder::new().build(make)
     }
 
     /// A builder for the options (topology, replicas, log capacity, slots).
-    pub fn builder() -> NrBuilder {
+    pub fn builder() -> NrBuilder<D> {
         NrBuilder::new()
     }
 
@@ -513,6 +523,15 @@ where
     }
 
     /// Runs a read-only operation on the caller's replica, linearizably.
+    ///
+    /// # Errors
+    ///
+    /// [`ExecError::Poisoned`] after a write panicked,
+    /// [`ExecError::WrongInstance`] for a token of another instance,
+    /// [`ExecError::ReplicaRemoved`] if the token's replica was removed.
+    /// The `Result` wraps your `D::Response`: write `nr.execute(op, &t)?`
+    /// to get the response (code ported from node-replication 0.1.1, where
+    /// `.unwrap()` unwrapped the response itself, needs `?.unwrap()`).
     #[inline(always)]
     pub fn execute<'r>(
         &self,
@@ -552,6 +571,15 @@ where
     ///
     /// If the operation panics, the panic resumes in the caller and the
     /// instance is poisoned.
+    ///
+    /// A `dispatch_mut` (or `dispatch`) must not call back into its own
+    /// instance: the combiner lock it holds is not reentrant, and such a
+    /// call waits for itself forever.
+    ///
+    /// # Errors
+    ///
+    /// As for [`execute`](Self::execute); with
+    /// [`ExecError::ReplicaRemoved`] the operation was not applied.
     #[inline]
     pub fn execute_mut(
         &self,
@@ -696,6 +724,16 @@ where
     #[cfg(feature = "std")]
     pub fn replica_data_addr(&self, r: usize) -> Option<*const u8> {
         self.shared.replicas.get(r).map(|rep| rep.data_addr())
+    }
+
+    /// Address of replica `r`'s thread slots (one contiguous array), for
+    /// NUMA placement checks.
+    #[cfg(feature = "std")]
+    pub fn replica_slots_addr(&self, r: usize) -> Option<*const u8> {
+        self.shared
+            .replicas
+            .get(r)
+            .map(|rep| rep.contexts.as_ptr().cast::<u8>())
     }
 
     #[cfg(test)]

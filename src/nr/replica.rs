@@ -671,4 +671,24 @@ impl<D: Dispatch> Replica<D> {
     pub(crate) fn data_addr(&self) -> *const u8 {
         self.data.with(|d| d as *const u8)
     }
+
+    /// The memory this replica owns apart from `D`'s own heap, as
+    /// `(address, length in bytes)`: the replica (with `D` inline), its
+    /// thread slots and its reader flags. The builder moves these pages to
+    /// the replica's node.
+    #[cfg(all(feature = "std", not(loom)))]
+    pub(crate) fn owned_ranges(&self) -> [(usize, usize); 3] {
+        let flags = self.contexts.len() * core::mem::size_of::<CachePadded<AtomicBool>>();
+        [
+            (self as *const Self as usize, core::mem::size_of::<Self>()),
+            (
+                self.contexts.as_ptr() as usize,
+                core::mem::size_of_val(&*self.contexts),
+            ),
+            (
+                self.rwlock.reader_flag(0) as *const AtomicBool as usize,
+                flags,
+            ),
+        ]
+    }
 }

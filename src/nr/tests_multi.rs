@@ -333,7 +333,8 @@ fn parked_replicas_free_the_log_and_readers_see_them_as_behind() {
 #[test]
 fn sizes_beyond_what_can_be_allocated_are_errors() {
     let map = || PlainMap::default();
-    let too_large = |b: NrBuilder| matches!(b.build(|_| map()), Err(NrError::TooLarge { .. }));
+    let too_large =
+        |b: NrBuilder<PlainMap>| matches!(b.build(|_| map()), Err(NrError::TooLarge { .. }));
     let sim = || NrBuilder::new().topology(Topology::simulated(2, 1).unwrap());
     assert!(too_large(sim().log_capacity(1 << 40)));
     assert!(too_large(sim().log_capacity((1 << 62) + 1)));

@@ -28,17 +28,18 @@
 //! # References
 //!
 //! Linux `Documentation/ABI/stable/sysfs-devices-node`; getcpu(2);
-//! get_mempolicy(2).
-//!
-//! How the parts use the topology: `docs/ARCHITECTURE.md` in the repository.
+//! move_pages(2).
 
 mod cpulist;
 #[cfg(feature = "hwloc")]
 mod hwloc;
 mod placement;
 
-pub(crate) use cpulist::parse_cpulist;
-pub use placement::{current_cpu, node_of_address, pin_to_cpu, CpuLocation};
+pub use cpulist::{format_cpulist, parse_cpulist};
+pub use placement::{
+    current_cpu, local_memory_node, move_to_node, node_of_address, nodes_of_pages, pin_to_cpu,
+    release_free_heap_pages, CpuLocation,
+};
 
 use std::path::Path;
 use std::string::String;
