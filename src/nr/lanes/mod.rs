@@ -218,6 +218,9 @@ pub enum LanesError {
         /// Lane 0's replicas.
         expected: usize,
     },
+    /// `NrBuilder::max_replicas` was set.
+    #[error("max_replicas is not supported with lanes: spare replicas start parked, and a lane-partitioned replica cannot be parked or added; leave max_replicas unset")]
+    SpareReplicas,
     /// The per-lane configuration was refused.
     #[error(transparent)]
     Nr(#[from] NrError),
@@ -227,14 +230,15 @@ pub enum LanesError {
 /// single-log options (topology, replicas, log capacity, slots) that every
 /// lane uses.
 #[derive(Debug, Clone)]
-pub struct LanesBuilder {
-    nr: NrBuilder,
+pub struct LanesBuilder<D> {
+    nr: NrBuilder<D>,
     lanes: usize,
 }
 
-impl LanesBuilder {
+impl<D> LanesBuilder<D> {
     /// Two lanes, each configured by `nr` (its log capacity is per lane).
-    pub fn new(nr: NrBuilder) -> Self {
+    /// `max_replicas` is not supported (see [`LanesError::SpareReplicas`]).
+    pub fn new(nr: NrBuilder<D>) -> Self {
         Self { nr, lanes: 2 }
     }
 
@@ -247,13 +251,16 @@ impl LanesBuilder {
     /// Builds the instance; `make(replica, lane)` builds that replica's
     /// shard for that lane (on a thread pinned to the replica's node, with
     /// `std`).
-    pub fn build<D>(
+    pub fn build(
         self,
         make: impl Fn(usize, usize) -> D + Sync,
     ) -> Result<LaneReplicated<D>, LanesError>
     where
         D: LaneMap,
     {
+        if self.nr.has_max_replicas() {
+            return Err(LanesError::SpareReplicas);
+        }
         if self.lanes == 0 {
             return Err(LanesError::ZeroLanes);
         }
@@ -268,6 +275,7 @@ impl LanesBuilder {
             let nr = self
                 .nr
                 .clone()
+                .retyped::<Shard<D>>()
                 .build(|r| Shard::new(make(r, lane), r, lane))?;
             let expected = lanes
                 .first()

@@ -139,10 +139,15 @@ fn bad_lane_counts_are_errors_that_say_what_to_do() {
             max: MAX_LANES
         }
     );
-    let e = LanesBuilder::new(nr.log_capacity(0))
+    let e = LanesBuilder::new(nr.clone().log_capacity(0))
         .build(|_, _| Counted::default())
         .unwrap_err();
     assert_eq!(e, LanesError::Nr(NrError::ZeroLogCapacity));
+    let e = LanesBuilder::new(nr.max_replicas(2))
+        .build(|_, _| Counted::default())
+        .unwrap_err();
+    assert_eq!(e, LanesError::SpareReplicas);
+    assert!(e.to_string().contains("leave max_replicas unset"), "{e}");
 }
 
 #[test]
