@@ -51,6 +51,12 @@ pub(super) fn ctail<D: Dispatch>(nr: &NodeReplicated<D>) -> usize {
     nr.shared.log.ctail()
 }
 
+/// The next position the lane's log hands out (see `Log::tail`).
+#[inline]
+pub(super) fn tail<D: Dispatch>(nr: &NodeReplicated<D>) -> usize {
+    nr.shared.log.tail()
+}
+
 /// Raises the lane's commit point to `pos` (see `Log::advance_ctail`).
 #[inline]
 pub(super) fn advance_ctail<D: Dispatch>(nr: &NodeReplicated<D>, pos: usize) {

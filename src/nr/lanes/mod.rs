@@ -50,7 +50,8 @@
 //!   covered by the replica. If so, every write that completed before that
 //!   check is in the state it reads and nothing it reads started after the
 //!   locks were taken, so the read is linearizable at the first of these
-//!   loads; otherwise it lets go and tries again.
+//!   loads; otherwise it lets go and tries again, this time catching up to
+//!   each lane's tail (ahead of the commit points).
 //!
 //! Poisoning: a panicking single-lane write poisons its lane as in the
 //! single-log case and the instance as soon as the failing call returns (or
@@ -748,10 +749,20 @@ impl<D: LaneMap> LaneReplicated<D> {
             return fold(&guards[..lanes.len()]);
         }
         let mut backoff = Backoff::new();
+        let mut attempt = 0u32;
         loop {
+            attempt = attempt.saturating_add(1);
             for lane in lanes.iter() {
-                let commit = hooks::ctail(lane);
-                lane.lane_sync(r, commit).inspect_err(|_| shared.poison())?;
+                // First up to the commit point; after a failed check, up to
+                // the tail, which runs ahead of the commit point that other
+                // replicas keep raising, so the next check is likelier to
+                // pass.
+                let target = if attempt == 1 {
+                    hooks::ctail(lane)
+                } else {
+                    hooks::tail(lane)
+                };
+                lane.lane_sync(r, target).inspect_err(|_| shared.poison())?;
             }
             let mut guards: [Option<ReadGuard<'_>>; MAX_LANES] = core::array::from_fn(|_| None);
             let mut all = true;
