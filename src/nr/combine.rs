@@ -30,8 +30,7 @@
 //! structure can be copied, parked (O(1): it stops holding the log back and
 //! is rebuilt when one of its threads comes back). A replica with threads
 //! waiting for its lock is left to them (so a helper cannot starve a
-//! replica's own thread by holding its lock again and again), unless it
-//! must be caught up to the tail, which is then done in one go.
+//! replica's own thread by taking its lock again and again).
 //!
 //! # Trade-offs
 //!
@@ -154,7 +153,7 @@ where
         if self.live.load(Ordering::Acquire) == 1 {
             let tail = self.log.tail();
             if self.log.ltail(r) < tail {
-                replica.exec(guard, &self.log, tail, &self.poisoned, 0..0)?;
+                replica.exec(guard, &self.log, tail, &self.poisoned, 0..0, None)?;
             }
             let round = replica.combine_direct(guard, own.map(|(_, op)| op), &self.poisoned)?;
             #[cfg(test)]
@@ -186,15 +185,11 @@ where
                 super::stats::Stats::bump(&self.stats.combined_ops, n);
             }
         }
-        replica.exec(guard, &self.log, end, &self.poisoned, batch)?;
-        // The combiner's own response, straight out of its slot (it never
-        // left this thread's hands); a panic payload stays for the caller's
-        // poll, which resumes it.
-        Ok(own_slot.and_then(|slot| {
-            // SAFETY: the slot is our own thread's (`own_slot` came from its
-            // token), and its outcome was stored by `exec` just now.
-            unsafe { replica.contexts[slot].take_own_response() }
-        }))
+        // The combiner's own operation is the last of its batch; `exec` hands
+        // its response straight back (a panic payload goes to our slot,
+        // where the caller's poll resumes it).
+        let own = own_slot.map(|slot| (batch.end.wrapping_sub(1), slot));
+        Ok(replica.exec(guard, &self.log, end, &self.poisoned, batch, own)?)
     }
 
     /// Whether replica `r` (whose lock we hold) is the only live replica
@@ -391,10 +386,18 @@ where
         let mut backoff = Backoff::new();
         loop {
             // Room for us and for every other waiter (`need` includes us).
-            let keep = self.log.waiting_need().saturating_sub(n);
-            match self.log.try_reserve_keeping(n, keep) {
-                Ok(start) => return Ok(start),
-                Err(LogFull { needed_head }) => self.make_room(r, guard, needed_head, n)?,
+            // Tried again right after making room, before yielding: the
+            // room we made is ours to take now, while another waiter that
+            // runs during our yield would take it and leave us short again.
+            for attempt in 0..2 {
+                let keep = self.log.waiting_need().saturating_sub(n);
+                match self.log.try_reserve_keeping(n, keep) {
+                    Ok(start) => return Ok(start),
+                    Err(LogFull { needed_head }) if attempt == 0 => {
+                        self.make_room(r, guard, needed_head, n)?
+                    }
+                    Err(_) => {}
+                }
             }
             // Acquire: pairs with the Release that poisons.
             if self.poisoned.load(Ordering::Acquire) {
@@ -424,7 +427,7 @@ where
         // Mutant `make_room_skips_own` (loom model 8): our replica, whose
         // lock we hold, is never caught up while we wait.
         #[cfg(not(noderep_mutant = "make_room_skips_own"))]
-        self.replicas[r].exec(guard, &self.log, tail, &self.poisoned, 0..0)?;
+        self.replicas[r].exec(guard, &self.log, tail, &self.poisoned, 0..0, None)?;
         for (q, lagging) in self.replicas.iter().enumerate() {
             let at = self.log.ltail(q);
             if q == r || at == PARKED || at >= needed_head {
@@ -436,16 +439,22 @@ where
             {
                 let dummy = crate::sync::AtomicU32::new(1);
                 let forged = CombinerGuard::forged(&dummy);
-                lagging.exec(&forged, &self.log, help_to, &self.poisoned, 0..0)?;
+                lagging.exec(&forged, &self.log, help_to, &self.poisoned, 0..0, None)?;
+            }
+            // A replica whose own threads wait for its lock is left to them:
+            // one of them takes it next and catches it up. Taking it here
+            // again and again (a helper that keeps running while the woken
+            // waiter waits for a CPU) starved those threads for seconds.
+            // Relaxed: a hint (see `Replica::waiting`).
+            if lagging.waiting.load(Ordering::Relaxed) > 0 {
+                continue;
             }
             #[cfg(not(any(noderep_mutant = "no_helping", noderep_mutant = "help_unlocked")))]
             if let Some(their_guard) = lagging.try_combine() {
-                // Relaxed: hints (see `Replica::waiting`, `activity`); both
-                // activity counters are written under the lock we hold.
-                let waiting = lagging.waiting.load(Ordering::Relaxed) > 0;
+                // Relaxed: both activity counters are written under the lock
+                // we hold.
                 let activity = lagging.activity.load(Ordering::Relaxed);
                 let idle = lagging.seen_activity.load(Ordering::Relaxed) == activity
-                    && !waiting
                     && !lagging.has_pending();
                 if self.log.ltail(q) == PARKED {
                     continue;
@@ -454,10 +463,7 @@ where
                 if self.can_snapshot && idle && self.park(q, &their_guard) {
                     continue;
                 }
-                // Its own threads want it: catch it up all the way, so that a
-                // reader among them finds it current and a writer finds room.
-                let to = if waiting { tail } else { help_to };
-                lagging.exec(&their_guard, &self.log, to, &self.poisoned, 0..0)?;
+                lagging.exec(&their_guard, &self.log, help_to, &self.poisoned, 0..0, None)?;
                 lagging.seen_activity.store(activity, Ordering::Relaxed);
                 #[cfg(test)]
                 super::stats::Stats::bump(&self.stats.helped, 1);
