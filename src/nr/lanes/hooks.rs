@@ -104,7 +104,7 @@ where
     match shared.replicas[r].try_combine() {
         Some(guard) => {
             // An Err means poisoned; every caller checks the poison flags.
-            let _ = shared.replicas[r].exec(&guard, &shared.log, to, &shared.poisoned, 0..0);
+            let _ = shared.replicas[r].exec(&guard, &shared.log, to, &shared.poisoned, 0..0, None);
             shared.log.ltail(r) >= to
         }
         None => false,
