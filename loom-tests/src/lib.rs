@@ -124,7 +124,7 @@ mod support {
     /// The builder behind [`seq_nr`]: `replicas` simulated nodes, `slots`
     /// thread slots per replica, a log of `log` entries (model 8 builds
     /// lane-partitioned instances from it).
-    pub fn nr_builder(replicas: usize, slots: usize, log: usize) -> NrBuilder {
+    pub fn nr_builder<D>(replicas: usize, slots: usize, log: usize) -> NrBuilder<D> {
         NrBuilder::new()
             .topology(topology(replicas))
             .max_threads_per_replica(slots)
