@@ -423,6 +423,15 @@ impl<D: LaneMap> core::fmt::Debug for LaneReplicated<D> {
     }
 }
 
+/// Folds lane `next`'s response into an all-lane response (lanes in order).
+#[inline]
+fn fold<D: LaneMap>(acc: Option<D::Response>, next: D::Response) -> Option<D::Response> {
+    Some(match acc {
+        None => next,
+        Some(a) => D::merge_responses(a, next),
+    })
+}
+
 /// The response of a lane's call, with the instance poisoned on failure.
 #[inline(always)]
 fn settle<D: LaneMap>(
@@ -633,10 +642,7 @@ impl<D: LaneMap> LaneReplicated<D> {
             };
             let r =
                 hooks::replica(lane, 0).with_data_mut(c, w, |s| s.data.dispatch_mut(op.clone()));
-            acc = Some(match acc {
-                None => r,
-                Some(a) => D::merge_responses(a, r),
-            });
+            acc = fold::<D>(acc, r);
         }
         core::mem::forget(unwind);
         drop(writes);
@@ -701,10 +707,7 @@ impl<D: LaneMap> LaneReplicated<D> {
             // SAFETY: we are the issuer, lane j of our replica is past its
             // leaf (Acquire, see above), and each response is taken once.
             let r = unsafe { desc.take_response(j) }.ok_or(ExecError::Poisoned)?;
-            acc = Some(match acc {
-                None => r,
-                Some(a) => D::merge_responses(a, r),
-            });
+            acc = fold::<D>(acc, r);
         }
         acc.ok_or(ExecError::Poisoned)
     }
@@ -731,10 +734,7 @@ impl<D: LaneMap> LaneReplicated<D> {
                 };
                 let resp =
                     hooks::replica(lane, r).with_data_read(g, |s| s.data.dispatch(op.clone()));
-                acc = Some(match acc {
-                    None => resp,
-                    Some(a) => D::merge_responses(a, resp),
-                });
+                acc = fold::<D>(acc, resp);
             }
             acc.ok_or(ExecError::Poisoned)
         };
