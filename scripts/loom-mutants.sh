@@ -49,6 +49,7 @@ m8_full_log            waiter_never_leaves
 m9_parking             wake_after_unlock
 m9_parking             park_keeps_ltail
 m9_parking             removed_not_checked
+m10_lanes              lane_leaf_runs_ahead
 runq                   renew_blind_store
 runq                   finalize_blind
 runq                   kill_check_then_store

@@ -6,10 +6,10 @@
 //! waiters yielded in a loop behind a descheduled combiner).
 //!
 //! What is asserted is fairness and liveness, with wide margins, not speed:
-//! every thread completes operations; while one operation is in progress
-//! the other replica's thread completes at most [`max_overtaken`]
-//! operations (a count of operations, not a time: it does not depend on
-//! how fast the machine is); and no operation takes longer than
+//! every thread completes operations; no write is overtaken by more than
+//! [`max_overtaken`] writes (ordered ahead of it without having completed
+//! when it began: a count read off the write order, not a time, so it does
+//! not depend on how fast the machine is); and no operation takes longer than
 //! [`MAX_OP_WALL`] of wall time. The figures (operations, CPU time and
 //! involuntary context switches of each thread, worst operation) are
 //! printed with `--nocapture`; `NODEREP_STARVATION_SECS` lengthens the run.
@@ -22,16 +22,17 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Most operations the other replica's thread may complete while one of
-/// ours is in progress, for a log of `capacity` entries: while our thread
-/// waits for its replica (holding its lock, or counted as waiting for it),
-/// the other one can append at most about a log's worth before it needs
-/// our replica and has to wait in turn; the constant allows for what it
-/// does in a time slice before our thread asks (thousands of operations).
-/// Measured here: at most 2.7x the log (64 entries) and 2.0x (4096). The
-/// code before the fix let the other thread complete 52,000 operations
-/// during one of ours with a 64-entry log in this test (812x the log), and
-/// 21 million in a 10 s run without the CPU hog.
+/// Most writes that may overtake one of ours (be ordered ahead of it
+/// without having completed when it began), for a log of `capacity`
+/// entries: a write waiting in its slot is appended by whoever holds its
+/// replica's lock, its own thread or a helper (which helps it through); a
+/// combiner waiting for room is overtaken by at most the room others may
+/// still take; so about a log's worth, plus what the other thread appends in
+/// a time slice before ours is even submitted. A write that starved (the
+/// old helping, which kept retaking the waiting thread's lock) was
+/// overtaken by 86,000 writes with a 64-entry log and 659,000 with 4096 in
+/// this test (measured by running it against that code), against at most
+/// 63 and 19,000 now.
 fn max_overtaken(capacity: usize) -> u64 {
     16 * capacity as u64 + 10_000
 }
@@ -40,8 +41,11 @@ fn max_overtaken(capacity: usize) -> u64 {
 /// tens of milliseconds on a loaded machine).
 const MAX_OP_WALL: Duration = Duration::from_secs(2);
 
+/// A map that also counts the writes applied to it: a write's response is
+/// its position in the one order every replica applies (the same on every
+/// replica, since the structure is deterministic).
 #[derive(Default, Clone)]
-struct Map(HashMap<u64, u64>, bool);
+struct Map(HashMap<u64, u64>, u64, bool);
 
 #[derive(Clone)]
 struct Put(u64, u64);
@@ -49,17 +53,19 @@ struct Put(u64, u64);
 impl Dispatch for Map {
     type ReadOperation<'a> = u64;
     type WriteOperation = Put;
-    type Response = Option<u64>;
-    fn dispatch(&self, k: u64) -> Option<u64> {
-        self.0.get(&k).copied()
+    type Response = u64;
+    fn dispatch(&self, k: u64) -> u64 {
+        self.0.get(&k).copied().unwrap_or(u64::MAX)
     }
-    fn dispatch_mut(&mut self, Put(k, v): Put) -> Option<u64> {
-        self.0.insert(k, v)
+    fn dispatch_mut(&mut self, Put(k, v): Put) -> u64 {
+        self.0.insert(k, v);
+        self.1 += 1;
+        self.1
     }
     fn snapshot(&self) -> Option<Self> {
         // The flag says whether this instance copies (parking) or not
         // (helping); both paths are tested.
-        self.1.then(|| self.clone())
+        self.2.then(|| self.clone())
     }
 }
 
@@ -87,8 +93,8 @@ fn involuntary_switches() -> i64 {
 struct Worst {
     /// Operations completed.
     ops: u64,
-    /// Most operations the other replica's thread completed while one of
-    /// ours was in progress.
+    /// Most writes ordered ahead of one of ours that had not completed when
+    /// ours began (they overtook it).
     overtaken: u64,
     /// Longest operation (wall time).
     wall: Duration,
@@ -102,13 +108,11 @@ fn run(copies: bool, log: usize, secs: u64) -> [Worst; 2] {
         .topology(Topology::simulated(2, 1).unwrap())
         .log_capacity(log)
         .max_threads_per_replica(4)
-        .build(|_| Map(HashMap::new(), copies))
+        .build(|_| Map(HashMap::new(), 0, copies))
         .unwrap();
     let stop = AtomicBool::new(false);
-    let done = [
-        CachePadded::new(AtomicU64::new(0)),
-        CachePadded::new(AtomicU64::new(0)),
-    ];
+    // The highest position in the write order of any completed write.
+    let completed = CachePadded::new(AtomicU64::new(0));
     std::thread::scope(|s| {
         let hog = s.spawn(|| {
             let _ = pin_to_cpu(0);
@@ -119,7 +123,7 @@ fn run(copies: bool, log: usize, secs: u64) -> [Worst; 2] {
         });
         let workers: Vec<_> = (0..2usize)
             .map(|r| {
-                let (nr, stop, done) = (&nr, &stop, &done);
+                let (nr, stop, completed) = (&nr, &stop, &completed);
                 s.spawn(move || {
                     let _ = pin_to_cpu(0);
                     let tok = nr.register_on(r).unwrap();
@@ -131,20 +135,21 @@ fn run(copies: bool, log: usize, secs: u64) -> [Worst; 2] {
                         x ^= x >> 7;
                         x ^= x << 17;
                         let k = x % 100_000;
-                        // Relaxed: statistics; each counter has one writer.
-                        let other0 = done[1 - r].load(Ordering::Relaxed);
+                        // Relaxed: a statistic (fetch_max keeps it monotonic).
+                        let before = completed.load(Ordering::Relaxed);
                         let t0 = Instant::now();
                         if x & 1 == 0 {
-                            nr.execute_mut(Put(k, w.ops), &tok).unwrap();
+                            let at = nr.execute_mut(Put(k, w.ops), &tok).unwrap();
+                            // Writes ordered before ours that had not
+                            // completed when ours began: the appends that
+                            // overtook it.
+                            w.overtaken = w.overtaken.max(at.saturating_sub(before + 1));
+                            completed.fetch_max(at, Ordering::Relaxed);
                         } else {
                             nr.execute(k, &tok).unwrap();
                         }
-                        let wall = t0.elapsed();
-                        let overtaken = done[1 - r].load(Ordering::Relaxed) - other0;
-                        w.overtaken = w.overtaken.max(overtaken);
-                        w.wall = w.wall.max(wall);
+                        w.wall = w.wall.max(t0.elapsed());
                         w.ops += 1;
-                        done[r].store(w.ops, Ordering::Relaxed);
                     }
                     w.cpu = thread_cpu() - c_start;
                     w.switches = involuntary_switches() - n_start;
@@ -172,18 +177,20 @@ fn check(name: &str, copies: bool, log: usize) {
     let got = run(copies, log, secs);
     for (r, w) in got.iter().enumerate() {
         eprintln!(
-            "{name}: replica {r}: {} ops in {secs} s ({:?} CPU, {} involuntary switches); worst op {:?} wall, \
-             overtaken by {} ops of the other replica's thread",
+            "{name}: replica {r}: {} ops in {secs} s ({:?} CPU, {} involuntary switches); worst op {:?} wall; \
+             a write overtaken by at most {} writes",
             w.ops, w.cpu, w.switches, w.wall, w.overtaken
         );
         assert!(
             w.ops > 0,
             "{name}: the thread of replica {r} completed nothing"
         );
-        let bound = max_overtaken(log);
+        // With parking the other thread runs log-free while ours is parked,
+        // several times faster, so its time slice holds more writes.
+        let bound = max_overtaken(log) * if copies { 4 } else { 1 };
         assert!(
             w.overtaken < bound,
-            "{name}: an operation of replica {r} waited while the other replica's thread completed {} (bound {bound})",
+            "{name}: a write of replica {r} was overtaken by {} writes (bound {bound})",
             w.overtaken
         );
         assert!(

@@ -152,10 +152,22 @@ struct Cli {
     /// Skip the memory-per-replica measurement.
     #[arg(long)]
     skip_memory: bool,
+    /// Lanes (logs) of the `noderep-lanes/*` implementations.
+    #[arg(long, default_value_t = 2)]
+    lanes: usize,
+    /// Percentages of whole-structure `len` operations (all-lane reads for
+    /// noderep-lanes) to run each workload with, besides [default: 0 only].
+    #[arg(long, value_delimiter = ',')]
+    len_pct: Vec<u32>,
     /// noderep's log capacity in entries, for instances with several replicas
     /// (a single replica has no log) [default: the library's, 4096].
     #[arg(long)]
     nr_log: Option<usize>,
+    /// Threads of the oversubscribed cell (100% writes on the hashmap, more
+    /// threads than cores): noderep/1, noderep/sim4 (four simulated
+    /// replicas) and Mutex; 0 leaves it out.
+    #[arg(long, default_value_t = 8)]
+    oversub: usize,
     /// Profiling mode: instead of timing, run exactly N operations of each
     /// cell on the main thread (thread 0's stream) and print a checksum.
     /// Use under `valgrind --tool=callgrind` with two values of N: the
@@ -175,6 +187,9 @@ struct Ctx<'a> {
     bar: &'a ProgressBar,
     count_ops: Option<u64>,
     nr_log: Option<usize>,
+    /// Threads of the oversubscribed cell (0: none).
+    oversub: usize,
+    lanes: usize,
 }
 
 impl Ctx<'_> {
@@ -234,6 +249,19 @@ fn run_cell<S: Seq>(
                 systems::Noderep::build(proto, policy, ctx.topo, threads, ctx.nr_log, read_mostly)?;
             ctx.measure(&sys, streams, &host)
         }
+        Impl::NoderepSim4 => {
+            let topo = Topology::simulated(4, 1).expect("a 4-node simulated topology");
+            let mut sys = systems::Noderep::build(
+                proto,
+                ReplicaPolicy::PerNode,
+                &topo,
+                threads,
+                ctx.nr_log,
+                false,
+            )?;
+            sys.by_node = true;
+            ctx.measure(&sys, streams, &ctx.places(&topo))
+        }
         Impl::NoderepSim => {
             let topo = ctx.sim(threads);
             let sys = systems::Noderep::build(
@@ -243,6 +271,29 @@ fn run_cell<S: Seq>(
                 threads,
                 ctx.nr_log,
                 false,
+            )?;
+            ctx.measure(&sys, streams, &ctx.places(&topo))
+        }
+        Impl::NoderepLanes => {
+            let sys = systems::NoderepLanes::build(
+                proto,
+                ReplicaPolicy::Fixed(1),
+                ctx.topo,
+                threads,
+                ctx.lanes,
+                ctx.nr_log,
+            )?;
+            ctx.measure(&sys, streams, &host)
+        }
+        Impl::NoderepLanesSim => {
+            let topo = ctx.sim(threads);
+            let sys = systems::NoderepLanes::build(
+                proto,
+                ReplicaPolicy::PerNode,
+                &topo,
+                threads,
+                ctx.lanes,
+                ctx.nr_log,
             )?;
             ctx.measure(&sys, streams, &ctx.places(&topo))
         }
@@ -304,7 +355,13 @@ fn run_workload<S: Seq>(
         let shift = round % impls.len();
         impls.rotate_left(shift);
     }
-    let max_t = thread_counts.iter().copied().max().unwrap_or(1);
+    let oversub = oversubscribed(w, &impls, ctx);
+    let max_t = thread_counts
+        .iter()
+        .copied()
+        .chain(oversub.iter().map(|_| ctx.oversub))
+        .max()
+        .unwrap_or(1);
     let zipf = match w.dist {
         KeyDist::Zipf(s) => Some(workload::Zipf::new(ctx.shape.keys, s)),
         KeyDist::Uniform => None,
@@ -339,7 +396,43 @@ fn run_workload<S: Seq>(
             });
         }
     }
+    for imp in oversub {
+        let threads = ctx.oversub;
+        ctx.bar
+            .set_message(format!("{w} {} x{threads} (oversubscribed)", imp.name()));
+        let m = run_cell(imp, &proto, &streams[..threads], ctx)?;
+        rows.push(Row {
+            workload: w.to_string(),
+            write_pct: w.write_pct,
+            threads,
+            imp,
+            m,
+        });
+    }
     Ok(())
+}
+
+/// The implementations of the oversubscribed cell for workload `w`: the
+/// write-only uniform hashmap, `ctx.oversub` threads (more than cores),
+/// noderep/1, noderep/sim4 and Mutex among the selected implementations
+/// (noderep/sim4 whenever noderep/1 is selected).
+fn oversubscribed(w: &Workload, impls: &[Impl], ctx: &Ctx<'_>) -> Vec<Impl> {
+    if ctx.oversub == 0
+        || ctx.count_ops.is_some()
+        || w.structure != Structure::HashMap
+        || w.write_pct != 100
+        || w.dist != KeyDist::Uniform
+    {
+        return Vec::new();
+    }
+    let mut out: Vec<Impl> = [Impl::NoderepSingle, Impl::Mutex]
+        .into_iter()
+        .filter(|i| impls.contains(i))
+        .collect();
+    if impls.contains(&Impl::NoderepSingle) || impls.contains(&Impl::NoderepSim4) {
+        out.insert(1, Impl::NoderepSim4);
+    }
+    out
 }
 
 /// Pools the rows of several rounds: one row per (workload, threads,
@@ -413,12 +506,18 @@ fn paired_ratio(a: &Row, b: &Row, per_round: usize) -> Option<f64> {
 /// (ratio of medians, by CPU time, paired by round).
 type Ratios = (Option<f64>, Option<f64>, Option<f64>);
 
-fn targets(rows: &[Row], mem: Option<&memory::MemoryReport>, per_round: usize) -> Vec<Target> {
+fn targets(
+    rows: &[Row],
+    mem: Option<&memory::MemoryReport>,
+    per_round: usize,
+    oversub: usize,
+) -> Vec<Target> {
     let r0 = "hashmap/uniform/0%w";
     let w100 = "hashmap/uniform/100%w";
     let nr = Impl::NoderepNode;
-    let ratio = |w: &str, t: usize, a: Impl, b: Impl| -> Ratios {
-        match (find(rows, w, t, a), find(rows, w, t, b)) {
+    // `a` on workload `wa` over `b` on workload `wb`, `t` threads each.
+    let ratio2 = |wa: &str, a: Impl, wb: &str, b: Impl, t: usize| -> Ratios {
+        match (find(rows, wa, t, a), find(rows, wb, t, b)) {
             (Some(a), Some(b)) => (
                 (b.mops() > 0.0).then(|| a.mops() / b.mops()),
                 (b.cpu_mops() > 0.0).then(|| a.cpu_mops() / b.cpu_mops()),
@@ -427,6 +526,7 @@ fn targets(rows: &[Row], mem: Option<&memory::MemoryReport>, per_round: usize) -
             _ => (None, None, None),
         }
     };
+    let ratio = |w: &str, t: usize, a: Impl, b: Impl| ratio2(w, a, w, b, t);
     let at_least = |what: String, (v, cpu, paired): Ratios, goal: f64| Target {
         what,
         measured: v,
@@ -477,6 +577,40 @@ fn targets(rows: &[Row], mem: Option<&memory::MemoryReport>, per_round: usize) -
             "x",
         ),
         at_least(
+            "write-only, 1 thread: noderep/core (2 replicas, 1 idle) / noderep/1".into(),
+            ratio(w100, 1, Impl::NoderepCore, Impl::NoderepSingle),
+            0.8,
+        ),
+        at_most(
+            "p99.9 of 1-thread writes, noderep/core (us)".into(),
+            (
+                find(rows, w100, 1, Impl::NoderepCore)
+                    .filter(|r| r.m.latency.is_some())
+                    .map(|r| r.lat(0.999) as f64 / 1e3),
+                None,
+                None,
+            ),
+            2.0,
+            " us",
+        ),
+        at_least(
+            "write-only, 2 threads: noderep/sim (2 active replicas) / node-replication/sim".into(),
+            ratio(w100, 2, Impl::NoderepSim, Impl::NodeReplicationSim),
+            1.5,
+        ),
+        at_least(
+            format!(
+                "write-only, {oversub} threads on the machine's cores: noderep/sim4 / noderep/1"
+            ),
+            ratio(w100, oversub, Impl::NoderepSim4, Impl::NoderepSingle),
+            0.5,
+        ),
+        at_least(
+            format!("write-only, {oversub} threads on the machine's cores: noderep/sim4 / Mutex"),
+            ratio(w100, oversub, Impl::NoderepSim4, Impl::Mutex),
+            1.0,
+        ),
+        at_least(
             "read-only, 2 threads: noderep/node-rm (read_mostly) / node-replication".into(),
             ratio(r0, 2, Impl::NoderepReadMostly, Impl::NodeReplication),
             1.2,
@@ -488,6 +622,50 @@ fn targets(rows: &[Row], mem: Option<&memory::MemoryReport>, per_round: usize) -
             "x",
         ),
     ];
+    // Lanes (issue 11): `--lanes 2` and, for the all-lane rows, `--len-pct 1`.
+    let (lanes, lanes_sim) = (Impl::NoderepLanes, Impl::NoderepLanesSim);
+    let w100_len = format!("{w100}+1%len");
+    out.extend([
+        at_least(
+            "write-only, 2 threads, 1 replica: noderep-lanes/1 / dashmap".into(),
+            ratio(w100, 2, lanes, Impl::Dashmap),
+            0.6,
+        ),
+        at_least(
+            "write-only, 2 threads, 1 replica: noderep-lanes/1 / noderep/1".into(),
+            ratio(w100, 2, lanes, Impl::NoderepSingle),
+            1.5,
+        ),
+        at_least(
+            "write-only, 2 threads, 2 replicas: noderep-lanes/sim / noderep/sim".into(),
+            ratio(w100, 2, lanes_sim, Impl::NoderepSim),
+            2.0,
+        ),
+        at_least(
+            "write-only, 2 threads, 1 replica: noderep-lanes/1 with 1% all-lane len / without"
+                .into(),
+            ratio2(&w100_len, lanes, w100, lanes, 2),
+            0.8,
+        ),
+        at_least(
+            "write-only, 2 threads, 2 replicas: noderep-lanes/sim with 1% all-lane len / without"
+                .into(),
+            ratio2(&w100_len, lanes_sim, w100, lanes_sim, 2),
+            0.8,
+        ),
+        at_most(
+            "read-only, 2 threads: time per read noderep-lanes/1 / noderep/1".into(),
+            ratio(r0, 2, Impl::NoderepSingle, lanes),
+            1.05,
+            "x",
+        ),
+        at_most(
+            "read-only, 1 thread: time per read noderep-lanes/1 / noderep/1".into(),
+            ratio(r0, 1, Impl::NoderepSingle, lanes),
+            1.05,
+            "x",
+        ),
+    ]);
     // The largest of `ns(row)` over the latency-measured rows of the chosen
     // implementations, in milliseconds.
     let max_ms = |pred: &dyn Fn(Impl) -> bool, ns: fn(&Row) -> u64| -> Option<f64> {
@@ -686,6 +864,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         vec![0, 100]
     };
+    if let Some(bad) = cli.len_pct.iter().find(|&&w| w > 100) {
+        return Err(format!("--len-pct: {bad} is not a percentage (0..=100)").into());
+    }
+    if cli.lanes == 0 || cli.lanes > noderep::nr::lanes::MAX_LANES {
+        return Err(format!(
+            "--lanes: {} is not between 1 and {}",
+            cli.lanes,
+            noderep::nr::lanes::MAX_LANES
+        )
+        .into());
+    }
     if let Some(bad) = writes.iter().find(|&&w| w > 100) {
         return Err(format!("--writes: {bad} is not a percentage (0..=100)").into());
     }
@@ -742,11 +931,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         for &d in ds {
             for &w in &writes {
-                workloads.push(Workload {
-                    structure: s,
-                    write_pct: w,
-                    dist: d,
-                });
+                let mut alls = vec![0];
+                alls.extend(cli.len_pct.iter().copied().filter(|&a| a > 0));
+                for all_pct in alls {
+                    workloads.push(Workload {
+                        structure: s,
+                        write_pct: w,
+                        dist: d,
+                        all_pct,
+                    });
+                }
             }
         }
     }
@@ -825,6 +1019,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         bar: &bar,
         count_ops: cli.count_ops,
         nr_log: cli.nr_log,
+        oversub: cli.oversub,
+        lanes: cli.lanes,
     };
     let mut rows = Vec::new();
     let rounds = if cli.count_ops.is_some() {
@@ -888,7 +1084,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             m.old_log
         ));
     }
-    let targets = targets(&rows, mem.as_ref(), settings.reps);
+    let targets = targets(&rows, mem.as_ref(), settings.reps, cli.oversub);
     text.push_str(
         "\nperformance goals of noderep against its peers (noderep = noderep/node; ratios of medians from this run; \
          `by CPU` = the same ratio from CPU-time throughput, robust to other processes; \

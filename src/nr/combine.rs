@@ -28,9 +28,12 @@
 //! a lagging replica whose lock is free is helped (caught up a bounded
 //! stretch) or, if its threads did nothing since it was last helped and the
 //! structure can be copied, parked (O(1): it stops holding the log back and
-//! is rebuilt when one of its threads comes back). A replica with threads
-//! waiting for its lock is left to them (so a helper cannot starve a
-//! replica's own thread by taking its lock again and again).
+//! is rebuilt when one of its threads comes back). A replica whose own
+//! threads wait for its lock is *helped through* ([`Shared::help_through`]):
+//! caught up to the tail and its pending writes appended and answered on
+//! their behalf, so a helper that holds the lock those threads want serves
+//! them instead of starving them (a helper that kept retaking the lock of a
+//! replica whose thread was waiting for a CPU once starved it for seconds).
 //!
 //! # Trade-offs
 //!
@@ -348,8 +351,14 @@ where
     /// threads waiting for its lock (one of which takes it next). Every entry
     /// below the tail is published by its appender without waiting for
     /// anything, and every appender in line catches up its own replica on
-    /// each turn, so the first in line eventually fits.
-    fn reserve(&self, r: usize, guard: &CombinerGuard<'_>, n: usize) -> Result<usize, Stop> {
+    /// each turn, so the first in line eventually fits. (Also used by
+    /// `nr::lanes` to append the leaves of an all-lane write.)
+    pub(crate) fn reserve(
+        &self,
+        r: usize,
+        guard: &CombinerGuard<'_>,
+        n: usize,
+    ) -> Result<usize, Stop> {
         match self.log.try_reserve_keeping(n, self.log.waiting_need()) {
             Ok(start) => Ok(start),
             Err(_) => self.reserve_waiting(r, guard, n),
@@ -435,14 +444,6 @@ where
                 let forged = CombinerGuard::forged(&dummy);
                 lagging.exec(&forged, &self.log, help_to, &self.poisoned, 0..0, None)?;
             }
-            // A replica whose own threads wait for its lock is left to them:
-            // one of them takes it next and catches it up. Taking it here
-            // again and again (a helper that keeps running while the woken
-            // waiter waits for a CPU) starved those threads for seconds.
-            // Relaxed: a hint (see `Replica::waiting`).
-            if lagging.waiting.load(Ordering::Relaxed) > 0 {
-                continue;
-            }
             #[cfg(not(any(noderep_mutant = "no_helping", noderep_mutant = "help_unlocked")))]
             if let Some(their_guard) = lagging.try_combine() {
                 // Relaxed: both activity counters are written under the lock
@@ -457,13 +458,67 @@ where
                 if self.can_snapshot && idle && self.park(q, &their_guard) {
                     continue;
                 }
-                lagging.exec(&their_guard, &self.log, help_to, &self.poisoned, 0..0, None)?;
+                // Relaxed: a hint (see `Replica::waiting`).
+                let waited_for = lagging.waiting.load(Ordering::Relaxed) > 0;
+                if waited_for || lagging.has_pending() {
+                    // Its own threads wait for it: help them through instead
+                    // of making them wait for the lock we hold (a helper
+                    // that kept taking it starved them for seconds).
+                    self.help_through(q, &their_guard, tail)?;
+                } else {
+                    lagging.exec(&their_guard, &self.log, help_to, &self.poisoned, 0..0, None)?;
+                }
                 lagging.seen_activity.store(activity, Ordering::Relaxed);
                 #[cfg(test)]
                 super::stats::Stats::bump(&self.stats.helped, 1);
             }
         }
         Ok(())
+    }
+}
+
+impl<D> Shared<D>
+where
+    D: Dispatch + Send + Sync,
+    D::WriteOperation: Send + Sync,
+    D::Response: Send,
+{
+    /// Serves replica `q`'s own waiting threads on their behalf (we hold its
+    /// lock, so they cannot): catch it up to `tail`, which satisfies a
+    /// reader waiting for a commit point it saw earlier, then append and
+    /// apply its pending writes as one batch and publish their responses,
+    /// if the log has room for them beyond what waiting appenders need (we
+    /// are one of them: no waiting here). Mutant `help_not_through` only
+    /// catches the replica up, leaving its writers waiting for the lock
+    /// (`tests/starvation.rs` catches it: `scripts/lin_mutant.sh`-style,
+    /// `NODEREP_MUTANT=help_not_through cargo test --test starvation`).
+    fn help_through(&self, q: usize, guard: &CombinerGuard<'_>, tail: usize) -> Result<(), Stop> {
+        let lagging = &self.replicas[q];
+        lagging.exec(guard, &self.log, tail, &self.poisoned, 0..0, None)?;
+        #[cfg(noderep_mutant = "help_not_through")]
+        return Ok(());
+        #[cfg(not(noderep_mutant = "help_not_through"))]
+        {
+            let n = lagging.collect(guard);
+            if n == 0 {
+                return Ok(());
+            }
+            let Ok(start) = self.log.try_reserve_keeping(n, self.log.waiting_need()) else {
+                return Ok(());
+            };
+            lagging.append_batch(guard, &self.log, start, None);
+            lagging.exec(
+                guard,
+                &self.log,
+                start + n,
+                &self.poisoned,
+                start..start + n,
+                None,
+            )?;
+            #[cfg(test)]
+            super::stats::Stats::bump(&self.stats.helped_through, n);
+            Ok(())
+        }
     }
 }
 
