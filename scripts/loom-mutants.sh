@@ -40,7 +40,7 @@ m4_combiner            no_combine_retry
 m5_helping             no_helping
 m5_helping             help_unlocked
 m6_registration        register_no_note_slot
-m6_registration        token_release_relaxed
+m7_poisoning           token_release_relaxed
 m7_poisoning           poison_flag_skipped
 m7_poisoning           panic_not_forwarded
 m7_poisoning           exec_ignores_poison

@@ -87,5 +87,14 @@ fn scenario(replicas: usize) {
         );
         drop(tok);
         assert_eq!(nr.register_on(0).unwrap_err(), NrError::Poisoned);
+        // Nothing was applied twice: a combiner that ignored the poison
+        // would replay the stretch that the panicking one applied without
+        // recording it (mutant `exec_ignores_poison`).
+        for r in 0..replicas {
+            let items = noderep::nr::loom_api::peek(&nr, r, |d| d.items.clone());
+            let mut sorted = items.clone();
+            sorted.dedup();
+            assert_eq!(sorted, items, "replica {r} applied a write twice: {items:?}");
+        }
     }
 }

@@ -116,3 +116,23 @@ where
 {
     nr.shared.log.waiting_need()
 }
+
+/// Runs `f` on replica `r`'s data, whatever the instance's state (poisoned
+/// included), for checks at quiescence: every thread of the model has been
+/// joined, so the combiner lock is free and nothing else touches the data.
+///
+/// # Panics
+///
+/// If the combiner lock is held (the model is not quiescent).
+pub fn peek<D, R>(nr: &super::NodeReplicated<D>, r: usize, f: impl FnOnce(&D) -> R) -> R
+where
+    D: super::Dispatch + Send + Sync,
+    D::WriteOperation: Send + Sync,
+    D::Response: Send,
+{
+    let rep = &nr.shared.replicas[r];
+    let guard = rep
+        .try_combine()
+        .expect("peek is for quiescence: no thread may hold the combiner lock");
+    rep.with_data(&guard, f)
+}
