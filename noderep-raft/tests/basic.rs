@@ -1,0 +1,33 @@
+//! A three-host cluster on loopback: writes, reads of every kind, and the
+//! state agreeing on every host and every NUMA replica.
+
+mod support;
+
+use noderep_raft::KvWrite;
+use std::time::Duration;
+use support::Cluster;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_and_reads_agree_on_every_host() {
+    let c = Cluster::start(3).await;
+    let ids = c.live();
+    for i in 0..20u64 {
+        let h = c.host(ids[(i % 3) as usize]).unwrap();
+        let prev = h.write(KvWrite::Put { key: i % 4, value: i }).await.unwrap();
+        assert_eq!(prev, if i >= 4 { Some(i - 4) } else { None });
+    }
+    for &id in &ids {
+        let h = c.host(id).unwrap();
+        for k in 0..4u64 {
+            assert_eq!(h.read(k).await.unwrap(), Some(16 + k), "host {id} key {k}");
+        }
+        let s = h.read_stale(3, Duration::from_millis(500)).await.unwrap();
+        assert_eq!(s.value, Some(19));
+        assert!(s.applied >= 20, "applied {} covers the 20 writes", s.applied);
+        // Every NUMA replica of the host holds the same map.
+        let maps = h.machine().inspect(|_, d| d.clone()).unwrap();
+        assert_eq!(maps.len(), 2);
+        assert_eq!(maps[0], maps[1]);
+    }
+    c.shutdown().await;
+}
