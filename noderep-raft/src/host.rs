@@ -45,6 +45,7 @@ use crate::types::{
     TypeConfig, WriteFailure,
 };
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::raft::AppendEntriesResponse;
 use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -192,6 +193,9 @@ struct Inner<M: Machine> {
     /// proven up to date; only grows (fetch_max).
     fresh_ns: AtomicU64,
     epoch: Instant,
+    /// Nanoseconds since `epoch` when a leader's append last succeeded here;
+    /// written by the server, read by the election watchdog.
+    leader_seen_ns: AtomicU64,
     stop: watch::Sender<bool>,
     server: Mutex<Option<JoinHandle<()>>>,
 }
@@ -271,11 +275,13 @@ impl<M: Machine> Host<M> {
             gate: Mutex::new(Gate::default()),
             fresh_ns: AtomicU64::new(0),
             epoch: Instant::now(),
+            leader_seen_ns: AtomicU64::new(0),
             stop: watch::channel(false).0,
             server: Mutex::new(None),
         });
         let server = tokio::spawn(serve(Arc::clone(&inner), listener));
         *inner.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(server);
+        tokio::spawn(watchdog(Arc::clone(&inner)));
         let host = Self { inner };
         if !host.inner.cfg.members.is_empty() && !host.inner.raft.is_initialized().await.map_err(raft_err)? {
             let members: BTreeMap<HostId, BasicNode> = host
@@ -701,7 +707,15 @@ impl<M: Machine> Inner<M> {
             ));
         }
         match env.body {
-            Request::Append(r) => Response::Append(self.raft.append_entries(r).await),
+            Request::Append(r) => {
+                let resp = self.raft.append_entries(r).await;
+                if matches!(resp, Ok(ref a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
+                    // Relaxed: a timing hint for the watchdog only.
+                    self.leader_seen_ns
+                        .fetch_max(self.epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                }
+                Response::Append(resp)
+            }
             Request::Vote(r) => Response::Vote(self.raft.vote(r).await),
             Request::Snapshot(r) => Response::Snapshot(self.raft.install_snapshot(r).await),
             Request::Write(cmd) => {
@@ -726,6 +740,49 @@ impl<M: Machine> Inner<M> {
                 Response::Admin(self.admin(r).await.map_err(|e| e.to_string()))
             }
             Request::Status => Response::Status(self.status()),
+        }
+    }
+}
+
+/// Calls an election as soon as the leader's lease has surely expired.
+///
+/// openraft 0.9 has a follower that knows a leader wait for the lease (the
+/// maximum election timeout) *plus* a random election timeout before it
+/// campaigns, so a dead leader costs up to twice the maximum timeout. Voters
+/// refuse to vote while their own lease runs, so campaigning earlier than
+/// the lease would fail; this watchdog campaigns just after it (one
+/// heartbeat later, plus a per-host offset so that two followers rarely
+/// split the vote). Calling an election is always safe in Raft; only its
+/// timing changes.
+async fn watchdog<M: Machine>(inner: Arc<Inner<M>>) {
+    let hb = inner.cfg.heartbeat_ms.max(1);
+    let offset = (inner.cfg.id.wrapping_mul(37) % hb) * 1_000_000;
+    let patience = (inner.cfg.election_ms.1 + hb) * 1_000_000 + offset;
+    let mut stop = inner.stop.subscribe();
+    // Relaxed: timing hints only.
+    inner
+        .leader_seen_ns
+        .fetch_max(inner.epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(Duration::from_millis(hb / 2 + 1)) => {}
+        }
+        let (follower, voter) = {
+            let m = inner.raft.metrics();
+            let m = m.borrow();
+            (
+                m.state == ServerState::Follower,
+                m.membership_config.membership().voter_ids().any(|v| v == inner.cfg.id),
+            )
+        };
+        let now = inner.epoch.elapsed().as_nanos() as u64;
+        let seen = inner.leader_seen_ns.load(Ordering::Relaxed);
+        if follower && voter && now.saturating_sub(seen) > patience {
+            inner.leader_seen_ns.fetch_max(now, Ordering::Relaxed);
+            if inner.raft.trigger().elect().await.is_err() {
+                return; // the engine stopped
+            }
         }
     }
 }

@@ -28,6 +28,7 @@
 //! the batching of writes into the log. [`PlainKv`] is the usual
 //! `Mutex<HashMap>` state machine, kept for comparison.
 
+mod client;
 mod error;
 mod host;
 mod log_store;
@@ -36,6 +37,7 @@ pub mod network;
 mod sm_store;
 mod types;
 
+pub use client::Client;
 pub use error::HostError;
 pub use host::{Host, HostConfig, Stale};
 pub use log_store::FileLogStore;
