@@ -12,13 +12,17 @@
 //!   it was never acknowledged, since the fsync had not returned).
 //! * `vote.json` holds the vote, replaced atomically (write a temporary file,
 //!   fsync, rename, fsync the directory).
+//! * Appends are group-committed: written at once, then one flusher thread
+//!   fsyncs everything written since its last fsync and only then tells
+//!   Raft the entries are durable (openraft's `LogFlushed` callback), so a
+//!   burst of writes costs one fsync, not one each.
 //! * Purging (after a snapshot) rewrites `log.jsonl` the same atomic way
 //!   without the purged entries: that is the log compaction.
 //!
 //! # Trade-offs
 //!
 //! Simple and obviously durable rather than fast: JSON text, one fsync per
-//! append batch, all live entries held in memory (compaction keeps that
+//! group of appends, all live entries held in memory (compaction keeps that
 //! bounded). A write error (full disk, read-only file system) is returned to
 //! Raft, which stops the host; nothing unacknowledged is lost and nothing
 //! acknowledged was unsynced.
@@ -36,7 +40,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::Duration;
 
 #[derive(Serialize, Deserialize, PartialEq, Eq, Debug)]
 pub(crate) struct Identity {
@@ -60,12 +65,52 @@ struct Inner {
     entries: BTreeMap<u64, Entry<TypeConfig>>,
     last_purged: Option<LogId<HostId>>,
     vote: Option<Vote<HostId>>,
+    /// Appends written but not yet synced, oldest first; the flusher
+    /// completes them.
+    pending: Vec<LogFlushed<TypeConfig>>,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    /// Signalled when `pending` becomes non-empty.
+    wake: Condvar,
 }
 
 /// The log store of one host (cheap to clone: a shared handle).
 #[derive(Clone)]
 pub struct FileLogStore {
-    inner: Arc<Mutex<Inner>>,
+    shared: Arc<Shared>,
+}
+
+/// Group commit: one fsync for every append written while the previous
+/// fsync ran, then their callbacks, in order. Holds the store only while it
+/// works or waits a bounded time, so it ends soon after the store is dropped.
+fn flusher(store: Weak<Shared>) {
+    loop {
+        let Some(shared) = store.upgrade() else { return };
+        let (done, file) = {
+            let mut g = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
+            if g.pending.is_empty() {
+                let (g2, _) = shared
+                    .wake
+                    .wait_timeout(g, Duration::from_millis(100))
+                    .unwrap_or_else(|p| p.into_inner());
+                g = g2;
+            }
+            if g.pending.is_empty() {
+                continue;
+            }
+            (std::mem::take(&mut g.pending), g.file.try_clone())
+        };
+        drop(shared);
+        let result = file.and_then(|f| f.sync_data());
+        for cb in done {
+            cb.log_io_completed(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            });
+        }
+    }
 }
 
 fn unwritable(dir: &Path, source: std::io::Error) -> HostError {
@@ -134,15 +179,23 @@ impl FileLogStore {
         };
         let (entries, last_purged) = Self::replay(dir)?;
         let file = Self::rewrite(dir, &entries, last_purged).map_err(|e| unwritable(dir, e))?;
-        Ok(Self {
-            inner: Arc::new(Mutex::new(Inner {
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
                 dir: dir.to_path_buf(),
                 file,
                 entries,
                 last_purged,
                 vote,
-            })),
-        })
+                pending: Vec::new(),
+            }),
+            wake: Condvar::new(),
+        });
+        let weak = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name(format!("log-flush-{host}"))
+            .spawn(move || flusher(weak))
+            .map_err(|e| unwritable(dir, e))?;
+        Ok(Self { shared })
     }
 
     #[allow(clippy::type_complexity)]
@@ -214,17 +267,21 @@ impl FileLogStore {
         // A panic while holding the lock leaves the in-memory map as it was
         // between two whole operations (every mutation is one call), so the
         // poison can be ignored.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-fn append_records(file: &mut File, recs: &[Record]) -> std::io::Result<()> {
+fn write_records(file: &mut File, recs: &[Record]) -> std::io::Result<()> {
     let mut buf = Vec::new();
     for r in recs {
         serde_json::to_writer(&mut buf, r)?;
         buf.push(b'\n');
     }
-    file.write_all(&buf)?;
+    file.write_all(&buf)
+}
+
+fn append_records(file: &mut File, recs: &[Record]) -> std::io::Result<()> {
+    write_records(file, recs)?;
     file.sync_data()
 }
 
@@ -288,14 +345,18 @@ impl RaftLogStorage<TypeConfig> for FileLogStore {
     {
         let mut inner = self.lock();
         let recs: Vec<Record> = entries.into_iter().map(Record::E).collect();
-        match append_records(&mut inner.file, &recs) {
+        // Written now, synced by the flusher (together with the appends
+        // that arrive meanwhile); Raft counts the entries as durable only
+        // when the callback runs.
+        match write_records(&mut inner.file, &recs) {
             Ok(()) => {
                 for r in recs {
                     if let Record::E(e) = r {
                         inner.entries.insert(e.log_id.index, e);
                     }
                 }
-                callback.log_io_completed(Ok(()));
+                inner.pending.push(callback);
+                self.shared.wake.notify_one();
                 Ok(())
             }
             Err(e) => {

@@ -39,7 +39,7 @@ use tokio::net::TcpStream;
 /// entries must fit).
 pub const MAX_FRAME: usize = 64 << 20;
 /// Idle connections kept per peer.
-pub const IDLE_PER_PEER: usize = 8;
+pub const IDLE_PER_PEER: usize = 64;
 
 /// Reads one frame; `Ok(None)` at a clean end of stream.
 pub(crate) async fn read_frame(s: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {

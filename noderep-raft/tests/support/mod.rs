@@ -165,3 +165,15 @@ impl Cluster {
 pub fn now_ns(origin: Instant) -> u64 {
     origin.elapsed().as_nanos() as u64
 }
+
+/// Writes `key = value`, retrying while no leader accepts it or its outcome
+/// is unknown (a put of the same value is idempotent, so retrying is safe).
+pub async fn put(h: &KvHost, key: u64, value: u64) {
+    for _ in 0..100 {
+        match h.write(noderep_raft::KvWrite::Put { key, value }).await {
+            Ok(_) => return,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    panic!("put {key}={value} never succeeded");
+}

@@ -1,0 +1,153 @@
+//! Bad input gets a clear error, never a panic or a hang.
+
+mod support;
+
+use noderep_raft::{Client, Host, HostError, ReadMode};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use support::{config, free_addr, machine, scratch_dir, Cluster};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_not_in_the_member_list_is_refused() {
+    let (a, b) = (free_addr(), free_addr());
+    let members = BTreeMap::from([(1, a), (2, b)]);
+    let dir = scratch_dir("unknown");
+    let err = Host::start(config("c", 7, free_addr(), dir.clone()).members(members), machine())
+        .await
+        .err()
+        .expect("host 7 is not a member");
+    assert!(matches!(err, HostError::UnknownHost { id: 7, .. }), "{err}");
+    assert!(err.to_string().contains("add it with add_host"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_loopback_address_is_refused() {
+    let dir = scratch_dir("addr");
+    let cfg = config("c", 1, "10.1.2.3:4000".parse().unwrap(), dir.clone());
+    let err = Host::start(cfg, machine()).await.err().expect("not loopback");
+    assert!(matches!(err, HostError::Config(_)), "{err}");
+    assert!(err.to_string().contains("loopback"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_clusters_data_is_refused() {
+    let dir = scratch_dir("foreign");
+    let a = free_addr();
+    let h = Host::start(
+        config("alpha", 1, a, dir.clone()).members(BTreeMap::from([(1, a)])),
+        machine(),
+    )
+    .await
+    .unwrap();
+    h.shutdown().await;
+    let b = free_addr();
+    let err = Host::start(
+        config("beta", 1, b, dir.clone()).members(BTreeMap::from([(1, b)])),
+        machine(),
+    )
+    .await
+    .err()
+    .expect("the directory belongs to cluster alpha");
+    match &err {
+        HostError::ForeignData { found_cluster, .. } => assert_eq!(found_cluster, "alpha"),
+        other => panic!("unexpected error {other}"),
+    }
+    // The same cluster but another host id is refused too.
+    let err = Host::start(
+        config("alpha", 2, b, dir.clone()).members(BTreeMap::from([(2, b)])),
+        machine(),
+    )
+    .await
+    .err()
+    .expect("the directory belongs to host 1");
+    assert!(matches!(err, HostError::ForeignData { found_host: 1, .. }), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_log_directory_is_a_clear_error() {
+    // A directory whose parent is a regular file cannot be created (this
+    // holds even for root, unlike permission bits).
+    let file = scratch_dir("notadir");
+    std::fs::write(&file, b"x").unwrap();
+    let a = free_addr();
+    let err = Host::start(
+        config("c", 1, a, file.join("log")).members(BTreeMap::from([(1, a)])),
+        machine(),
+    )
+    .await
+    .err()
+    .expect("the log directory cannot be created");
+    assert!(matches!(err, HostError::Unwritable { .. }), "{err}");
+    assert!(err.to_string().contains("writable directory"), "{err}");
+    let _ = std::fs::remove_file(file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_a_clear_error() {
+    // A tiny tmpfs, where the machine lets us mount one (root in CI);
+    // otherwise say why and skip.
+    let mnt = scratch_dir("full");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16k", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
+        let _ = std::fs::remove_dir_all(&mnt);
+        return;
+    }
+    // Fill it.
+    let _ = std::fs::write(mnt.join("filler"), vec![0u8; 64 << 10]);
+    let a = free_addr();
+    let err = Host::start(
+        config("c", 1, a, mnt.join("log")).members(BTreeMap::from([(1, a)])),
+        machine(),
+    )
+    .await
+    .err()
+    .expect("a full disk is reported");
+    let _ = std::process::Command::new("umount").arg(&mnt).status();
+    let _ = std::fs::remove_dir_all(&mnt);
+    assert!(matches!(err, HostError::Unwritable { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_answered_with_errors() {
+    let c = Cluster::start(3).await;
+    let leader = c.wait_leader(Duration::from_secs(5)).await.unwrap();
+    let h = c.host(leader).unwrap();
+    // Removing a host that is not a member.
+    let err = h.remove_host(42).await.err().expect("42 is not a member");
+    assert!(matches!(err, HostError::UnknownHost { id: 42, .. }), "{err}");
+    // An undecodable write never reaches the log.
+    let applied = h.applied();
+    let err = h.write_json("{\"Nope\":1}".into()).await.err().expect("garbage");
+    assert!(matches!(err, HostError::Codec(_)), "{err}");
+    assert_eq!(h.applied(), applied);
+    // A client of another cluster, or naming the wrong host, is refused.
+    let wrong = Client::new("other", c.addrs.clone(), Duration::from_secs(1));
+    let err = wrong.status(1).await.err().expect("wrong cluster");
+    assert!(err.to_string().contains("cluster"), "{err}");
+    let swapped = BTreeMap::from([(1, c.addrs[&2])]);
+    let err = Client::new(&c.name, swapped, Duration::from_secs(1))
+        .status(1)
+        .await
+        .err()
+        .expect("host 2 is not host 1");
+    assert!(err.to_string().contains("not host 1"), "{err}");
+    let client = Client::new(&c.name, c.addrs.clone(), Duration::from_secs(1));
+    let err = client.status(9).await.err().expect("no host 9");
+    assert!(matches!(err, HostError::UnknownHost { id: 9, .. }), "{err}");
+    let err = client
+        .query_json(1, "\"not a key\"", ReadMode::Linearizable)
+        .await
+        .err()
+        .expect("undecodable query");
+    assert!(err.to_string().contains("invalid type"), "{err}");
+    c.shutdown().await;
+}
