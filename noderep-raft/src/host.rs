@@ -335,7 +335,10 @@ impl<M: Machine> Host<M> {
             .machine
             .check_write(&op)
             .map_err(HostError::Codec)?;
-        match self.inner.write(Command { op }).await {
+        self.inner.running()?;
+        let r = self.inner.write(Command { op }).await;
+        self.inner.running()?;
+        match r {
             Ok(r) => match r.error {
                 Some(e) => Err(HostError::Apply(e)),
                 None => Ok(r),
@@ -348,6 +351,7 @@ impl<M: Machine> Host<M> {
     /// Waits until this host's state includes every write acknowledged
     /// before the call (a read index), and returns that index.
     pub async fn barrier(&self) -> Result<u64, HostError> {
+        self.inner.running()?;
         self.inner.barrier().await
     }
 
@@ -429,6 +433,15 @@ impl Host<PlainKv> {
 }
 
 impl<M: Machine> Inner<M> {
+    /// `Err` once the Raft engine has stopped (a storage failure or
+    /// shutdown), with its reason.
+    fn running(&self) -> Result<(), HostError> {
+        match &self.raft.metrics().borrow().running_state {
+            Ok(()) => Ok(()),
+            Err(fatal) => Err(HostError::Stopped(fatal.to_string())),
+        }
+    }
+
     fn status(&self) -> HostStatus {
         let m = self.raft.metrics().borrow().clone();
         HostStatus {

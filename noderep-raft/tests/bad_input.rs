@@ -111,8 +111,7 @@ async fn a_full_disk_is_a_clear_error() {
     .await
     .err()
     .expect("a full disk is reported");
-    let _ = std::process::Command::new("umount").arg(&mnt).status();
-    let _ = std::fs::remove_dir_all(&mnt);
+    unmount(&mnt);
     assert!(matches!(err, HostError::Unwritable { .. }), "{err}");
 }
 
@@ -150,4 +149,81 @@ async fn bad_requests_are_answered_with_errors() {
         .expect("undecodable query");
     assert!(err.to_string().contains("invalid type"), "{err}");
     c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_fills_up_loses_no_acknowledged_write() {
+    let mnt = scratch_dir("fills");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=192k", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
+        let _ = std::fs::remove_dir_all(&mnt);
+        return;
+    }
+    let a = free_addr();
+    let cfg = config("c", 1, a, mnt.join("log")).members(BTreeMap::from([(1, a)]));
+    let h = Host::start(cfg.clone(), machine()).await.unwrap();
+    let mut acked = 0u64;
+    let mut failure = None;
+    for i in 1..20_000u64 {
+        // Distinct keys, so that the snapshots grow and fill the disk.
+        match h.write(noderep_raft::KvWrite::Put { key: i, value: i }).await {
+            Ok(_) => acked = i,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let failure = failure.expect("the disk filled up");
+    eprintln!("after {acked} writes: {failure}");
+    assert!(
+        matches!(failure, HostError::Stopped(_)) && failure.to_string().contains("space"),
+        "a full disk stops the host with a clear error: {failure}"
+    );
+    h.shutdown().await;
+    // Give the file system room again and restart on the same directory.
+    let grown = std::process::Command::new("mount")
+        .args(["-o", "remount,size=16m"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(grown, "remount the tmpfs larger");
+    let h = Host::start(cfg, machine()).await.unwrap();
+    let mut found = None;
+    for _ in 0..100 {
+        if let Ok(v) = h.read(acked).await {
+            found = v;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    h.shutdown().await;
+    unmount(&mnt);
+    assert!(acked > 0, "some writes succeeded before the disk filled");
+    assert!(
+        found == Some(acked),
+        "the last acknowledged write ({acked}) survived: found {found:?}"
+    );
+}
+
+/// Unmounts a test tmpfs (retrying while the host's threads let go of it).
+fn unmount(mnt: &std::path::Path) {
+    for _ in 0..50 {
+        let ok = std::process::Command::new("umount")
+            .arg(mnt)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_dir_all(mnt);
 }
