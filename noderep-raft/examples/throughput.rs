@@ -36,8 +36,12 @@ fn free_addr() -> SocketAddr {
     l.local_addr().expect("local address")
 }
 
-async fn cluster<M: Machine>(tag: &str, make: impl Fn() -> M) -> (Vec<Host<M>>, std::path::PathBuf) {
-    let root = std::env::temp_dir().join(format!("noderep-raft-bench-{tag}-{}", std::process::id()));
+async fn cluster<M: Machine>(
+    tag: &str,
+    make: impl Fn() -> M,
+) -> (Vec<Host<M>>, std::path::PathBuf) {
+    let root =
+        std::env::temp_dir().join(format!("noderep-raft-bench-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let addrs: BTreeMap<HostId, SocketAddr> = (1..=HOSTS).map(|i| (i, free_addr())).collect();
     let mut hosts = Vec::new();
@@ -219,7 +223,10 @@ fn main() {
             let a = rt.block_on(noderep_round(dur));
             (a, b)
         };
-        println!("{round:5}  noderep {:10.0} {:12.0} {:14.0}", a.writes, a.reads, a.stale);
+        println!(
+            "{round:5}  noderep {:10.0} {:12.0} {:14.0}",
+            a.writes, a.reads, a.stale
+        );
         println!(
             "{round:5}  plain   {:10.0} {:12.0} {:14.0} {:20.0}",
             b.writes, b.reads, b.stale, b.batched

@@ -35,10 +35,13 @@ impl Client {
     }
 
     async fn call(&self, host: HostId, req: Request) -> Result<Response, HostError> {
-        let addr = self.hosts.get(&host).ok_or_else(|| HostError::UnknownHost {
-            id: host,
-            members: self.hosts.keys().copied().collect(),
-        })?;
+        let addr = self
+            .hosts
+            .get(&host)
+            .ok_or_else(|| HostError::UnknownHost {
+                id: host,
+                members: self.hosts.keys().copied().collect(),
+            })?;
         match self.pool.call(host, &addr.to_string(), req, None).await {
             Ok(Response::Refused(why)) => Err(HostError::Config(why)),
             Ok(r) => Ok(r),

@@ -70,7 +70,9 @@ pub enum HostError {
     Timeout(std::time::Duration),
     /// The local replica is further behind than the bound allows and could
     /// not be refreshed.
-    #[error("the local replica is staler than the {bound:?} bound and could not be refreshed: {why}")]
+    #[error(
+        "the local replica is staler than the {bound:?} bound and could not be refreshed: {why}"
+    )]
     TooStale {
         /// The bound asked for.
         bound: std::time::Duration,

@@ -226,12 +226,13 @@ impl<M: Machine> Host<M> {
         cfg.validate()?;
         let log = FileLogStore::open(&cfg.dir, &cfg.cluster, cfg.id)?;
         let machine = Arc::new(machine);
-        let sm = SmStore::open(&cfg.dir, Arc::clone(&machine) as Arc<dyn Machine>).map_err(
-            |what| HostError::Corrupt {
-                dir: cfg.dir.clone(),
-                what,
-            },
-        )?;
+        let sm =
+            SmStore::open(&cfg.dir, Arc::clone(&machine) as Arc<dyn Machine>).map_err(|what| {
+                HostError::Corrupt {
+                    dir: cfg.dir.clone(),
+                    what,
+                }
+            })?;
         let raft_cfg = Config {
             cluster_name: cfg.cluster.clone(),
             heartbeat_interval: cfg.heartbeat_ms,
@@ -283,13 +284,22 @@ impl<M: Machine> Host<M> {
         *inner.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(server);
         tokio::spawn(watchdog(Arc::clone(&inner)));
         let host = Self { inner };
-        if !host.inner.cfg.members.is_empty() && !host.inner.raft.is_initialized().await.map_err(raft_err)? {
+        if !host.inner.cfg.members.is_empty()
+            && !host.inner.raft.is_initialized().await.map_err(raft_err)?
+        {
             let members: BTreeMap<HostId, BasicNode> = host
                 .inner
                 .cfg
                 .members
                 .iter()
-                .map(|(id, a)| (*id, BasicNode { addr: a.to_string() }))
+                .map(|(id, a)| {
+                    (
+                        *id,
+                        BasicNode {
+                            addr: a.to_string(),
+                        },
+                    )
+                })
                 .collect();
             // Every initial member proposes the same membership; the ones
             // that lose the race are told "not allowed", which is fine.
@@ -364,7 +374,9 @@ impl<M: Machine> Host<M> {
     /// or snapshot), then as a voter.
     pub async fn add_host(&self, id: HostId, addr: SocketAddr) -> Result<(), HostError> {
         if !addr.ip().is_loopback() {
-            return Err(HostError::Config(format!("{addr} is not a loopback address")));
+            return Err(HostError::Config(format!(
+                "{addr} is not a loopback address"
+            )));
         }
         self.inner
             .admin(Request::AddHost {
@@ -384,7 +396,12 @@ impl<M: Machine> Host<M> {
     pub async fn shutdown(&self) {
         self.inner.stop.send_replace(true);
         let _ = self.inner.raft.shutdown().await;
-        let server = self.inner.server.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let server = self
+            .inner
+            .server
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(s) = server {
             s.abort();
             let _ = s.await;
@@ -520,7 +537,10 @@ impl<M: Machine> Inner<M> {
         }
         Err(WriteFailure {
             definite: true,
-            why: format!("no leader accepted the write within {:?}: {last}", self.cfg.op_timeout),
+            why: format!(
+                "no leader accepted the write within {:?}: {last}",
+                self.cfg.op_timeout
+            ),
         })
     }
 
@@ -538,10 +558,13 @@ impl<M: Machine> Inner<M> {
                     }
                     Err(e) => last = e.to_string(),
                 }
-            } else if let Some((leader, addr)) = self.leader().filter(|(l, _)| *l != self.cfg.id)
-            {
+            } else if let Some((leader, addr)) = self.leader().filter(|(l, _)| *l != self.cfg.id) {
                 let left = deadline.saturating_duration_since(Instant::now());
-                match self.pool.call(leader, &addr, Request::ReadIndex, Some(left)).await {
+                match self
+                    .pool
+                    .call(leader, &addr, Request::ReadIndex, Some(left))
+                    .await
+                {
                     Ok(Response::ReadIndex(Ok(i))) => return Ok(i),
                     Ok(Response::ReadIndex(Err(e))) | Ok(Response::Refused(e)) => last = e,
                     Ok(_) => last = "mismatched answer to read index".into(),
@@ -550,7 +573,10 @@ impl<M: Machine> Inner<M> {
             }
             Self::pause().await;
         }
-        Err(format!("no read index within {:?}: {last}", self.cfg.op_timeout))
+        Err(format!(
+            "no read index within {:?}: {last}",
+            self.cfg.op_timeout
+        ))
     }
 
     /// A read index from the next round that starts after this call
@@ -581,7 +607,8 @@ impl<M: Machine> Inner<M> {
                 }
             });
         }
-        rx.await.map_err(|_| "read-index round abandoned".to_string())?
+        rx.await
+            .map_err(|_| "read-index round abandoned".to_string())?
     }
 
     async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), HostError> {
@@ -615,10 +642,13 @@ impl<M: Machine> Inner<M> {
         if fresh > 0 && now.saturating_sub(fresh) <= bound.as_nanos() as u64 {
             return Ok(());
         }
-        self.barrier().await.map(drop).map_err(|e| HostError::TooStale {
-            bound,
-            why: e.to_string(),
-        })
+        self.barrier()
+            .await
+            .map(drop)
+            .map_err(|e| HostError::TooStale {
+                bound,
+                why: e.to_string(),
+            })
     }
 
     async fn query(self: &Arc<Self>, query: &str, mode: ReadMode) -> Result<ReadAnswer, HostError> {
@@ -661,7 +691,11 @@ impl<M: Machine> Inner<M> {
             let (leader, addr) = self
                 .leader()
                 .ok_or_else(|| HostError::NoLeader("no leader known".into()))?;
-            return match self.pool.call(leader, &addr, req, Some(Duration::from_secs(60))).await {
+            return match self
+                .pool
+                .call(leader, &addr, req, Some(Duration::from_secs(60)))
+                .await
+            {
                 Ok(Response::Admin(r)) => r.map_err(HostError::Raft),
                 Ok(Response::Refused(e)) => Err(HostError::NoLeader(e)),
                 Ok(_) => Err(HostError::Raft("mismatched answer".into())),
@@ -684,7 +718,10 @@ impl<M: Machine> Inner<M> {
                     .map_err(raft_err)?;
                 let mut v = voters;
                 v.insert(id);
-                self.raft.change_membership(v, false).await.map_err(raft_err)?;
+                self.raft
+                    .change_membership(v, false)
+                    .await
+                    .map_err(raft_err)?;
                 Ok(())
             }
             Request::RemoveHost { id } => {
@@ -699,7 +736,10 @@ impl<M: Machine> Inner<M> {
                 if v.is_empty() {
                     return Err(HostError::Config("cannot remove the last voter".into()));
                 }
-                self.raft.change_membership(v, false).await.map_err(raft_err)?;
+                self.raft
+                    .change_membership(v, false)
+                    .await
+                    .map_err(raft_err)?;
                 Ok(())
             }
             _ => Err(HostError::Config("not an administrative request".into())),
@@ -742,7 +782,10 @@ impl<M: Machine> Inner<M> {
             }
             Request::ReadIndex => {
                 if !self.is_leader() {
-                    return Response::ReadIndex(Err(format!("host {} is not the leader", self.cfg.id)));
+                    return Response::ReadIndex(Err(format!(
+                        "host {} is not the leader",
+                        self.cfg.id
+                    )));
                 }
                 Response::ReadIndex(self.read_index().await)
             }
@@ -786,7 +829,10 @@ async fn watchdog<M: Machine>(inner: Arc<Inner<M>>) {
             let m = m.borrow();
             (
                 m.state == ServerState::Follower,
-                m.membership_config.membership().voter_ids().any(|v| v == inner.cfg.id),
+                m.membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == inner.cfg.id),
             )
         };
         let now = inner.epoch.elapsed().as_nanos() as u64;
@@ -851,7 +897,9 @@ async fn connection<M: Machine>(inner: Arc<Inner<M>>, mut s: TcpStream) {
             Ok(env) => inner.handle(env).await,
             Err(e) => Response::Refused(format!("undecodable request: {e}")),
         };
-        let Ok(out) = serde_json::to_vec(&resp) else { return };
+        let Ok(out) = serde_json::to_vec(&resp) else {
+            return;
+        };
         if write_frame(&mut s, &out).await.is_err() {
             return;
         }

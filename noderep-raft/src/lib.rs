@@ -42,7 +42,7 @@ pub use error::HostError;
 pub use host::{Host, HostConfig, Stale};
 pub use log_store::FileLogStore;
 pub use machine::{KvMap, KvWrite, Machine, NrMachine, PlainKv, Replicated};
+pub use openraft;
 pub use types::{
     Command, HostId, HostStatus, ReadAnswer, ReadMode, Reply, TypeConfig, WriteFailure,
 };
-pub use openraft;

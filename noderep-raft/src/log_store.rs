@@ -30,9 +30,7 @@
 use crate::error::HostError;
 use crate::types::{HostId, TypeConfig};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{
-    Entry, ErrorSubject, ErrorVerb, LogId, RaftLogReader, StorageError, Vote,
-};
+use openraft::{Entry, ErrorSubject, ErrorVerb, LogId, RaftLogReader, StorageError, Vote};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -87,7 +85,9 @@ pub struct FileLogStore {
 /// works or waits a bounded time, so it ends soon after the store is dropped.
 fn flusher(store: Weak<Shared>) {
     loop {
-        let Some(shared) = store.upgrade() else { return };
+        let Some(shared) = store.upgrade() else {
+            return;
+        };
         let (done, file) = {
             let mut g = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
             if g.pending.is_empty() {
@@ -170,10 +170,12 @@ impl FileLogStore {
             Err(e) => return Err(unwritable(dir, e)),
         }
         let vote = match fs::read(dir.join("vote.json")) {
-            Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| HostError::Corrupt {
-                dir: dir.to_path_buf(),
-                what: format!("vote.json: {e}"),
-            })?),
+            Ok(bytes) => Some(
+                serde_json::from_slice(&bytes).map_err(|e| HostError::Corrupt {
+                    dir: dir.to_path_buf(),
+                    what: format!("vote.json: {e}"),
+                })?,
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(unwritable(dir, e)),
         };
@@ -285,7 +287,11 @@ fn append_records(file: &mut File, recs: &[Record]) -> std::io::Result<()> {
     file.sync_data()
 }
 
-fn io_err(subject: ErrorSubject<HostId>, verb: ErrorVerb, e: std::io::Error) -> StorageError<HostId> {
+fn io_err(
+    subject: ErrorSubject<HostId>,
+    verb: ErrorVerb,
+    e: std::io::Error,
+) -> StorageError<HostId> {
     StorageError::from_io_error(subject, verb, e)
 }
 

@@ -184,8 +184,8 @@ impl<D: Replicated> Machine for NrMachine<D> {
     fn apply(&self, op: &str) -> Result<String, String> {
         let op: D::WriteOperation = serde_json::from_str(op).map_err(|e| e.to_string())?;
         let gen = self.current();
-        let resp = Self::with_token(&gen, |t| gen.nr.execute_mut(op, t))?
-            .map_err(|e| e.to_string())?;
+        let resp =
+            Self::with_token(&gen, |t| gen.nr.execute_mut(op, t))?.map_err(|e| e.to_string())?;
         serde_json::to_string(&resp).map_err(|e| e.to_string())
     }
 

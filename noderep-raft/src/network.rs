@@ -9,7 +9,7 @@
 //! peer (or opens one), writes the request, reads the answer, and puts the
 //! connection back (at most [`IDLE_PER_PEER`] are kept); any error or
 //! timeout drops the connection. The Raft engine talks through
-//! [`NetFactory`], which maps a failed call to `Unreachable` (the engine
+//! `NetFactory`, which maps a failed call to `Unreachable` (the engine
 //! retries with backoff) and a remote Raft error to `RemoteError`.
 //!
 //! # Trade-offs
@@ -87,7 +87,10 @@ pub struct LinkCuts {
 impl LinkCuts {
     /// Cuts the link to `peer` (messages to and from it are dropped).
     pub fn cut(&self, peer: HostId) {
-        self.cut.write().unwrap_or_else(|p| p.into_inner()).insert(peer);
+        self.cut
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer);
     }
     /// Restores every link.
     pub fn heal(&self) {
@@ -237,7 +240,9 @@ impl RaftNetwork<TypeConfig> for NetClient {
     ) -> Result<AppendEntriesResponse<HostId>, RpcErr> {
         match self.call(Request::Append(rpc), &option).await {
             Ok(Response::Append(Ok(r))) => Ok(r),
-            Ok(Response::Append(Err(e))) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Ok(Response::Append(Err(e))) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
             Ok(Response::Refused(why)) => Err(unexpected(&why)),
             Ok(_) => Err(unexpected("mismatched answer to append_entries")),
             Err(e) => Err(unreachable(e)),
@@ -251,7 +256,9 @@ impl RaftNetwork<TypeConfig> for NetClient {
     ) -> Result<InstallSnapshotResponse<HostId>, RpcErr<InstallSnapshotError>> {
         match self.call(Request::Snapshot(rpc), &option).await {
             Ok(Response::Snapshot(Ok(r))) => Ok(r),
-            Ok(Response::Snapshot(Err(e))) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Ok(Response::Snapshot(Err(e))) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
             Ok(Response::Refused(why)) => Err(unexpected(&why)),
             Ok(_) => Err(unexpected("mismatched answer to install_snapshot")),
             Err(e) => Err(unreachable(e)),
@@ -265,7 +272,9 @@ impl RaftNetwork<TypeConfig> for NetClient {
     ) -> Result<VoteResponse<HostId>, RpcErr> {
         match self.call(Request::Vote(rpc), &option).await {
             Ok(Response::Vote(Ok(r))) => Ok(r),
-            Ok(Response::Vote(Err(e))) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Ok(Response::Vote(Err(e))) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
             Ok(Response::Refused(why)) => Err(unexpected(&why)),
             Ok(_) => Err(unexpected("mismatched answer to vote")),
             Err(e) => Err(unreachable(e)),

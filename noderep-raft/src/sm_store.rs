@@ -77,8 +77,8 @@ impl SmStore {
         };
         match std::fs::read(dir.join("snapshot.json")) {
             Ok(bytes) => {
-                let snap: StoredSnapshot = serde_json::from_slice(&bytes)
-                    .map_err(|e| format!("snapshot.json: {e}"))?;
+                let snap: StoredSnapshot =
+                    serde_json::from_slice(&bytes).map_err(|e| format!("snapshot.json: {e}"))?;
                 machine
                     .restore(&snap.state)
                     .map_err(|e| format!("snapshot.json: {e}"))?;
@@ -104,6 +104,8 @@ impl SmStore {
         self.0.meta.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    // The error type is openraft's, which every storage method returns.
+    #[allow(clippy::result_large_err)]
     fn persist(&self, snap: &StoredSnapshot) -> Result<(), StorageError<HostId>> {
         let bytes = serde_json::to_vec(snap).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         write_atomic(&self.0.dir, "snapshot.json", &bytes).map_err(|e| {
@@ -211,8 +213,8 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         meta: &SnapshotMeta<HostId, BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<HostId>> {
-        let state = String::from_utf8(snapshot.into_inner())
-            .map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let state =
+            String::from_utf8(snapshot.into_inner()).map_err(|e| sm_err(ErrorVerb::Read, e))?;
         let snap = StoredSnapshot {
             meta: meta.clone(),
             state,

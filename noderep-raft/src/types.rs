@@ -62,11 +62,19 @@ pub(crate) enum Request {
     /// a quorum after the request arrived).
     ReadIndex,
     /// A client read, served by the receiving host.
-    Query { query: String, mode: ReadMode },
+    Query {
+        query: String,
+        mode: ReadMode,
+    },
     /// Add a host (as learner, then voter); handled by the leader.
-    AddHost { id: HostId, addr: String },
+    AddHost {
+        id: HostId,
+        addr: String,
+    },
     /// Remove a voter; handled by the leader.
-    RemoveHost { id: HostId },
+    RemoveHost {
+        id: HostId,
+    },
     /// The receiving host's view of the cluster.
     Status,
 }

@@ -12,10 +12,13 @@ async fn a_host_not_in_the_member_list_is_refused() {
     let (a, b) = (free_addr(), free_addr());
     let members = BTreeMap::from([(1, a), (2, b)]);
     let dir = scratch_dir("unknown");
-    let err = Host::start(config("c", 7, free_addr(), dir.clone()).members(members), machine())
-        .await
-        .err()
-        .expect("host 7 is not a member");
+    let err = Host::start(
+        config("c", 7, free_addr(), dir.clone()).members(members),
+        machine(),
+    )
+    .await
+    .err()
+    .expect("host 7 is not a member");
     assert!(matches!(err, HostError::UnknownHost { id: 7, .. }), "{err}");
     assert!(err.to_string().contains("add it with add_host"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
@@ -25,7 +28,10 @@ async fn a_host_not_in_the_member_list_is_refused() {
 async fn a_non_loopback_address_is_refused() {
     let dir = scratch_dir("addr");
     let cfg = config("c", 1, "10.1.2.3:4000".parse().unwrap(), dir.clone());
-    let err = Host::start(cfg, machine()).await.err().expect("not loopback");
+    let err = Host::start(cfg, machine())
+        .await
+        .err()
+        .expect("not loopback");
     assert!(matches!(err, HostError::Config(_)), "{err}");
     assert!(err.to_string().contains("loopback"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
@@ -62,7 +68,10 @@ async fn another_clusters_data_is_refused() {
     .await
     .err()
     .expect("the directory belongs to host 1");
-    assert!(matches!(err, HostError::ForeignData { found_host: 1, .. }), "{err}");
+    assert!(
+        matches!(err, HostError::ForeignData { found_host: 1, .. }),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -121,32 +130,36 @@ async fn bad_requests_are_answered_with_errors() {
     let leader = c.wait_leader(Duration::from_secs(5)).await.unwrap();
     let h = c.host(leader).unwrap();
     // Removing a host that is not a member.
-    let err = h.remove_host(42).await.err().expect("42 is not a member");
-    assert!(matches!(err, HostError::UnknownHost { id: 42, .. }), "{err}");
+    let err = h.remove_host(42).await.expect_err("42 is not a member");
+    assert!(
+        matches!(err, HostError::UnknownHost { id: 42, .. }),
+        "{err}"
+    );
     // An undecodable write never reaches the log.
     let applied = h.applied();
-    let err = h.write_json("{\"Nope\":1}".into()).await.err().expect("garbage");
+    let err = h
+        .write_json("{\"Nope\":1}".into())
+        .await
+        .expect_err("garbage");
     assert!(matches!(err, HostError::Codec(_)), "{err}");
     assert_eq!(h.applied(), applied);
     // A client of another cluster, or naming the wrong host, is refused.
     let wrong = Client::new("other", c.addrs.clone(), Duration::from_secs(1));
-    let err = wrong.status(1).await.err().expect("wrong cluster");
+    let err = wrong.status(1).await.expect_err("wrong cluster");
     assert!(err.to_string().contains("cluster"), "{err}");
     let swapped = BTreeMap::from([(1, c.addrs[&2])]);
     let err = Client::new(&c.name, swapped, Duration::from_secs(1))
         .status(1)
         .await
-        .err()
-        .expect("host 2 is not host 1");
+        .expect_err("host 2 is not host 1");
     assert!(err.to_string().contains("not host 1"), "{err}");
     let client = Client::new(&c.name, c.addrs.clone(), Duration::from_secs(1));
-    let err = client.status(9).await.err().expect("no host 9");
+    let err = client.status(9).await.expect_err("no host 9");
     assert!(matches!(err, HostError::UnknownHost { id: 9, .. }), "{err}");
     let err = client
         .query_json(1, "\"not a key\"", ReadMode::Linearizable)
         .await
-        .err()
-        .expect("undecodable query");
+        .expect_err("undecodable query");
     assert!(err.to_string().contains("invalid type"), "{err}");
     c.shutdown().await;
 }
@@ -172,7 +185,10 @@ async fn a_disk_that_fills_up_loses_no_acknowledged_write() {
     let mut failure = None;
     for i in 1..20_000u64 {
         // Distinct keys, so that the snapshots grow and fill the disk.
-        match h.write(noderep_raft::KvWrite::Put { key: i, value: i }).await {
+        match h
+            .write(noderep_raft::KvWrite::Put { key: i, value: i })
+            .await
+        {
             Ok(_) => acked = i,
             Err(e) => {
                 failure = Some(e);

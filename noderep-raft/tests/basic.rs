@@ -26,7 +26,11 @@ async fn writes_and_reads_agree_on_every_host() {
         }
         let s = h.read_stale(3, Duration::from_millis(500)).await.unwrap();
         assert_eq!(s.value, Some(19));
-        assert!(s.applied >= 20, "applied {} covers the 20 writes", s.applied);
+        assert!(
+            s.applied >= 20,
+            "applied {} covers the 20 writes",
+            s.applied
+        );
         // Every NUMA replica of the host holds the same map.
         let maps = h.machine().inspect(|_, d| d.clone()).unwrap();
         assert_eq!(maps.len(), 2);

@@ -291,7 +291,7 @@ async fn campaign(n: u64) {
     assert!(maps.windows(2).all(|w| w[0] == w[1]), "replicas diverge");
 
     let events = events.lock().unwrap().clone();
-    let counts = counts.lock().unwrap();
+    let counts = std::mem::take(&mut *counts.lock().unwrap());
     let mut lost = 0;
     let mut ops = 0;
     for key in 0..KEYS {
@@ -314,13 +314,18 @@ async fn campaign(n: u64) {
             .rev()
             .find(|e| e.key == key && e.client >= CLIENTS)
             .map(|e| e.ret.clone());
-        for w in events.iter().filter(|e| e.key == key && e.returned != u64::MAX) {
+        for w in events
+            .iter()
+            .filter(|e| e.key == key && e.returned != u64::MAX)
+        {
             let Op::Write(v) = w.op else { continue };
             let overwritten_later = match &last {
-                Some(Ret::Value(Some(f))) => *f == v
-                    || events.iter().any(|o| {
-                        matches!(o.op, Op::Write(x) if x == *f) && o.returned >= w.call
-                    }),
+                Some(Ret::Value(Some(f))) => {
+                    *f == v
+                        || events.iter().any(|o| {
+                            matches!(o.op, Op::Write(x) if x == *f) && o.returned >= w.call
+                        })
+                }
                 _ => false,
             };
             if !overwritten_later {

@@ -41,17 +41,17 @@ async fn new_host_joins_by_snapshot_and_old_one_leaves_under_load() {
         .snapshot
         .map(|s| s.index)
         .unwrap_or(0);
-    assert!(first_log > 0, "a snapshot was built before the new host joins");
+    assert!(
+        first_log > 0,
+        "a snapshot was built before the new host joins"
+    );
 
     // Host 4 starts empty, with no members: it waits to be added, and can
     // only catch up by installing a snapshot (the log before it is purged).
     let addr4 = free_addr();
-    let h4 = Host::start(
-        config(&c.name, 4, addr4, c.dir(4)),
-        machine(),
-    )
-    .await
-    .unwrap();
+    let h4 = Host::start(config(&c.name, 4, addr4, c.dir(4)), machine())
+        .await
+        .unwrap();
     c.host(leader).unwrap().add_host(4, addr4).await.unwrap();
     // The leader purged its log up to its snapshot, so host 4 can only
     // have caught up through a snapshot, which it persisted on install.
@@ -111,7 +111,10 @@ async fn restarted_host_recovers_from_its_snapshot_and_log() {
     for id in c.live() {
         c.crash(id).await;
     }
-    assert!(c.dir(1).join("snapshot.json").exists(), "a snapshot was persisted");
+    assert!(
+        c.dir(1).join("snapshot.json").exists(),
+        "a snapshot was persisted"
+    );
     for id in 1..=3 {
         c.restart(id).await;
     }

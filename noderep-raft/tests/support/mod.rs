@@ -71,7 +71,9 @@ impl Cluster {
         for id in 1..=n {
             c.restart(id).await;
         }
-        c.wait_leader(Duration::from_secs(10)).await.expect("a leader is elected");
+        c.wait_leader(Duration::from_secs(10))
+            .await
+            .expect("a leader is elected");
         c
     }
 
