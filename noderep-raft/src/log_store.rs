@@ -69,6 +69,8 @@ struct Inner {
 }
 
 struct Shared {
+    /// Held while appends are being completed; taken before `inner`.
+    order: Mutex<()>,
     inner: Mutex<Inner>,
     /// Signalled when `pending` becomes non-empty.
     wake: Condvar,
@@ -88,21 +90,26 @@ fn flusher(store: Weak<Shared>) {
         let Some(shared) = store.upgrade() else {
             return;
         };
-        let (done, file) = {
-            let mut g = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let g = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
             if g.pending.is_empty() {
-                let (g2, _) = shared
+                let _ = shared
                     .wake
                     .wait_timeout(g, Duration::from_millis(100))
                     .unwrap_or_else(|p| p.into_inner());
-                g = g2;
             }
+        }
+        // `order` first, then `inner` (the order truncate and purge use):
+        // callbacks run in append order even when those complete the
+        // appends themselves.
+        let order = shared.order.lock().unwrap_or_else(|p| p.into_inner());
+        let (done, file) = {
+            let mut g = shared.inner.lock().unwrap_or_else(|p| p.into_inner());
             if g.pending.is_empty() {
                 continue;
             }
             (std::mem::take(&mut g.pending), g.file.try_clone())
         };
-        drop(shared);
         let result = file.and_then(|f| f.sync_data());
         for cb in done {
             cb.log_io_completed(match &result {
@@ -110,6 +117,7 @@ fn flusher(store: Weak<Shared>) {
                 Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
             });
         }
+        drop(order);
     }
 }
 
@@ -182,6 +190,7 @@ impl FileLogStore {
         let (entries, last_purged) = Self::replay(dir)?;
         let file = Self::rewrite(dir, &entries, last_purged).map_err(|e| unwritable(dir, e))?;
         let shared = Arc::new(Shared {
+            order: Mutex::new(()),
             inner: Mutex::new(Inner {
                 dir: dir.to_path_buf(),
                 file,
@@ -287,6 +296,22 @@ fn append_records(file: &mut File, recs: &[Record]) -> std::io::Result<()> {
     file.sync_data()
 }
 
+/// Syncs and completes the appends still waiting for the flusher, so that
+/// Raft hears of them before a truncation or purge changes the log (the
+/// order it would see with synchronous appends).
+fn complete_pending(inner: &mut Inner) {
+    if inner.pending.is_empty() {
+        return;
+    }
+    let result = inner.file.sync_data();
+    for cb in std::mem::take(&mut inner.pending) {
+        cb.log_io_completed(match &result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+        });
+    }
+}
+
 fn io_err(
     subject: ErrorSubject<HostId>,
     verb: ErrorVerb,
@@ -375,7 +400,9 @@ impl RaftLogStorage<TypeConfig> for FileLogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<HostId>) -> Result<(), StorageError<HostId>> {
+        let _order = self.shared.order.lock().unwrap_or_else(|p| p.into_inner());
         let mut inner = self.lock();
+        complete_pending(&mut inner);
         append_records(&mut inner.file, &[Record::T(log_id.index)])
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))?;
         inner.entries.split_off(&log_id.index);
@@ -383,8 +410,10 @@ impl RaftLogStorage<TypeConfig> for FileLogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<HostId>) -> Result<(), StorageError<HostId>> {
+        let _order = self.shared.order.lock().unwrap_or_else(|p| p.into_inner());
         let mut guard = self.lock();
         let inner = &mut *guard;
+        complete_pending(inner);
         let kept = inner.entries.split_off(&(log_id.index + 1));
         inner.entries = kept;
         inner.last_purged = Some(log_id);

@@ -3,7 +3,7 @@
 
 mod support;
 
-use noderep_raft::KvWrite;
+use noderep_raft::{HostError, KvWrite};
 use std::time::Duration;
 use support::Cluster;
 
@@ -36,5 +36,33 @@ async fn writes_and_reads_agree_on_every_host() {
         assert_eq!(maps.len(), 2);
         assert_eq!(maps[0], maps[1]);
     }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_reads_respect_their_bound() {
+    let c = Cluster::start(3).await;
+    let leader = c.wait_leader(Duration::from_secs(5)).await.unwrap();
+    let f = *c.live().iter().find(|&&id| id != leader).unwrap();
+    let (lh, fh) = (c.host(leader).unwrap(), c.host(f).unwrap());
+    support::put(&lh, 5, 1).await;
+    assert_eq!(fh.read(5).await.unwrap(), Some(1)); // proven fresh now
+    c.isolate(f);
+    support::put(&lh, 5, 2).await; // the other two hosts are a majority
+                                   // Within a generous bound the isolated host may answer from its replica
+                                   // (and says how far it has applied).
+    let s = fh.read_stale(5, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(s.value, Some(1));
+    assert!(s.applied > 0);
+    // Past a short bound it must refuse, since it cannot refresh.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let err = fh
+        .read_stale(5, Duration::from_millis(100))
+        .await
+        .expect_err("an isolated host is staler than 100 ms");
+    assert!(matches!(err, HostError::TooStale { .. }), "{err}");
+    c.heal();
+    let s = fh.read_stale(5, Duration::from_millis(100)).await.unwrap();
+    assert_eq!(s.value, Some(2));
     c.shutdown().await;
 }
