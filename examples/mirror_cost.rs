@@ -21,7 +21,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use noderep::cost::{fit_amortised, AmortisedFit, CostMeter, Phase, PhaseTimes};
+use noderep::cost::{fit_amortised, AmortisedFit, CostMeter, PhaseTimes, WritePhase};
 use noderep::mirror::{
     BlockDevice, DeviceConfig, Durability, FileDevice, Mirror, MirrorConfig, WarningSink,
 };
@@ -250,12 +250,12 @@ fn main() {
                 let mut m = open_mirror(&dir.0, &args, mode, true);
                 run(&mut m, batch, args.writes, &payload, &mut cursor);
                 let t = m.phase_times();
-                for p in Phase::ALL {
+                for p in WritePhase::ALL {
                     phase_totals.add(p, t.get(p));
                 }
             }
             let cpu_ns = median(cpu);
-            let phases = Phase::ALL.map(|p| cpu_ns * phase_totals.share(p));
+            let phases = WritePhase::ALL.map(|p| cpu_ns * phase_totals.share(p));
             rows.push(Row {
                 mode,
                 batch,
@@ -483,7 +483,7 @@ fn plot(
         .y_desc("process CPU ns per write")
         .draw()?;
     let phase_colours = [GREEN, MAGENTA, CYAN, YELLOW];
-    for (k, phase) in Phase::ALL.iter().enumerate() {
+    for (k, phase) in WritePhase::ALL.iter().enumerate() {
         let colour = phase_colours[k];
         bars.draw_series(rows.iter().enumerate().map(|(i, r)| {
             let base: f64 = r.phases[..k].iter().sum();

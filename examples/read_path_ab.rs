@@ -6,8 +6,9 @@
 //! and as the median of the per-round ratios.
 //!
 //! Run: `cargo run --release --example read_path_ab [-- ROUNDS [KEYS]]`
-//! (defaults: 15 rounds, 100,000 keys; about 10 s).
+//! (defaults: 15 rounds, 100,000 keys; about 10 s; `-- --help` for help).
 
+use clap::Parser;
 use noderep::{Dispatch, NrBuilder};
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -46,15 +47,17 @@ impl node_replication::Dispatch for OldMap {
 /// Reads per run.
 const READS: usize = 2_000_000;
 
-fn arg(n: usize, default: u64) -> Result<u64, String> {
-    match std::env::args().nth(n) {
-        None => Ok(default),
-        Some(s) => s.parse().map_err(|_| {
-            format!(
-                "argument {n} ({s:?}) must be a whole number; usage: read_path_ab [ROUNDS [KEYS]]"
-            )
-        }),
-    }
+/// The one-thread read path of a bare map, noderep (default and
+/// read_mostly) and node-replication 0.1.1, measured in alternating rounds.
+#[derive(Parser)]
+#[command(long_about = None)]
+struct Cli {
+    /// Rounds; each runs every contender once.
+    #[arg(default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    rounds: u64,
+    /// Keys in the map (the reads are spread uniformly over them).
+    #[arg(default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    keys: u64,
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -64,8 +67,8 @@ fn median(v: &[f64]) -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let rounds = arg(1, 15)?.max(1) as usize;
-    let keys = arg(2, 100_000)?.max(1);
+    let Cli { rounds, keys } = Cli::parse();
+    let rounds = usize::try_from(rounds)?;
     if let Err(e) = noderep::topology::pin_to_cpu(0) {
         eprintln!("note: not pinned ({e}); figures will be noisier");
     }

@@ -44,6 +44,11 @@ m6_registration        token_release_relaxed
 m7_poisoning           poison_flag_skipped
 m7_poisoning           panic_not_forwarded
 m7_poisoning           exec_ignores_poison
+m8_full_log            make_room_skips_own
+m8_full_log            waiter_never_leaves
+m9_parking             wake_after_unlock
+m9_parking             park_keeps_ltail
+m9_parking             removed_not_checked
 runq                   renew_blind_store
 runq                   finalize_blind
 runq                   kill_check_then_store

@@ -38,4 +38,20 @@ if [ "${NODEREP_HWLOC:-0}" = "1" ]; then
   cargo test --lib --features hwloc topology
 fi
 
+step "NUMA guests: emulated 2-node, 4-node and memoryless-node machines (scripts/numa-vm.sh)"
+if command -v qemu-system-x86_64 >/dev/null && command -v cpio >/dev/null; then
+  for layout in 2 4 memoryless; do
+    rc=0
+    scripts/numa-vm.sh "$layout" || rc=$?
+    if [ "$rc" = 77 ]; then
+      echo "SKIPPED the NUMA guests: no kernel could be fetched (see above); multi-node placement was NOT tested"
+      break
+    elif [ "$rc" != 0 ]; then
+      exit "$rc"
+    fi
+  done
+else
+  echo "SKIPPED the NUMA guests: qemu-system-x86_64 or cpio is not installed (Debian: apt-get install qemu-system-x86 cpio); multi-node placement was NOT tested"
+fi
+
 step "all checks passed"

@@ -23,7 +23,7 @@
 //!   closure. The *process* clock is the headline figure: io_uring moves work
 //!   to kernel worker threads that belong to the process, so the thread clock
 //!   alone under-counts; both are reported so the difference is visible.
-//! * [`PhaseTimes`] accumulates time per [`Phase`] (bookkeeping, checksum,
+//! * [`PhaseTimes`] accumulates time per [`WritePhase`] (bookkeeping, checksum,
 //!   submission, completion) with the monotonic wall clock, which is cheap
 //!   (vDSO, tens of nanoseconds) where CPU clocks cost a system call. Phases
 //!   of a non-blocking write path run without sleeping, so their wall time is
@@ -44,6 +44,9 @@
 //!
 //! perf_event_open(2); clock_gettime(2) (`CLOCK_PROCESS_CPUTIME_ID`,
 //! `CLOCK_THREAD_CPUTIME_ID`); the perf-event crate.
+//!
+//! Where the meter sits in the mirror's write path: `docs/ARCHITECTURE.md` in
+//! the repository.
 
 use std::fmt;
 use std::io;
@@ -114,7 +117,7 @@ impl fmt::Display for CountersUnavailable {
 /// Maps a perf-event error to a clear explanation (never a failure).
 ///
 /// `event` names the event that was being opened, for example `"cycles"`.
-pub fn classify_counter_error(event: &str, err: &io::Error) -> CountersUnavailable {
+pub(crate) fn classify_counter_error(event: &str, err: &io::Error) -> CountersUnavailable {
     let errno = err.raw_os_error().unwrap_or(0);
     let (reason, detail) = match errno {
         libc::ENOENT => (
@@ -226,12 +229,12 @@ fn read_clock(id: libc::clockid_t, name: &'static str) -> Result<Duration, CostE
 }
 
 /// CPU time consumed so far by the whole process (`CLOCK_PROCESS_CPUTIME_ID`).
-pub fn process_cpu_time() -> Result<Duration, CostError> {
+pub(crate) fn process_cpu_time() -> Result<Duration, CostError> {
     read_clock(libc::CLOCK_PROCESS_CPUTIME_ID, "CLOCK_PROCESS_CPUTIME_ID")
 }
 
 /// CPU time consumed so far by the calling thread (`CLOCK_THREAD_CPUTIME_ID`).
-pub fn thread_cpu_time() -> Result<Duration, CostError> {
+pub(crate) fn thread_cpu_time() -> Result<Duration, CostError> {
     read_clock(libc::CLOCK_THREAD_CPUTIME_ID, "CLOCK_THREAD_CPUTIME_ID")
 }
 
@@ -274,6 +277,18 @@ impl HwCounters {
 ///
 /// Counters are opened on the thread that calls [`CostMeter::new`]; measure
 /// on that thread (the meter is deliberately `!Send` through its counters).
+///
+/// # Examples
+///
+/// ```
+/// use noderep::cost::CostMeter;
+///
+/// let mut meter = CostMeter::new(); // counters if the machine has them, else CPU clocks
+/// let (sum, cost) = meter.measure(|| (0..100_000u64).sum::<u64>())?;
+/// assert_eq!(sum, 4_999_950_000);
+/// println!("{:.1} ns per add, measured with {}", cost.cpu_ns_per(100_000), meter.source());
+/// # Ok::<(), noderep::cost::CostError>(())
+/// ```
 pub struct CostMeter {
     counters: Option<HwCounters>,
     source: CostSource,
@@ -328,6 +343,12 @@ impl CostMeter {
     }
 
     /// Runs `work` and returns its result with what it cost.
+    ///
+    /// # Errors
+    ///
+    /// [`CostError::Clock`] if a CPU clock cannot be read (kernels older
+    /// than Linux 2.6.12), [`CostError::Counter`] if an opened hardware
+    /// counter fails while measuring (use [`CostMeter::clocks_only`] then).
     pub fn measure<R>(&mut self, work: impl FnOnce() -> R) -> Result<(R, Cost), CostError> {
         if let Some(c) = self.counters.as_mut() {
             for counter in [&mut c.cycles, &mut c.instructions] {
@@ -375,7 +396,7 @@ impl CostMeter {
 
 /// A phase of a write's CPU cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Phase {
+pub enum WritePhase {
     /// Validating the request, assigning sequence numbers, building headers,
     /// staging payloads into aligned buffers.
     Bookkeeping,
@@ -388,27 +409,27 @@ pub enum Phase {
     Completion,
 }
 
-impl Phase {
+impl WritePhase {
     /// Every phase in write-path order.
-    pub const ALL: [Phase; 4] = [
-        Phase::Bookkeeping,
-        Phase::Checksum,
-        Phase::Submission,
-        Phase::Completion,
+    pub const ALL: [WritePhase; 4] = [
+        WritePhase::Bookkeeping,
+        WritePhase::Checksum,
+        WritePhase::Submission,
+        WritePhase::Completion,
     ];
 
     /// A short lower-case name.
     pub fn name(self) -> &'static str {
         match self {
-            Phase::Bookkeeping => "bookkeeping",
-            Phase::Checksum => "checksum",
-            Phase::Submission => "submission",
-            Phase::Completion => "completion",
+            WritePhase::Bookkeeping => "bookkeeping",
+            WritePhase::Checksum => "checksum",
+            WritePhase::Submission => "submission",
+            WritePhase::Completion => "completion",
         }
     }
 }
 
-/// Nanoseconds accumulated per [`Phase`].
+/// Nanoseconds accumulated per [`WritePhase`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PhaseTimes {
     ns: [u64; 4],
@@ -417,12 +438,12 @@ pub struct PhaseTimes {
 impl PhaseTimes {
     /// Adds `ns` nanoseconds to `phase`.
     #[inline]
-    pub fn add(&mut self, phase: Phase, ns: u64) {
+    pub fn add(&mut self, phase: WritePhase, ns: u64) {
         self.ns[phase as usize] += ns;
     }
 
     /// Nanoseconds accumulated in `phase`.
-    pub fn get(&self, phase: Phase) -> u64 {
+    pub fn get(&self, phase: WritePhase) -> u64 {
         self.ns[phase as usize]
     }
 
@@ -432,7 +453,7 @@ impl PhaseTimes {
     }
 
     /// Fraction of the total spent in `phase` (0 when nothing was recorded).
-    pub fn share(&self, phase: Phase) -> f64 {
+    pub fn share(&self, phase: WritePhase) -> f64 {
         let t = self.total();
         if t == 0 {
             0.0
@@ -444,28 +465,44 @@ impl PhaseTimes {
 
 /// Times one phase: created at its start, [`PhaseTimer::lap`] closes it.
 #[derive(Debug)]
-pub struct PhaseTimer {
+pub(crate) struct PhaseTimer {
     at: Instant,
 }
 
 impl PhaseTimer {
     /// Starts timing now.
     #[inline]
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         Self { at: Instant::now() }
     }
 
     /// Adds the time since the last lap to `phase` in `into` and restarts.
     #[inline]
-    pub fn lap(&mut self, into: &mut PhaseTimes, phase: Phase) {
+    pub(crate) fn lap(&mut self, into: &mut PhaseTimes, phase: WritePhase) {
         let now = Instant::now();
         into.add(phase, now.duration_since(self.at).as_nanos() as u64);
         self.at = now;
     }
 }
 
-/// Attributes elapsed time to [`Phase`]s along a code path, or does nothing
+/// Attributes elapsed time to [`WritePhase`]s along a code path, or does nothing
 /// when disabled (so the write path can always call it).
+///
+/// # Examples
+///
+/// ```
+/// use noderep::cost::{PhaseClock, WritePhase};
+///
+/// let mut clock = PhaseClock::enabled();
+/// clock.restart();                        // a write starts
+/// let staged = vec![0u8; 4096];           // ... bookkeeping ...
+/// clock.mark(WritePhase::Bookkeeping);
+/// let sum: u64 = staged.iter().map(|&b| u64::from(b)).sum(); // ... checksum ...
+/// clock.mark(WritePhase::Checksum);
+/// assert_eq!(sum, 0);
+/// assert_eq!(clock.times().total(), clock.times().get(WritePhase::Bookkeeping)
+///     + clock.times().get(WritePhase::Checksum));
+/// ```
 #[derive(Debug, Default)]
 pub struct PhaseClock {
     timer: Option<PhaseTimer>,
@@ -503,7 +540,7 @@ impl PhaseClock {
 
     /// Attributes the time since the previous mark (or restart) to `phase`.
     #[inline]
-    pub fn mark(&mut self, phase: Phase) {
+    pub fn mark(&mut self, phase: WritePhase) {
         if let Some(t) = self.timer.as_mut() {
             t.lap(&mut self.times, phase);
         }
@@ -541,6 +578,26 @@ impl AmortisedFit {
 }
 
 /// Fits `y = b + a / batch` to `(batch, y)` points by least squares.
+///
+/// Points with a non-positive or non-finite batch, or a non-finite `y`, are
+/// left out.
+///
+/// # Errors
+///
+/// [`CostError::TooFewPoints`] unless at least two usable points with
+/// distinct batch sizes remain.
+///
+/// # Examples
+///
+/// ```
+/// use noderep::cost::fit_amortised;
+///
+/// // CPU ns per write measured at batch sizes 1, 4 and 16.
+/// let fit = fit_amortised(&[(1.0, 3000.0), (4.0, 1500.0), (16.0, 1125.0)])?;
+/// assert!((fit.b - 1000.0).abs() < 1e-6 && (fit.a - 2000.0).abs() < 1e-6);
+/// assert!((fit.predict(64.0) - 1031.25).abs() < 1e-6);
+/// # Ok::<(), noderep::cost::CostError>(())
+/// ```
 pub fn fit_amortised(points: &[(f64, f64)]) -> Result<AmortisedFit, CostError> {
     let usable: Vec<(f64, f64)> = points
         .iter()
@@ -698,17 +755,17 @@ mod tests {
     #[test]
     fn phase_times_accumulate_and_share() {
         let mut t = PhaseTimes::default();
-        assert_eq!(t.share(Phase::Checksum), 0.0);
-        t.add(Phase::Bookkeeping, 10);
-        t.add(Phase::Checksum, 30);
-        t.add(Phase::Checksum, 20);
-        t.add(Phase::Completion, 40);
-        assert_eq!(t.get(Phase::Checksum), 50);
+        assert_eq!(t.share(WritePhase::Checksum), 0.0);
+        t.add(WritePhase::Bookkeeping, 10);
+        t.add(WritePhase::Checksum, 30);
+        t.add(WritePhase::Checksum, 20);
+        t.add(WritePhase::Completion, 40);
+        assert_eq!(t.get(WritePhase::Checksum), 50);
         assert_eq!(t.total(), 100);
-        assert!((t.share(Phase::Completion) - 0.4).abs() < 1e-12);
+        assert!((t.share(WritePhase::Completion) - 0.4).abs() < 1e-12);
         let mut timer = PhaseTimer::start();
-        timer.lap(&mut t, Phase::Submission);
+        timer.lap(&mut t, WritePhase::Submission);
         assert!(t.total() >= 100);
-        assert_eq!(Phase::ALL.map(Phase::name)[3], "completion");
+        assert_eq!(WritePhase::ALL.map(WritePhase::name)[3], "completion");
     }
 }

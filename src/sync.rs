@@ -3,7 +3,10 @@
 //! Every concurrent file in noderep imports its atomics, `Arc`, `UnsafeCell`,
 //! threads and spin hints from here, never from `std::sync::atomic` or `loom`
 //! directly, so that the very same protocol code runs natively and under the
-//! loom model checker (`RUSTFLAGS="--cfg loom"`).
+//! loom model checker (`RUSTFLAGS="--cfg loom"`). It is crate-private: its
+//! types change under loom, so they are no part of the public API (the loom
+//! models reach the real code through the public API and the
+//! `cfg(loom)`-only `nr::loom_api`).
 //!
 //! # How it works
 //!
@@ -24,15 +27,19 @@
 
 #[cfg(loom)]
 #[allow(unused_imports)]
-pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use loom::sync::atomic::{
+    fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
 #[cfg(loom)]
-pub use loom::sync::Arc;
+pub(crate) use loom::sync::Arc;
 
 #[cfg(not(loom))]
-pub use alloc::sync::Arc;
+pub(crate) use alloc::sync::Arc;
 #[cfg(not(loom))]
 #[allow(unused_imports)]
-pub(crate) use core::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+pub(crate) use core::sync::atomic::{
+    fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
 
 #[cfg(all(loom, feature = "std"))]
 #[allow(unused_imports)]
@@ -225,7 +232,7 @@ pub(crate) fn heavy_fence() {
 /// core the thread it waits for needs). Under loom every call yields so the
 /// model checker explores the other threads.
 #[derive(Debug, Default)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     step: u32,
 }
 
@@ -234,16 +241,16 @@ impl Backoff {
     /// pauses in all: a few microseconds).
     const SPIN_ROUNDS: u32 = 64;
     /// Most `spin_loop` hints in one round (rounds 0, 1, 2.. spin 1, 2, 4..).
-    pub const MAX_PAUSES: u32 = 4;
+    pub(crate) const MAX_PAUSES: u32 = 4;
 
     /// A fresh backoff, spinning first.
-    pub const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Self { step: 0 }
     }
 
     /// Waits a little; longer on the first few calls, then a yield of the CPU.
     #[inline]
-    pub fn snooze(&mut self) {
+    pub(crate) fn snooze(&mut self) {
         #[cfg(loom)]
         {
             loom::thread::yield_now();
@@ -267,12 +274,77 @@ impl Backoff {
     }
 
     /// True once the backoff has moved from spinning to yielding.
-    pub fn is_yielding(&self) -> bool {
+    pub(crate) fn is_yielding(&self) -> bool {
         self.step >= Self::SPIN_ROUNDS
     }
 
     /// Starts over with short spins (call after progress was made).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.step = 0;
     }
+}
+
+/// Sleeps while `word` holds `expected`, for at most about a millisecond: a
+/// futex wait on Linux with `std`. Elsewhere (and under loom) it yields or
+/// spins once; callers re-check their condition in a loop either way.
+///
+/// The bounded sleep is a backstop, not the protocol: every state change a
+/// sleeper waits for is followed by [`wake_all`] on the same word.
+#[inline]
+pub(crate) fn wait_on(word: &AtomicU32, expected: u32) {
+    #[cfg(loom)]
+    {
+        let _ = (word, expected);
+        loom::thread::yield_now();
+    }
+    #[cfg(all(not(loom), feature = "std", target_os = "linux"))]
+    {
+        let timeout = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 1_000_000,
+        };
+        // SAFETY: `word` is a live, aligned 32-bit atomic for the duration of
+        // the call; FUTEX_WAIT only reads it (atomically, in the kernel) and
+        // returns at once if it no longer holds `expected`. `timeout` is a
+        // valid relative timespec on our stack.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                expected,
+                &timeout as *const libc::timespec,
+            );
+        }
+    }
+    #[cfg(all(not(loom), feature = "std", not(target_os = "linux")))]
+    {
+        if word.load(Ordering::Relaxed) == expected {
+            std::thread::yield_now();
+        }
+    }
+    #[cfg(all(not(loom), not(feature = "std")))]
+    {
+        if word.load(Ordering::Relaxed) == expected {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// Wakes every thread sleeping in [`wait_on`] on `word`.
+#[inline]
+pub(crate) fn wake_all(word: &AtomicU32) {
+    #[cfg(all(not(loom), feature = "std", target_os = "linux"))]
+    // SAFETY: `word` is a live, aligned 32-bit atomic; FUTEX_WAKE does not
+    // access memory through the pointer, it only names the wait queue.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            i32::MAX,
+        );
+    }
+    #[cfg(not(all(not(loom), feature = "std", target_os = "linux")))]
+    let _ = word;
 }

@@ -46,7 +46,7 @@ mod workload;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use noderep::topology::{Core, Topology};
+use noderep::topology::{format_cpulist, Core, Topology};
 use noderep::ReplicaPolicy;
 use report::Row;
 use runner::Settings;
@@ -372,7 +372,8 @@ fn pool(rows: Vec<Row>) -> Vec<Row> {
     out
 }
 
-/// One performance target of issue 4 and what was measured.
+/// One of noderep's performance goals against its peers, and what was
+/// measured.
 struct Target {
     what: String,
     measured: Option<f64>,
@@ -615,10 +616,22 @@ fn machine(topo: &Topology) -> String {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    // Which CPUs each node has, and where that came from (sysfs, hwloc, or a
+    // simulated topology), so a report says what it ran on.
+    let nodes: Vec<String> = topo
+        .nodes()
+        .iter()
+        .map(|n| {
+            let cpus: Vec<usize> = n.cores.iter().map(|c| c.os_cpu).collect();
+            format!("node {}: cpus {}", n.os_node, format_cpulist(&cpus))
+        })
+        .collect();
     format!(
-        "{model}, {} CPU(s), {} NUMA node(s), Linux {}",
+        "{model}, {} CPU(s), {} NUMA node(s) ({}; {:?}), Linux {}",
         topo.num_cores(),
         topo.num_nodes(),
+        nodes.join("; "),
+        topo.source(),
         kernel.trim()
     )
 }
@@ -877,7 +890,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let targets = targets(&rows, mem.as_ref(), settings.reps);
     text.push_str(
-        "\nperformance targets (issue 4; noderep = noderep/node; ratios of medians from this run; \
+        "\nperformance goals of noderep against its peers (noderep = noderep/node; ratios of medians from this run; \
          `by CPU` = the same ratio from CPU-time throughput, robust to other processes; \
          `paired` = median over rounds of the ratio within each round, robust to load that comes and goes):\n",
     );

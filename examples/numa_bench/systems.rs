@@ -171,6 +171,10 @@ impl<S: Seq> noderep::Dispatch for NrD<S> {
     fn dispatch_mut(&mut self, op: WriteOp) -> u64 {
         self.0.write(op)
     }
+    /// Copies, so that idle replicas are parked and cost writers nothing.
+    fn snapshot(&self) -> Option<Self> {
+        Some(NrD(self.0.clone()))
+    }
 }
 
 /// noderep with some replica policy.

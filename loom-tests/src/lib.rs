@@ -68,6 +68,48 @@ mod support {
         all[nodes - 1].clone()
     }
 
+    /// A [`Seq`] that can be copied ([`Dispatch::snapshot`]): its idle
+    /// replicas are parked, and replicas can be added at run time.
+    #[derive(Default, Debug)]
+    pub struct CopySeq(pub Seq);
+
+    impl Dispatch for CopySeq {
+        type ReadOperation<'a> = ();
+        type WriteOperation = Op;
+        type Response = Vec<u64>;
+
+        fn dispatch(&self, op: ()) -> Vec<u64> {
+            self.0.dispatch(op)
+        }
+
+        fn dispatch_mut(&mut self, op: Op) -> Vec<u64> {
+            self.0.dispatch_mut(op)
+        }
+
+        fn snapshot(&self) -> Option<Self> {
+            Some(CopySeq(Seq {
+                items: self.0.items.clone(),
+            }))
+        }
+    }
+
+    /// A [`CopySeq`] on `replicas` simulated nodes (plus `spare` places out
+    /// of service), `slots` thread slots each, a log of `log` entries.
+    pub fn copy_nr(
+        replicas: usize,
+        spare: usize,
+        slots: usize,
+        log: usize,
+    ) -> NodeReplicated<CopySeq> {
+        NrBuilder::new()
+            .topology(topology(replicas))
+            .max_replicas(replicas + spare)
+            .max_threads_per_replica(slots)
+            .log_capacity(log)
+            .build(|_| CopySeq::default())
+            .expect("valid loom configuration")
+    }
+
     /// A [`Seq`] replicated on `replicas` simulated nodes, with `slots`
     /// thread slots per replica and a log of `log` entries.
     pub fn seq_nr(replicas: usize, slots: usize, log: usize) -> NodeReplicated<Seq> {

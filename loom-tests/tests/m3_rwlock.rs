@@ -38,7 +38,7 @@ fn m3_rwlock() {
 
 /// The same with the read-mostly lock's asymmetric fences (fence-free
 /// readers, `membarrier` writer), which loom models as SeqCst fences on both
-/// sides (see `noderep::sync::light_fence`): this checks the orderings around
+/// sides (see `light_fence` in `src/sync.rs`): this checks the orderings around
 /// the handshake, not `membarrier` itself.
 #[test]
 fn m3_rwlock_asymmetric() {

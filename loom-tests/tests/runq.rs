@@ -1,6 +1,7 @@
 //! Loom models of the run-queue failover protocol (`noderep::runq`), run on
-//! the real code through `noderep::sync` (sizes shrink under `cfg(loom)`:
-//! rings of 4 records, 4 task slots; the logic is unchanged).
+//! the real code, whose atomics come from loom through `src/sync.rs` (sizes
+//! shrink under `cfg(loom)`: rings of 4 records, 4 task slots; the logic is
+//! unchanged).
 //!
 //! | model | race | mutant that makes it fail |
 //! |---|---|---|

@@ -11,7 +11,7 @@ use std::vec::Vec;
 
 use super::block::{HEADER_SIZE, IO_ALIGN};
 use super::MirrorError;
-use crate::cost::{Phase, PhaseClock};
+use crate::cost::{PhaseClock, WritePhase};
 
 /// How durable a write is when a device's [`BlockDevice::write_blocks`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -73,7 +73,7 @@ pub trait BlockDevice: Send {
     fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Writes every entry of `writes` (one call per batch: the point of
     /// batching) and returns once they are as durable as the device's
-    /// [`Durability`] promises. Call `clock.mark(Phase::Submission)` once the
+    /// [`Durability`] promises. Call `clock.mark(WritePhase::Submission)` once the
     /// writes are submitted; the caller attributes the rest to completion.
     fn write_blocks(&mut self, writes: &[BlockWrite<'_>], clock: &mut PhaseClock)
         -> io::Result<()>;
@@ -453,7 +453,7 @@ impl BlockDevice for FileDevice {
             r?;
             self.stats.blocks_written += next - start;
         }
-        clock.mark(Phase::Submission);
+        clock.mark(WritePhase::Submission);
         if self.durability == Durability::SyncPerBatch && !writes.is_empty() {
             self.file.sync_data()?;
             self.stats.syncs += 1;

@@ -93,6 +93,9 @@
 //! self-healing reads and scrub; Merkle, "A Digital Signature Based on a
 //! Conventional Encryption Function", CRYPTO 1987; crc32c: Castagnoli,
 //! Bräuer, Herrmann, IEEE Trans. Communications 1993.
+//!
+//! The write path and the member states: `docs/ARCHITECTURE.md` in the
+//! repository.
 
 pub mod block;
 mod device;

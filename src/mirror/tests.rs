@@ -2,7 +2,7 @@
 //! tests/mirror_faults.rs).
 
 use super::*;
-use crate::cost::Phase;
+use crate::cost::WritePhase;
 use std::path::PathBuf;
 use std::vec::Vec;
 
@@ -118,7 +118,7 @@ fn a_batch_is_one_device_call_and_coalesces_runs() {
     let next = m.write(0, b"x").expect("write");
     assert_eq!(next.first_seq, ack.first_seq + 16);
     let t = m.phase_times();
-    for p in Phase::ALL {
+    for p in WritePhase::ALL {
         assert!(t.get(p) > 0, "{p:?} was not accounted");
     }
 }

@@ -15,7 +15,7 @@ use super::device::{
     check_block_range, BlockDevice, BlockWrite, DeviceConfig, DeviceStats, Durability, FileDevice,
 };
 use super::MirrorError;
-use crate::cost::{Phase, PhaseClock};
+use crate::cost::{PhaseClock, WritePhase};
 
 /// A file or block device written through io_uring: one `Writev` entry per
 /// run of consecutive blocks, plus (for [`Durability::SyncPerBatch`]) one
@@ -143,7 +143,7 @@ impl UringDevice {
             self.stats.write_syscalls += 1;
             // The enter call submitted (and, for buffered files, performed)
             // the writes; reaping below is completion work.
-            clock.mark(Phase::Submission);
+            clock.mark(WritePhase::Submission);
             for cqe in self.ring.completion() {
                 done += 1;
                 let ud = cqe.user_data();

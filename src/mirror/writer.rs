@@ -9,7 +9,7 @@ use super::block::{self, AlignedBuf, BlockState, Corruption};
 use super::device::{BlockDevice, BlockWrite, DeviceStats};
 use super::merkle::{leaf, MerkleTree, LOST_LEAF};
 use super::MirrorError;
-use crate::cost::{Phase, PhaseClock, PhaseTimes};
+use crate::cost::{PhaseClock, PhaseTimes, WritePhase};
 
 /// A device's position in the mirror (0-based, as given to [`Mirror::assemble`]).
 pub type DeviceId = usize;
@@ -29,7 +29,7 @@ pub enum WarningSink {
 pub struct MirrorConfig {
     /// Where warnings (a device failed, a block was repaired) go.
     pub warnings: WarningSink,
-    /// Record the time of each write [`Phase`] (two clock reads per phase).
+    /// Record the time of each write [`WritePhase`] (two clock reads per phase).
     pub account_phases: bool,
 }
 
@@ -624,14 +624,14 @@ impl Mirror {
                 _ => self.runs.push((lba, i, 1)),
             }
         }
-        self.clock.mark(Phase::Bookkeeping);
+        self.clock.mark(WritePhase::Bookkeeping);
 
         // Checksum.
         self.crcs.clear();
         for blk in self.stage.chunks_exact_mut(bs) {
             self.crcs.push(block::seal(blk));
         }
-        self.clock.mark(Phase::Checksum);
+        self.clock.mark(WritePhase::Checksum);
 
         // Submission and completion, device after device.
         let stage = &self.stage;
@@ -653,7 +653,7 @@ impl Mirror {
                 Ok(()) => copies += 1,
                 Err(e) => failures.push((d, e.to_string())),
             }
-            self.clock.mark(Phase::Completion);
+            self.clock.mark(WritePhase::Completion);
         }
         drop(list);
         for (d, e) in failures {
@@ -680,7 +680,7 @@ impl Mirror {
                 Redundancy::Degraded { missing }
             },
         };
-        self.clock.mark(Phase::Completion);
+        self.clock.mark(WritePhase::Completion);
         Ok(ack)
     }
 

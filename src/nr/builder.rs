@@ -6,14 +6,28 @@
 //! [`NrError`] that says what to change), decides each replica's *home* — the
 //! CPUs of its NUMA node, or its core — from the topology, and builds each
 //! replica on a thread pinned to its home, so that the replica's memory is
-//! first touched, and therefore placed by the kernel, on its own node.
+//! first touched, and therefore placed by the kernel, on its own node. The
+//! allocator may hand that thread pages another thread already touched
+//! elsewhere (glibc gives a new thread the arena of an exited one), so the
+//! builder first returns the allocator's free pages to the kernel (they
+//! come back fresh), and afterwards moves the replica's own pages (the
+//! replica with `D` inline, its thread slots and reader flags) to the node
+//! where the thread's first touch goes (move_pages). `scripts/numa-vm.sh`
+//! checks the result on emulated nodes.
 //!
 //! # Trade-offs
 //!
-//! First-touch placement is best effort: if pinning fails (a restricted
-//! cpuset), the replica is still built, on whatever CPU the thread gets.
+//! Placement is best effort: if pinning fails (a restricted cpuset), the
+//! replica is still built, on whatever CPU the thread gets. Memory that `D`
+//! allocates itself (a map's buckets) is placed by first touch only: the
+//! builder cannot see it, and pages it shares with live allocations of other
+//! threads stay where they are. Trimming the allocator costs a walk of its
+//! arenas per build.
 
-use super::config::{DEFAULT_LOG_CAPACITY, DEFAULT_THREADS_PER_REPLICA, MAX_THREADS_PER_REPLICA};
+use super::config::{
+    DEFAULT_LOG_CAPACITY, DEFAULT_THREADS_PER_REPLICA, MAX_LOG_CAPACITY, MAX_REPLICAS,
+    MAX_THREADS_PER_REPLICA,
+};
 use super::log::Log;
 use super::replica::Replica;
 use super::{Dispatch, NodeReplicated, NrError};
@@ -32,9 +46,40 @@ pub enum ReplicaPolicy {
     Fixed(usize),
 }
 
-/// Options for a [`NodeReplicated`] instance.
-#[derive(Debug, Clone)]
-pub struct NrBuilder {
+/// Options for a [`NodeReplicated`] instance of `D`.
+///
+/// `D` is the replicated structure; it is inferred from the closure given to
+/// [`build`](Self::build), so both `NrBuilder::new()` and
+/// `NodeReplicated::builder()` work without annotations.
+///
+/// # Examples
+///
+/// ```
+/// use noderep::{Dispatch, NodeReplicated, ReplicaPolicy};
+/// use noderep::topology::Topology;
+///
+/// #[derive(Default, Clone)]
+/// struct Counter(u64);
+/// impl Dispatch for Counter {
+///     type ReadOperation<'a> = ();
+///     type WriteOperation = u64;
+///     type Response = u64;
+///     fn dispatch(&self, _: ()) -> u64 { self.0 }
+///     fn dispatch_mut(&mut self, add: u64) -> u64 { self.0 += add; self.0 }
+///     fn snapshot(&self) -> Option<Self> { Some(self.clone()) }
+/// }
+///
+/// let nr = NodeReplicated::builder()
+///     .topology(Topology::simulated(2, 1)?)
+///     .replicas(ReplicaPolicy::PerNode)
+///     .log_capacity(1024)
+///     .max_replicas(3)
+///     .build(|_replica| Counter::default())?;
+/// assert_eq!(nr.num_replicas(), 3);
+/// assert_eq!(nr.live_replicas(), 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct NrBuilder<D> {
     #[cfg(feature = "std")]
     topology: Option<crate::topology::Topology>,
     policy: ReplicaPolicy,
@@ -43,15 +88,48 @@ pub struct NrBuilder {
     log_capacity: Option<usize>,
     threads_per_replica: usize,
     read_mostly: bool,
+    max_replicas: Option<usize>,
+    /// The structure the builder builds (`fn() -> D`: no ownership, and
+    /// `Send + Sync` whatever `D` is).
+    _structure: core::marker::PhantomData<fn() -> D>,
 }
 
-impl Default for NrBuilder {
+impl<D> Clone for NrBuilder<D> {
+    fn clone(&self) -> Self {
+        Self {
+            #[cfg(feature = "std")]
+            topology: self.topology.clone(),
+            policy: self.policy,
+            log_capacity: self.log_capacity,
+            threads_per_replica: self.threads_per_replica,
+            read_mostly: self.read_mostly,
+            max_replicas: self.max_replicas,
+            _structure: core::marker::PhantomData,
+        }
+    }
+}
+
+impl<D> core::fmt::Debug for NrBuilder<D> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut d = f.debug_struct("NrBuilder");
+        #[cfg(feature = "std")]
+        d.field("topology", &self.topology);
+        d.field("policy", &self.policy)
+            .field("log_capacity", &self.log_capacity)
+            .field("threads_per_replica", &self.threads_per_replica)
+            .field("read_mostly", &self.read_mostly)
+            .field("max_replicas", &self.max_replicas)
+            .finish()
+    }
+}
+
+impl<D> Default for NrBuilder<D> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl NrBuilder {
+impl<D> NrBuilder<D> {
     /// Defaults: detected topology, one replica per node, a log of
     /// [`DEFAULT_LOG_CAPACITY`] entries (or one operation per thread slot of
     /// every replica, if that is more), [`DEFAULT_THREADS_PER_REPLICA`]
@@ -64,6 +142,8 @@ impl NrBuilder {
             log_capacity: None,
             threads_per_replica: DEFAULT_THREADS_PER_REPLICA,
             read_mostly: false,
+            max_replicas: None,
+            _structure: core::marker::PhantomData,
         }
     }
 
@@ -112,7 +192,18 @@ impl NrBuilder {
 
     /// Checks the settings and returns each replica's home CPUs and the log
     /// capacity.
-    fn plan(&self) -> Result<(Vec<Vec<usize>>, usize), NrError> {
+    /// Reserves places for up to `replicas` replicas in all, so that
+    /// [`NodeReplicated::add_replica`] can bring more into service at run
+    /// time (the places beyond the policy's replicas start out of service;
+    /// their homes continue round-robin over the nodes). The default is the
+    /// policy's count. An instance with room for two or more replicas keeps
+    /// a log even while only one serves, so it can grow.
+    pub fn max_replicas(mut self, replicas: usize) -> Self {
+        self.max_replicas = Some(replicas);
+        self
+    }
+
+    fn plan(&self) -> Result<(Vec<Vec<usize>>, usize, usize), NrError> {
         if self.threads_per_replica == 0 {
             return Err(NrError::ZeroSize {
                 what: "max_threads_per_replica",
@@ -132,7 +223,50 @@ impl NrBuilder {
                 what: "the number of replicas (ReplicaPolicy::Fixed)",
             });
         }
-        let homes = self.homes()?;
+        for (what, asked) in [
+            (
+                "ReplicaPolicy::Fixed replicas",
+                match self.policy {
+                    ReplicaPolicy::Fixed(n) => n,
+                    _ => 0,
+                },
+            ),
+            ("max_replicas", self.max_replicas.unwrap_or(0)),
+        ] {
+            if asked > MAX_REPLICAS {
+                return Err(NrError::TooLarge {
+                    what,
+                    asked,
+                    max: MAX_REPLICAS,
+                    hint: "one replica per NUMA node (ReplicaPolicy::PerNode) is the usual choice",
+                });
+            }
+        }
+        if let Some(asked) = self.log_capacity {
+            if asked > MAX_LOG_CAPACITY {
+                return Err(NrError::TooLarge {
+                    what: "log_capacity",
+                    asked,
+                    max: MAX_LOG_CAPACITY,
+                    hint: "a few thousand entries per replica suffice (the default is 4096)",
+                });
+            }
+        }
+        let mut homes = self.homes()?;
+        let serving = homes.len();
+        if let Some(max) = self.max_replicas {
+            if max < serving {
+                return Err(NrError::TooFewPlaces {
+                    max_replicas: max,
+                    replicas: serving,
+                });
+            }
+            for r in serving..max {
+                let home = homes[r % serving].clone();
+                homes.push(home);
+            }
+        }
+        // Both factors are bounded (MAX_REPLICAS, MAX_THREADS_PER_REPLICA).
         let in_flight = homes.len() * self.threads_per_replica;
         // The default stays small enough to live in the L2 cache (appends
         // touch a fresh line per few entries; a 64 Ki-entry log measured 37%
@@ -150,7 +284,7 @@ impl NrBuilder {
                 threads_per_replica: self.threads_per_replica,
             });
         }
-        Ok((homes, capacity))
+        Ok((homes, capacity, serving))
     }
 
     #[cfg(feature = "std")]
@@ -188,13 +322,26 @@ impl NrBuilder {
 
     /// Builds the instance; `make(r)` builds replica `r`'s data structure
     /// (it runs on a thread pinned to that replica's node, with `std`).
-    pub fn build<D>(self, make: impl Fn(usize) -> D + Sync) -> Result<NodeReplicated<D>, NrError>
+    ///
+    /// # Errors
+    ///
+    /// Every setting that cannot work is an [`NrError`] that says what to
+    /// change: zero or too large sizes, a log smaller than what the threads
+    /// can have in flight, `max_replicas` below the policy's count, a
+    /// topology that cannot be detected, a log that cannot be allocated.
+    ///
+    /// # Panics
+    ///
+    /// If `make` panics, the panic is resumed in the caller and nothing is
+    /// built (with `std`, `make` runs on one thread per replica, pinned to
+    /// the replica's home).
+    pub fn build(self, make: impl Fn(usize) -> D + Sync) -> Result<NodeReplicated<D>, NrError>
     where
         D: Dispatch + Send + Sync,
         D::WriteOperation: Send + Sync,
         D::Response: Send,
     {
-        let (homes, capacity) = self.plan()?;
+        let (homes, capacity, serving) = self.plan()?;
         let slots = self.threads_per_replica;
         // With one replica nobody replays the log: writes are applied
         // straight from the thread slots (`Replica::combine_direct`), so
@@ -202,37 +349,70 @@ impl NrBuilder {
         let log = if homes.len() == 1 {
             Log::new(1, 1)
         } else {
-            Log::new(capacity, homes.len())
+            Log::try_with_live(capacity, homes.len(), serving).ok_or(NrError::OutOfMemory {
+                what: "the shared log",
+                bytes: capacity.saturating_mul(Log::<D::WriteOperation>::entry_size()),
+            })?
         };
         let asymmetric = self.read_mostly && crate::sync::asymmetric_fences();
         let build_one = |r: usize| Box::new(Replica::new(r, make(r), slots, asymmetric));
         let replicas = Self::place(&homes, &build_one);
-        Ok(NodeReplicated::from_parts(log, replicas, homes))
+        // Asked once, of a freshly built replica (the answer must not change).
+        let can_snapshot = replicas.len() > 1 && replicas[0].probe_snapshot();
+        Ok(NodeReplicated::from_parts(
+            log,
+            replicas,
+            homes,
+            serving,
+            can_snapshot,
+        ))
     }
 
     /// Builds each replica on a thread pinned to its home (first touch).
     #[cfg(all(feature = "std", not(loom)))]
-    fn place<D: Dispatch + Send>(
+    fn place(
         homes: &[Vec<usize>],
         build_one: &(dyn Fn(usize) -> Box<Replica<D>> + Sync),
     ) -> Vec<Box<Replica<D>>>
     where
+        D: Dispatch + Send,
         D::WriteOperation: Send,
         D::Response: Send,
     {
+        // Free allocator pages that other threads touched would keep their
+        // nodes when the build threads reuse them (module docs).
+        crate::topology::release_free_heap_pages();
         std::thread::scope(|s| {
             let handles: Vec<_> = homes
                 .iter()
                 .enumerate()
                 .map(|(r, home)| {
                     let cpu = home.first().copied();
+                    // Mutant `replicas_on_node0` (scripts/numa-vm-mutant.sh):
+                    // every replica is built, and first touched, on the
+                    // first replica's home.
+                    #[cfg(noderep_mutant = "replicas_on_node0")]
+                    let cpu = homes[0].first().copied();
                     s.spawn(move || {
                         if let Some(cpu) = cpu {
                             // Best effort (module docs): an unpinned build
                             // still works, just without placement.
                             let _ = crate::topology::pin_to_cpu(cpu);
                         }
-                        build_one(r)
+                        let replica = build_one(r);
+                        if cpu.is_some() {
+                            // First touch placed only the fresh pages; the
+                            // allocator may have recycled pages that an
+                            // exited thread touched on another node (seen
+                            // in the emulated-NUMA guest): move the
+                            // replica's own pages to where this thread's
+                            // first touch goes.
+                            if let Some(node) = crate::topology::local_memory_node() {
+                                let _ =
+                                    crate::topology::move_to_node(&replica.owned_ranges(), node);
+                            }
+                        }
+                        replica
                     })
                 })
                 .collect();
@@ -245,10 +425,13 @@ impl NrBuilder {
 
     /// Builds the replicas on the calling thread (no pinning available).
     #[cfg(any(not(feature = "std"), loom))]
-    fn place<D: Dispatch>(
+    fn place(
         homes: &[Vec<usize>],
         build_one: &dyn Fn(usize) -> Box<Replica<D>>,
-    ) -> Vec<Box<Replica<D>>> {
+    ) -> Vec<Box<Replica<D>>>
+    where
+        D: Dispatch,
+    {
         (0..homes.len()).map(build_one).collect()
     }
 }

@@ -23,3 +23,10 @@ pub const DEFAULT_THREADS_PER_REPLICA: usize = 2;
 /// readers-writer lock scans one flag per slot, so very large replicas should
 /// be split (more replicas) rather than grown.
 pub const MAX_THREADS_PER_REPLICA: usize = 1024;
+
+/// Largest log capacity accepted (2^28 entries: gigabytes of log, far past
+/// any useful size; beyond it, allocation would abort the process).
+pub const MAX_LOG_CAPACITY: usize = 1 << 28;
+
+/// Largest number of replicas (or replica places) accepted.
+pub const MAX_REPLICAS: usize = 4096;

@@ -128,7 +128,7 @@ impl<W, R> Context<W, R> {
             unsafe { (*p).take() }
         });
         // Relaxed: only the combiner reads TAKEN (the thread waits for DONE);
-        // the thread learns of our progress through the Release in `finish`.
+        // the thread learns of our progress through the Release in `publish`.
         // A taken operation that is never published (the instance was
         // poisoned first) must not be collected again; TAKEN says so here,
         // and `Shared::combine` also refuses to collect once poisoned, so
@@ -184,9 +184,56 @@ impl<W, R> Context<W, R> {
         }
     }
 
+    /// The combiner's own thread takes the response that its own round
+    /// stored and published in its slot (a panic payload is left for
+    /// [`poll`](Self::poll)).
+    ///
+    /// # Safety
+    ///
+    /// Only the slot's own thread may call this (as for `poll`).
+    pub(crate) unsafe fn take_own_response(&self) -> Option<R> {
+        // Relaxed: our own round published the state in this thread.
+        if self.state.load(Ordering::Relaxed) != DONE {
+            return None;
+        }
+        let out = self.result.with_mut(|p| {
+            // SAFETY: DONE: only the owning thread (us) touches `result`.
+            unsafe { (*p).take() }
+        });
+        // Relaxed: EMPTY is only read by this thread (see `poll`).
+        self.state.store(EMPTY, Ordering::Relaxed);
+        match out {
+            Some(Outcome::Response(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The owning thread takes back an operation that no combiner will ever
+    /// take (its replica was removed). Returns whether there was one.
+    ///
+    /// # Safety
+    ///
+    /// Only the slot's own thread may call this, while it holds its
+    /// replica's combiner lock (so no combiner is collecting the slot).
+    pub(crate) unsafe fn withdraw(&self) -> bool {
+        // Relaxed: we hold the combiner lock, whose Acquire ordered every
+        // earlier combiner's accesses to this slot before ours.
+        if self.state.load(Ordering::Relaxed) != PENDING {
+            return false;
+        }
+        self.op.with_mut(|p| {
+            // SAFETY: PENDING and we hold the combiner lock: nobody else
+            // touches `op`.
+            unsafe { *p = None }
+        });
+        // Relaxed: as above; the next `submit` publishes with Release.
+        self.state.store(EMPTY, Ordering::Relaxed);
+        true
+    }
+
     /// The owning thread checks for its result, taking it if it is there.
     pub(crate) fn poll(&self) -> Option<Outcome<R>> {
-        // Acquire: pairs with the Release in `finish`.
+        // Acquire: pairs with the Release in `publish`.
         let s = self.state.load(Ordering::Acquire);
         if s != DONE && s != PANICKED {
             return None;

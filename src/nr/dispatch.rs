@@ -51,4 +51,26 @@ pub trait Dispatch {
 
     /// Applies a mutating operation to this replica. Must be deterministic.
     fn dispatch_mut(&mut self, op: Self::WriteOperation) -> Self::Response;
+
+    /// A copy of this replica's state, from which a parked or newly added
+    /// replica is rebuilt; `None` (the default) if the structure cannot be
+    /// copied.
+    ///
+    /// With copies, a replica whose threads stay idle is *parked* and costs
+    /// writers elsewhere nothing; its next operation first rebuilds it from
+    /// a live replica (the cost of this method). Without them, idle replicas
+    /// are kept current by the other replicas' writers ("helping"), and
+    /// [`NodeReplicated::add_replica`](crate::NodeReplicated::add_replica)
+    /// is unavailable. The answer must not change over the structure's life
+    /// (it is asked once, when the instance is built). For a `Clone` type:
+    ///
+    /// ```ignore
+    /// fn snapshot(&self) -> Option<Self> { Some(self.clone()) }
+    /// ```
+    fn snapshot(&self) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        None
+    }
 }

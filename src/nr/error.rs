@@ -58,6 +58,57 @@ pub enum NrError {
     /// The instance is poisoned: an operation panicked.
     #[error("the instance is poisoned: a write operation panicked inside dispatch_mut, so the replicas may be inconsistent; build a new instance")]
     Poisoned,
+    /// The replica is out of service (removed, or a spare place never added).
+    #[error("replica {replica} is not in service (removed, or a spare place from max_replicas); register with NodeReplicated::register, or bring a place back with add_replica")]
+    ReplicaRemoved {
+        /// The replica.
+        replica: usize,
+    },
+    /// Removing the replica would leave no replica in service.
+    #[error("replica {replica} is the last replica in service and cannot be removed; add another replica first (add_replica, with spare places from NrBuilder::max_replicas)")]
+    LastReplica {
+        /// The replica.
+        replica: usize,
+    },
+    /// `max_replicas` is below the number of replicas the policy builds.
+    #[error("max_replicas is {max_replicas} but the replica policy builds {replicas} replicas; raise max_replicas to at least {replicas} or leave it unset")]
+    TooFewPlaces {
+        /// The `max_replicas` setting.
+        max_replicas: usize,
+        /// Replicas the policy builds.
+        replicas: usize,
+    },
+    /// Every replica place is in service.
+    #[error("all {replicas} replica places are in service; build with a larger NrBuilder::max_replicas to add replicas at run time")]
+    NoSpareReplica {
+        /// Replica places of the instance.
+        replicas: usize,
+    },
+    /// The structure cannot be copied, so no replica can be built at run time.
+    #[error("Dispatch::snapshot returns None for this structure, so replicas cannot be added or rebuilt at run time; implement Dispatch::snapshot (for a Clone type: Some(self.clone()))")]
+    SnapshotUnsupported,
+    /// A size or count is beyond what can be represented or allocated.
+    #[error("{what} of {asked} is too large (at most {max}); {hint}")]
+    TooLarge {
+        /// What was asked for.
+        what: &'static str,
+        /// The value given.
+        asked: usize,
+        /// The largest accepted value.
+        max: usize,
+        /// What to do instead.
+        hint: &'static str,
+    },
+    /// Memory for the log or the replicas could not be allocated.
+    #[error(
+        "could not allocate {bytes} bytes for {what}; use a smaller log_capacity or fewer replicas"
+    )]
+    OutOfMemory {
+        /// What was being allocated.
+        what: &'static str,
+        /// How many bytes.
+        bytes: usize,
+    },
 }
 
 /// An operation could not be executed.
@@ -69,4 +120,11 @@ pub enum ExecError {
     /// The token was registered with a different instance.
     #[error("this ThreadToken belongs to another NodeReplicated instance; register the thread with this instance and use that token")]
     WrongInstance,
+    /// The token's replica was taken out of service with `remove_replica`;
+    /// the operation was not applied.
+    #[error("replica {replica} was removed from service and the operation was not applied; drop this token and register the thread again (NodeReplicated::register)")]
+    ReplicaRemoved {
+        /// The removed replica.
+        replica: usize,
+    },
 }

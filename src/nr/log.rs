@@ -15,6 +15,24 @@
 //! * `ltails[r]` — how far replica `r` has applied the log.
 //! * `head` — a cached minimum of the `ltails`: slots below it are free.
 //!
+//! A replica may be *parked* ([`PARKED`] in its `ltail`): it no longer holds
+//! back the log (the minimum skips it), and before it serves again it is
+//! rebuilt from an up-to-date replica (`nr::combine`). Its readers notice
+//! without an extra load: [`Log::is_behind`] treats `PARKED` as behind any
+//! commit point.
+//!
+//! Appenders that find the log full *wait for room* ([`Log::join_waiters`]):
+//! the sum of their batch sizes is kept, and every appender — a new arrival
+//! or another waiter — reserves only if that much room stays free after its
+//! reservation ([`Log::try_reserve_keeping`]). Room that a waiting writer
+//! made is therefore never taken from it by later appends: once the free
+//! room covers every waiter, each of them fits. Nobody waits for a
+//! particular thread to take its turn (a FIFO of tickets would: a
+//! descheduled first-in-line stalls everyone behind it). The waiters are at
+//! most one combiner per replica, whose batches fit in the log together
+//! (the builder checks), so the wait is bounded. The common case, a log with
+//! room and nobody waiting, pays one load of a line that is not written.
+//!
 //! Each entry has an *alive bit* whose meaning flips on every lap of the
 //! buffer: position `i` is published when the bit equals `lap_parity(i)`
 //! (true on even laps, false on odd ones). A writer stores the entry, then
@@ -65,6 +83,10 @@ struct Entry<T> {
     alive: AtomicBool,
 }
 
+/// The `ltail` of a parked replica: it no longer holds back the log, and its
+/// readers and writers must rebuild it before using it.
+pub(crate) const PARKED: usize = usize::MAX;
+
 /// The log has no room for the batch until the slowest replica advances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct LogFull {
@@ -93,10 +115,20 @@ pub(crate) struct Log<T> {
     /// Cached minimum of `ltails`: positions below it may be overwritten.
     /// fetch_max by appenders that found the log full; read by appenders.
     head: CachePadded<AtomicUsize>,
-    /// Per-replica applied position. Written only by the holder of that
-    /// replica's combiner lock; read by appenders computing `head` and by the
-    /// replica's readers.
+    /// Per-replica applied position, or [`PARKED`]. Written only by the
+    /// holder of that replica's combiner lock; read by appenders computing
+    /// `head` and by the replica's readers.
     ltails: Box<[CachePadded<AtomicUsize>]>,
+    /// What appenders that found the log full still wait for. Read by every
+    /// appender, written only while the log is full.
+    line: CachePadded<Line>,
+}
+
+/// The appenders waiting for room in a full log.
+struct Line {
+    /// Sum of their batch sizes: everyone else leaves that much room free
+    /// (fetch_add / fetch_sub by the waiters).
+    need: AtomicUsize,
 }
 
 // SAFETY: entries hold `T`s that are written by one thread and cloned/dropped
@@ -113,14 +145,25 @@ impl<T> Log<T> {
     /// replayed by `replicas` replicas. `capacity` must be non-zero (the
     /// builder checks).
     pub(crate) fn new(capacity: usize, replicas: usize) -> Self {
-        let capacity = capacity.max(1).next_power_of_two();
-        let entries: Vec<Entry<T>> = (0..capacity)
-            .map(|_| Entry {
-                record: UnsafeCell::new(MaybeUninit::uninit()),
-                alive: AtomicBool::new(false),
-            })
-            .collect();
-        Self {
+        Self::try_new(capacity, replicas).expect("log allocation failed")
+    }
+
+    /// Bytes per log entry.
+    pub(crate) fn entry_size() -> usize {
+        core::mem::size_of::<Entry<T>>()
+    }
+
+    /// As [`new`](Self::new), but `None` instead of aborting when the
+    /// entries cannot be allocated (or the capacity has no power of two).
+    pub(crate) fn try_new(capacity: usize, replicas: usize) -> Option<Self> {
+        let capacity = capacity.max(1).checked_next_power_of_two()?;
+        let mut entries: Vec<Entry<T>> = Vec::new();
+        entries.try_reserve_exact(capacity).ok()?;
+        entries.extend((0..capacity).map(|_| Entry {
+            record: UnsafeCell::new(MaybeUninit::uninit()),
+            alive: AtomicBool::new(false),
+        }));
+        Some(Self {
             entries: entries.into_boxed_slice(),
             mask: capacity - 1,
             shift: capacity.trailing_zeros(),
@@ -131,7 +174,52 @@ impl<T> Log<T> {
             ltails: (0..replicas)
                 .map(|_| CachePadded::new(AtomicUsize::new(0)))
                 .collect(),
+            line: CachePadded::new(Line {
+                need: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// A log for `replicas` replicas of which only the first `live` start
+    /// unparked (the others start at [`PARKED`]); `None` if it cannot be
+    /// allocated.
+    pub(crate) fn try_with_live(capacity: usize, replicas: usize, live: usize) -> Option<Self> {
+        let log = Self::try_new(capacity, replicas)?;
+        for l in &log.ltails[live.min(replicas)..] {
+            // Relaxed: not shared yet.
+            l.store(PARKED, Ordering::Relaxed);
         }
+        Some(log)
+    }
+
+    /// Log positions that appenders waiting for room still need (the sum
+    /// of their batch sizes; 0 when nobody waits).
+    #[inline]
+    pub(crate) fn waiting_need(&self) -> usize {
+        // Relaxed: a hint that sizes the room to leave. An appender that
+        // reads a stale value may take room a waiter joined for a moment
+        // ago, once; the waiter was not yet waiting when it looked, and the
+        // next appender sees it (RMWs below are totally ordered).
+        #[cfg(not(noderep_mutant = "line_ignored"))]
+        return self.line.need.load(Ordering::Relaxed);
+        // Mutant `line_ignored`: appenders take the room a waiter made, so
+        // it can wait forever (a fairness property, not a safety one: the
+        // unit test `waiting_writers_keep_the_room_they_need` catches it).
+        #[cfg(noderep_mutant = "line_ignored")]
+        return 0;
+    }
+
+    /// An appender starts waiting for `n` positions.
+    pub(crate) fn join_waiters(&self, n: usize) {
+        // Relaxed: see `waiting_need`.
+        self.line.need.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// An appender stops waiting for `n` positions (it reserved them, or
+    /// gave up).
+    pub(crate) fn leave_waiters(&self, n: usize) {
+        // Relaxed: see `waiting_need`.
+        self.line.need.fetch_sub(n, Ordering::Relaxed);
     }
 
     /// Number of entries.
@@ -159,8 +247,16 @@ impl<T> Log<T> {
     /// promptly and without failing: replicas wait for them in order. Callers
     /// must hold their replica's combiner lock (with one replica this makes
     /// the caller the only appender).
+    #[cfg(any(test, loom))]
     pub(crate) fn try_reserve(&self, n: usize) -> Result<usize, LogFull> {
+        self.try_reserve_keeping(n, 0)
+    }
+
+    /// As [`try_reserve`](Self::try_reserve), but only if `keep` positions
+    /// stay free after the reservation (room that waiting appenders need).
+    pub(crate) fn try_reserve_keeping(&self, n: usize, keep: usize) -> Result<usize, LogFull> {
         debug_assert!(n <= self.capacity());
+        let n_keep = n + keep;
         loop {
             // Relaxed: the tail is only a reservation counter; the CAS below
             // decides, and slot reuse is guarded by `head`, not by `tail`.
@@ -169,11 +265,11 @@ impl<T> Log<T> {
             // that every replica's reads of the slots below `head` happen
             // before we overwrite them.
             let mut head = self.head.load(Ordering::Acquire);
-            if tail + n > head + self.capacity() {
+            if tail + n_keep > head + self.capacity() {
                 head = self.advance_head();
-                if tail + n > head + self.capacity() {
+                if tail + n_keep > head + self.capacity() {
                     return Err(LogFull {
-                        needed_head: tail + n - self.capacity(),
+                        needed_head: (tail + n_keep).saturating_sub(self.capacity()),
                     });
                 }
             }
@@ -201,12 +297,15 @@ impl<T> Log<T> {
     fn advance_head(&self) -> usize {
         // Acquire: pairs with the Release stores in `set_ltail`; a replica's
         // clones of entries below its ltail happen before we free them.
+        // A parked replica reads nothing (PARKED is above every position);
+        // if every replica is parked nobody reads, and the tail bounds it.
         let min = self
             .ltails
             .iter()
             .map(|l| l.load(Ordering::Acquire))
             .min()
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .min(self.tail.load(Ordering::Relaxed));
         // AcqRel: Release passes on what we acquired from the ltails to the
         // appender that will load `head` (Acquire in try_reserve); Acquire
         // keeps the transitive chain when another appender raised it first.
@@ -273,9 +372,10 @@ impl<T> Log<T> {
 
     /// The next position to be handed out.
     pub(crate) fn tail(&self) -> usize {
-        // Acquire: a caller that waits for positions below the tail will read
-        // them through `read`, which has its own Acquire; this load only needs
-        // to be recent, and Acquire keeps it ordered after earlier loads.
+        // Acquire: orders the caller's later loads (ltails, entries) after
+        // this one. No Release pairs with it (reservations are Relaxed CASes);
+        // the entries themselves are synchronised by `read`'s Acquire on
+        // their alive bit.
         self.tail.load(Ordering::Acquire)
     }
 
@@ -304,7 +404,16 @@ impl<T> Log<T> {
         let _ = pos;
     }
 
-    /// How far replica `r` has applied the log.
+    /// Whether replica `r` must catch up (or, parked, be rebuilt) before it
+    /// serves a read that observed commit point `commit`.
+    #[inline]
+    pub(crate) fn is_behind(&self, r: usize, commit: usize) -> bool {
+        // PARKED wraps to 0, which is behind every commit point: one compare
+        // covers both cases.
+        self.ltail(r).wrapping_add(1) <= commit
+    }
+
+    /// How far replica `r` has applied the log ([`PARKED`] if parked).
     #[inline]
     pub(crate) fn ltail(&self, r: usize) -> usize {
         // Acquire: pairs with the Release in `set_ltail`; a reader that sees

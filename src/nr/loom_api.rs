@@ -105,3 +105,14 @@ impl LoomRwLock {
         LoomWriteGuard(self.0.write())
     }
 }
+
+/// Log positions that appenders waiting for room still claim in `nr`'s log
+/// (0 at quiescence: every waiter leaves once served).
+pub fn waiting_need<D>(nr: &super::NodeReplicated<D>) -> usize
+where
+    D: super::Dispatch + Send + Sync,
+    D::WriteOperation: Send + Sync,
+    D::Response: Send,
+{
+    nr.shared.log.waiting_need()
+}

@@ -54,8 +54,12 @@
 //! Calciu, Sen, Balakrishnan, Aguilera: "Black-box Concurrent Data
 //! Structures for NUMA Architectures", ASPLOS 2017; Hendler et al., "Flat
 //! Combining and the Synchronization-Parallelism Tradeoff", SPAA 2010.
+//!
+//! The write and read paths step by step, and the poison protocol as a state
+//! table: `docs/ARCHITECTURE.md` in the repository.
 
 mod builder;
+mod combine;
 pub mod config;
 mod context;
 mod dispatch;
@@ -71,13 +75,14 @@ pub use builder::{NrBuilder, ReplicaPolicy};
 pub use dispatch::Dispatch;
 pub use error::{ExecError, NrError};
 
-use crate::sync::{Arc, AtomicBool, Backoff, Ordering};
+use crate::sync::{Arc, AtomicBool, AtomicUsize, Backoff, CachePadded, Ordering};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
+use combine::Stop;
 use context::Outcome;
 use core::ptr::NonNull;
-use log::{Log, LogFull};
-use replica::{CombinerGuard, PoisonedInstance, Replica};
+use log::{Log, PARKED};
+use replica::{PoisonedInstance, Replica, WaitingGuard};
 
 /// Everything the instance's threads share.
 pub(crate) struct Shared<D: Dispatch> {
@@ -86,6 +91,13 @@ pub(crate) struct Shared<D: Dispatch> {
     /// Set once, by the combiner that caught a panicking operation; read by
     /// every call.
     poisoned: AtomicBool,
+    /// Number of live (not parked) replicas. Changed by parkers (holding the
+    /// parked replica's lock) and wakers (holding a live source's lock);
+    /// read by combiners, which run log-free while it is 1 (`combine.rs`).
+    live: CachePadded<AtomicUsize>,
+    /// Whether `D::snapshot` gives copies, so idle replicas may be parked
+    /// and replicas added (probed once by the builder).
+    can_snapshot: bool,
     /// For each replica, the OS CPUs it serves (its node or core); empty
     /// without a topology. Read by `register`.
     #[cfg_attr(not(feature = "std"), allow(dead_code))]
@@ -108,6 +120,14 @@ pub(crate) mod stats {
         pub batches: AtomicUsize,
         /// Operations appended by combiners.
         pub combined_ops: AtomicUsize,
+        /// Rounds run without the log (one live replica of several).
+        pub direct_rounds: AtomicUsize,
+        /// Replicas parked by a writer that found the log full.
+        pub parked: AtomicUsize,
+        /// Parked replicas rebuilt from a live one.
+        pub woken: AtomicUsize,
+        /// Appenders that lined up because the log was full.
+        pub waited_for_room: AtomicUsize,
     }
 
     impl Stats {
@@ -200,7 +220,14 @@ impl<D: Dispatch> core::fmt::Debug for NodeReplicated<D> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("NodeReplicated")
             .field("replicas", &self.shared.replicas.len())
-            .field("log_capacity", &self.shared.log.capacity())
+            .field(
+                "log_capacity",
+                &if self.shared.log.is_single() {
+                    0
+                } else {
+                    self.shared.log.capacity()
+                },
+            )
             .field("poisoned", &self.shared.poisoned.load(Ordering::Relaxed))
             .finish()
     }
@@ -214,12 +241,22 @@ where
 {
     /// One replica per NUMA node of the detected topology (with `std`), each
     /// built by `make(replica_index)`. See [`NrBuilder`] for the options.
+    ///
+    /// # Errors
+    ///
+    /// As [`NrBuilder::build`] (for example, a topology that cannot be
+    /// detected).
+    ///
+    /// # Panics
+    ///
+    /// If `make` panics, the panic is resumed in the caller and nothing is
+    /// built.
     pub fn new(make: impl Fn(usize) -> D + Sync) -> Result<Self, NrError> {
         NrBuilder::new().build(make)
     }
 
     /// A builder for the options (topology, replicas, log capacity, slots).
-    pub fn builder() -> NrBuilder {
+    pub fn builder() -> NrBuilder<D> {
         NrBuilder::new()
     }
 
@@ -227,12 +264,20 @@ where
         log: Log<D::WriteOperation>,
         replicas: Vec<Box<Replica<D>>>,
         homes: Vec<Vec<usize>>,
+        live: usize,
+        can_snapshot: bool,
     ) -> Self {
+        for rep in &replicas[live..] {
+            // Relaxed: not shared yet.
+            rep.removed.store(true, Ordering::Relaxed);
+        }
         Self {
             shared: Arc::new(Shared {
                 log,
                 replicas: replicas.into_boxed_slice(),
                 poisoned: AtomicBool::new(false),
+                live: CachePadded::new(AtomicUsize::new(live)),
+                can_snapshot,
                 homes,
                 #[cfg(test)]
                 stats: stats::Stats::default(),
@@ -240,9 +285,136 @@ where
         }
     }
 
-    /// Number of replicas.
+    /// Number of replica places: replicas in service plus removed ones that
+    /// [`add_replica`](Self::add_replica) may bring back.
     pub fn num_replicas(&self) -> usize {
         self.shared.replicas.len()
+    }
+
+    /// Number of replicas that are live right now (not parked, not removed).
+    /// Idle replicas are parked by writers elsewhere and come back on their
+    /// threads' next operation, so this changes under load.
+    pub fn live_replicas(&self) -> usize {
+        // Relaxed: a statistic.
+        self.shared.live.load(Ordering::Relaxed)
+    }
+
+    /// Whether replica `r` is in service (not removed).
+    pub fn is_replica_active(&self, r: usize) -> bool {
+        self.shared
+            .replicas
+            .get(r)
+            // Acquire: pairs with the Release in `remove_replica`.
+            .is_some_and(|rep| !rep.removed.load(Ordering::Acquire))
+    }
+
+    /// Takes replica `r` out of service at run time. Its memory stays
+    /// reserved; its threads' next operation fails with
+    /// [`ExecError::ReplicaRemoved`] and they should
+    /// [`register`](Self::register) again, which places them on a replica in
+    /// service. Registration on `r` fails until it is added back.
+    ///
+    /// # Errors
+    ///
+    /// [`NrError::NoSuchReplica`] for an index out of range,
+    /// [`NrError::ReplicaRemoved`] if `r` is already out of service,
+    /// [`NrError::LastReplica`] if every other replica is removed too (or
+    /// the instance has a single replica), [`NrError::Poisoned`].
+    pub fn remove_replica(&self, r: usize) -> Result<(), NrError> {
+        let shared = &*self.shared;
+        let replicas = shared.replicas.len();
+        let rep = shared.replicas.get(r).ok_or(NrError::NoSuchReplica {
+            replica: r,
+            replicas,
+        })?;
+        if shared.log.is_single() {
+            return Err(NrError::LastReplica { replica: r });
+        }
+        let guard = lock_combiner(shared, rep).ok_or(NrError::Poisoned)?;
+        // Relaxed: written only under this lock, which we hold.
+        if rep.removed.load(Ordering::Relaxed) {
+            return Err(NrError::ReplicaRemoved { replica: r });
+        }
+        let others_active = shared
+            .replicas
+            .iter()
+            .enumerate()
+            .any(|(q, other)| q != r && !other.removed.load(Ordering::Acquire));
+        if !others_active {
+            return Err(NrError::LastReplica { replica: r });
+        }
+        if shared.log.ltail(r) != PARKED {
+            // The last live replica cannot park; bring another back first.
+            while !shared.park(r, &guard) {
+                let Some(q) = (0..replicas)
+                    .find(|&q| q != r && !shared.replicas[q].removed.load(Ordering::Acquire))
+                else {
+                    return Err(NrError::LastReplica { replica: r });
+                };
+                let other = &shared.replicas[q];
+                let Some(g) = other.try_combine() else {
+                    if self.is_poisoned() {
+                        return Err(NrError::Poisoned);
+                    }
+                    continue;
+                };
+                if shared.log.ltail(q) == PARKED {
+                    shared.wake(q, &g).map_err(|_| NrError::Poisoned)?;
+                }
+            }
+        }
+        // Release: pairs with the Acquire loads in `wake` and
+        // `is_replica_active`, after the replica is parked.
+        rep.removed.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Brings a removed replica place back into service at run time, rebuilt
+    /// from a live replica (with [`Dispatch::snapshot`]); returns its index.
+    /// Places that no thread is registered with are preferred.
+    /// The builder's [`max_replicas`](NrBuilder::max_replicas) reserves
+    /// places for replicas added later.
+    ///
+    /// # Errors
+    ///
+    /// [`NrError::NoSpareReplica`] if every place is in service,
+    /// [`NrError::SnapshotUnsupported`] if `D::snapshot` returns `None`,
+    /// [`NrError::Poisoned`].
+    pub fn add_replica(&self) -> Result<usize, NrError> {
+        let shared = &*self.shared;
+        if !shared.can_snapshot {
+            return Err(NrError::SnapshotUnsupported);
+        }
+        // Places without registered threads first: threads still holding a
+        // token of a removed replica keep getting `ReplicaRemoved` until
+        // they register again, rather than silently resuming on it.
+        let mut order: Vec<usize> = (0..shared.replicas.len()).collect();
+        // Relaxed: a placement hint.
+        order.sort_by_key(|&r| shared.replicas[r].registered.load(Ordering::Relaxed) > 0);
+        for r in order {
+            let rep = &shared.replicas[r];
+            // Acquire: pairs with the Release in `remove_replica`.
+            if !rep.removed.load(Ordering::Acquire) {
+                continue;
+            }
+            let guard = lock_combiner(shared, rep).ok_or(NrError::Poisoned)?;
+            // Relaxed: written only under this lock.
+            if !rep.removed.load(Ordering::Relaxed) {
+                continue;
+            }
+            rep.removed.store(false, Ordering::Relaxed);
+            if let Err(stop) = shared.wake(r, &guard) {
+                rep.removed.store(true, Ordering::Release);
+                return Err(match stop {
+                    Stop::Poisoned => NrError::Poisoned,
+                    Stop::Removed => NrError::ReplicaRemoved { replica: r },
+                });
+            }
+            return Ok(r);
+        }
+        Err(NrError::NoSpareReplica {
+            replicas: shared.replicas.len(),
+        })
     }
 
     /// Capacity of the shared log, in operations; 0 with a single replica,
@@ -281,11 +453,24 @@ where
             cpu.is_some_and(|c| self.shared.homes.get(r).is_some_and(|h| h.contains(&c)))
         };
         let load = |r: &usize| replicas[*r].registered.load(Ordering::Relaxed);
-        let local = (0..replicas.len()).filter(|&r| serves(r)).min_by_key(load);
-        let target = local
-            .or_else(|| (0..replicas.len()).min_by_key(load))
-            .unwrap_or(0);
-        self.register_on(target)
+        // Local replicas first, least loaded first; then every other one, so
+        // that a full local replica does not fail the registration while
+        // another has room ([`ThreadToken::replica`] says where it landed).
+        let mut order: Vec<usize> = (0..replicas.len())
+            .filter(|&r| self.is_replica_active(r))
+            .collect();
+        order.sort_by_key(|r| (!serves(*r), load(r)));
+        let mut last = Err(NrError::NoSpareReplica {
+            replicas: replicas.len(),
+        });
+        for r in order {
+            match self.register_on(r) {
+                Ok(token) => return Ok(token),
+                Err(e @ NrError::ReplicaFull { .. }) => last = Err(e),
+                Err(e) => return Err(e),
+            }
+        }
+        last
     }
 
     /// Registers the calling thread with replica `replica`.
@@ -299,6 +484,9 @@ where
             .replicas
             .get(replica)
             .ok_or(NrError::NoSuchReplica { replica, replicas })?;
+        if !self.is_replica_active(replica) {
+            return Err(NrError::ReplicaRemoved { replica });
+        }
         for (slot, ctx) in rep.contexts.iter().enumerate() {
             if ctx.claim() {
                 // Mutant `register_no_note_slot` (loom model 6): the slot
@@ -334,6 +522,15 @@ where
     }
 
     /// Runs a read-only operation on the caller's replica, linearizably.
+    ///
+    /// # Errors
+    ///
+    /// [`ExecError::Poisoned`] after a write panicked,
+    /// [`ExecError::WrongInstance`] for a token of another instance,
+    /// [`ExecError::ReplicaRemoved`] if the token's replica was removed.
+    /// The `Result` wraps your `D::Response`: write `nr.execute(op, &t)?`
+    /// to get the response (code ported from node-replication 0.1.1, where
+    /// `.unwrap()` unwrapped the response itself, needs `?.unwrap()`).
     #[inline(always)]
     pub fn execute<'r>(
         &self,
@@ -352,8 +549,9 @@ where
             let commit = shared.log.ctail();
             // Mutant `read_skips_sync` (loom model 2): read whatever the
             // replica holds without catching it up to the commit point.
+            // (A parked replica counts as behind: `Log::is_behind`.)
             #[cfg(not(noderep_mutant = "read_skips_sync"))]
-            if shared.log.ltail(token.replica) < commit {
+            if shared.log.is_behind(token.replica, commit) {
                 shared.sync_replica(token.replica, commit)?;
             }
             #[cfg(noderep_mutant = "read_skips_sync")]
@@ -372,6 +570,15 @@ where
     ///
     /// If the operation panics, the panic resumes in the caller and the
     /// instance is poisoned.
+    ///
+    /// A `dispatch_mut` (or `dispatch`) must not call back into its own
+    /// instance: the combiner lock it holds is not reentrant, and such a
+    /// call waits for itself forever.
+    ///
+    /// # Errors
+    ///
+    /// As for [`execute`](Self::execute); with
+    /// [`ExecError::ReplicaRemoved`] the operation was not applied.
     #[inline]
     pub fn execute_mut(
         &self,
@@ -388,27 +595,32 @@ where
         // mutant's single try is the one in the loop below.
         #[cfg(not(noderep_mutant = "no_combine_retry"))]
         if let Some(guard) = replica.try_combine() {
-            if shared.log.is_single() {
+            if shared.log.is_single() || shared.runs_alone(token.replica) {
                 // A panic of our operation unwinds from here (the instance
                 // is poisoned on the way, see `Replica::combine_direct`).
-                return match shared.combine_single(&guard, Some(op)) {
+                return match shared.combine_alone(token.replica, &guard, Some(op)) {
                     Ok(Some(r)) => Ok(r),
                     Ok(None) | Err(PoisonedInstance) => Err(ExecError::Poisoned),
                 };
             }
-            // An Err means poisoned; the poll below reports it (after taking
-            // our own outcome, if our operation ran).
-            let _ = shared.combine(token.replica, &guard, 0, Some((token.slot, op)));
+            let round = shared.combine(token.replica, &guard, 0, Some((token.slot, op)), true);
             drop(guard);
-            let ctx = &replica.contexts[token.slot];
-            return match ctx.poll() {
-                Some(out) => Self::deliver(out, shared),
-                None => Err(ExecError::Poisoned),
+            return match round {
+                Ok(Some(r)) => Ok(r),
+                // Our operation panicked (its payload is in our slot), or
+                // the round stopped; the poll reports what happened to ours.
+                Ok(None) | Err(_) => match replica.contexts[token.slot].poll() {
+                    Some(out) => Self::deliver(out, shared),
+                    None => Err(round
+                        .err()
+                        .map_or(ExecError::Poisoned, |s| s.into_exec_error(token.replica))),
+                },
             };
         }
         let ctx = &replica.contexts[token.slot];
         ctx.submit(op);
         let mut backoff = Backoff::new();
+        let mut waiting = None;
         // Mutant `no_combine_retry` (loom model 4): try the combiner lock
         // only once, then wait for some other combiner forever.
         #[cfg(noderep_mutant = "no_combine_retry")]
@@ -432,11 +644,21 @@ where
                 continue;
             }
             if let Some(guard) = replica.try_combine() {
-                // An Err means poisoned, which the next iteration reports
-                // after collecting our own outcome if there is one.
-                let _ = shared.combine(token.replica, &guard, 0, None);
+                drop(waiting.take());
+                // Poisoned is reported by the next iteration, after
+                // collecting our own outcome if there is one. A removed
+                // replica serves nobody: take our operation back.
+                if let Err(Stop::Removed) = shared.combine(token.replica, &guard, 0, None, true) {
+                    // SAFETY: our own slot, and we hold its replica's lock.
+                    if unsafe { ctx.withdraw() } {
+                        return Err(ExecError::ReplicaRemoved {
+                            replica: token.replica,
+                        });
+                    }
+                }
                 backoff.reset();
             } else {
+                waiting.get_or_insert_with(|| WaitingGuard::new(&replica.waiting));
                 // Someone is combining. Watch the combiner lock, not our own
                 // slot, until it is released: the combiner publishes our
                 // outcome (if it took our operation) before it releases, and
@@ -469,9 +691,10 @@ where
         }
     }
 
-    /// Brings every replica up to date with the log and runs `f` on each, in
-    /// replica order, while holding it exclusively (for checks at
-    /// quiescence, such as "all replicas are equal").
+    /// Brings every replica in service up to date with the log (rebuilding
+    /// parked ones) and runs `f` on each, in replica order, while holding it
+    /// exclusively (for checks at quiescence, such as "all replicas are
+    /// equal"). Removed replicas are skipped.
     pub fn sync_and_inspect<R>(
         &self,
         token: &ThreadToken<D>,
@@ -482,19 +705,15 @@ where
         let tail = shared.log.tail();
         let mut out = Vec::with_capacity(shared.replicas.len());
         for (r, rep) in shared.replicas.iter().enumerate() {
-            let mut backoff = Backoff::new();
-            let guard = loop {
-                if let Some(g) = rep.try_combine() {
-                    break g;
-                }
-                if self.is_poisoned() {
-                    return Err(ExecError::Poisoned);
-                }
-                backoff.snooze();
-            };
-            shared
-                .combine(r, &guard, tail, None)
-                .map_err(|_| ExecError::Poisoned)?;
+            if !self.is_replica_active(r) {
+                continue;
+            }
+            let guard = lock_combiner(shared, rep).ok_or(ExecError::Poisoned)?;
+            match shared.combine(r, &guard, tail, None, false) {
+                Ok(_) => {}
+                Err(Stop::Removed) => continue,
+                Err(Stop::Poisoned) => return Err(ExecError::Poisoned),
+            }
             out.push(rep.inspect_exclusive(&guard, |d| f(r, d)));
         }
         Ok(out)
@@ -506,176 +725,42 @@ where
         self.shared.replicas.get(r).map(|rep| rep.data_addr())
     }
 
+    /// Address of replica `r`'s thread slots (one contiguous array), for
+    /// NUMA placement checks.
+    #[cfg(feature = "std")]
+    pub fn replica_slots_addr(&self, r: usize) -> Option<*const u8> {
+        self.shared
+            .replicas
+            .get(r)
+            .map(|rep| rep.contexts.as_ptr().cast::<u8>())
+    }
+
     #[cfg(test)]
     pub(crate) fn stats(&self) -> &stats::Stats {
         &self.shared.stats
     }
 }
 
-impl<D> Shared<D>
-where
-    D: Dispatch + Send + Sync,
-    D::WriteOperation: Send + Sync,
-    D::Response: Send,
-{
-    /// Waits until replica `r` has applied the log up to `target`, applying
-    /// it ourselves when its combiner lock is free.
-    #[cold]
-    #[inline(never)]
-    fn sync_replica(&self, r: usize, target: usize) -> Result<(), ExecError> {
-        let replica = &self.replicas[r];
-        let mut backoff = Backoff::new();
-        while self.log.ltail(r) < target {
-            // Acquire: pairs with the Release that poisons.
-            if self.poisoned.load(Ordering::Acquire) {
-                return Err(ExecError::Poisoned);
-            }
-            match replica.try_combine() {
-                Some(guard) => self
-                    .combine(r, &guard, target, None)
-                    .map_err(|_| ExecError::Poisoned)?,
-                None => backoff.snooze(),
-            }
+/// Takes `rep`'s combiner lock, waiting as long as it takes; `None` if the
+/// instance is poisoned meanwhile.
+fn lock_combiner<'a, D: Dispatch>(
+    shared: &Shared<D>,
+    rep: &'a Replica<D>,
+) -> Option<replica::CombinerGuard<'a>> {
+    let mut backoff = Backoff::new();
+    loop {
+        if let Some(g) = rep.try_combine() {
+            return Some(g);
         }
-        Ok(())
+        // Acquire: pairs with the Release that poisons.
+        if shared.poisoned.load(Ordering::Acquire) {
+            return None;
+        }
+        rep.wait_while_combining(&mut backoff);
     }
-
-    /// One round of flat combining for replica `r`: collect its pending
-    /// writes, append them, and apply the log up to the end of the batch
-    /// (and at least up to `min_target`). `own` is the combiner's own slot
-    /// and operation when it has not gone through the slot (the fast path
-    /// of `execute_mut`); its outcome is left in that slot.
-    ///
-    /// With a single replica there is no log to append to: the batch is
-    /// applied straight from the slots ([`Replica::combine_direct`]).
-    fn combine(
-        &self,
-        r: usize,
-        guard: &CombinerGuard<'_>,
-        min_target: usize,
-        own: Option<(usize, D::WriteOperation)>,
-    ) -> Result<(), PoisonedInstance> {
-        let replica = &self.replicas[r];
-        if self.log.is_single() {
-            debug_assert!(
-                own.is_none(),
-                "the single-replica fast path returns directly"
-            );
-            return self.combine_single(guard, None).map(drop);
-        }
-        // No collection after a panic: an operation taken by a combiner that
-        // then stopped (or refused) because of the poison is never published,
-        // and every such combiner saw or raised the flag before releasing the
-        // lock we hold, so this check sees it.
-        // Acquire: pairs with the Release that poisons. Mutant
-        // `exec_ignores_poison` (loom model 7) drops this check and the one
-        // in `Replica::exec`.
-        #[cfg(not(noderep_mutant = "exec_ignores_poison"))]
-        if self.poisoned.load(Ordering::Acquire) {
-            return Err(PoisonedInstance);
-        }
-        let mut n = replica.collect(guard);
-        let own = own.map(|(slot, op)| {
-            n = replica.push_own(guard, slot);
-            op
-        });
-        let mut end = min_target;
-        if n > 0 {
-            let start = self.reserve(r, guard, n)?;
-            replica.append_batch(guard, &self.log, start, own);
-            end = end.max(start + n);
-            #[cfg(test)]
-            {
-                stats::Stats::bump(&self.stats.batches, 1);
-                stats::Stats::bump(&self.stats.combined_ops, n);
-            }
-        }
-        replica.exec(guard, &self.log, end, &self.poisoned)
-    }
-
-    /// [`Replica::combine_direct`] on the only replica; returns `own`'s
-    /// outcome.
-    #[inline]
-    fn combine_single(
-        &self,
-        guard: &CombinerGuard<'_>,
-        own: Option<D::WriteOperation>,
-    ) -> Result<Option<D::Response>, PoisonedInstance> {
-        let round = self.replicas[0].combine_direct(guard, own, &self.poisoned)?;
-        #[cfg(test)]
-        if round.size > 0 {
-            stats::Stats::bump(&self.stats.batches, 1);
-            stats::Stats::bump(&self.stats.combined_ops, round.size);
-        }
-        Ok(round.own)
-    }
-
-    /// Reserves `n` log positions for replica `r`'s combiner, making room
-    /// when the log is full: first by catching up replica `r` itself, then by
-    /// applying the log to every lagging replica whose combiner is free.
-    ///
-    /// Progress argument: the log is full only while some replica's applied
-    /// position is below `needed_head`. That replica either has an active
-    /// combiner (which applies the published entries it waits for and
-    /// advances) or a free lock (which we take and advance it ourselves).
-    /// Every entry below the tail is published by its appender without
-    /// waiting for anything, so each of these steps finishes.
-    fn reserve(
-        &self,
-        r: usize,
-        guard: &CombinerGuard<'_>,
-        n: usize,
-    ) -> Result<usize, PoisonedInstance> {
-        let mut backoff = Backoff::new();
-        loop {
-            match self.log.try_reserve(n) {
-                Ok(start) => return Ok(start),
-                Err(LogFull { needed_head }) => {
-                    let tail = self.log.tail();
-                    // A lagging replica is helped only a bounded stretch past
-                    // what this batch needs, not all the way to the tail: the
-                    // total work is the same, but no single write pays for a
-                    // whole log (4096 entries by default, about 0.5 ms here).
-                    let help_to = tail.min(needed_head + help_chunk(self.log.capacity(), n));
-                    self.replicas[r].exec(guard, &self.log, tail, &self.poisoned)?;
-                    for (q, lagging) in self.replicas.iter().enumerate() {
-                        if q == r || self.log.ltail(q) >= needed_head {
-                            continue;
-                        }
-                        // Mutant `help_unlocked` (loom model 5): help without
-                        // taking the lagging replica's combiner lock.
-                        #[cfg(noderep_mutant = "help_unlocked")]
-                        {
-                            let dummy = AtomicBool::new(true);
-                            let forged = CombinerGuard::forged(&dummy);
-                            lagging.exec(&forged, &self.log, help_to, &self.poisoned)?;
-                        }
-                        #[cfg(not(any(
-                            noderep_mutant = "no_helping",
-                            noderep_mutant = "help_unlocked"
-                        )))]
-                        if let Some(their_guard) = lagging.try_combine() {
-                            lagging.exec(&their_guard, &self.log, help_to, &self.poisoned)?;
-                            #[cfg(test)]
-                            stats::Stats::bump(&self.stats.helped, 1);
-                        }
-                    }
-                    // Acquire: pairs with the Release that poisons.
-                    if self.poisoned.load(Ordering::Acquire) {
-                        return Err(PoisonedInstance);
-                    }
-                    backoff.snooze();
-                }
-            }
-        }
-    }
-}
-
-/// How far past the needed position a writer helps a lagging replica: an
-/// eighth of the log, and at least the batch that has to fit.
-fn help_chunk(capacity: usize, batch: usize) -> usize {
-    (capacity / 8).max(batch)
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_multi;

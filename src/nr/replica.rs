@@ -32,7 +32,10 @@ use super::context::{Context, Outcome};
 use super::log::{Log, Record};
 use super::rwlock::DistRwLock;
 use super::Dispatch;
-use crate::sync::{AtomicBool, AtomicUsize, Backoff, CachePadded, Ordering, UnsafeCell};
+use crate::sync::{
+    wait_on, wake_all, AtomicBool, AtomicU32, AtomicUsize, Backoff, CachePadded, Ordering,
+    UnsafeCell,
+};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
@@ -48,8 +51,24 @@ type Slots<D> =
 pub(crate) struct Replica<D: Dispatch> {
     /// This replica's index (its position in the log's `ltails`).
     pub(crate) id: usize,
-    /// The combiner lock. CAS by any thread that wants to combine or help.
-    combiner: CachePadded<AtomicBool>,
+    /// The combiner lock: [`FREE`], [`LOCKED`], or [`LOCKED_SLEEPERS`] (a
+    /// waiter sleeps on it and the holder must wake it on release). CAS by
+    /// any thread that wants to combine or help.
+    combiner: CachePadded<AtomicU32>,
+    /// Threads of this replica waiting for its combiner lock (to combine or
+    /// to catch it up for a read). Helpers leave a replica with waiters to
+    /// them, or catch it up all the way. Relaxed counter: a hint only.
+    pub(crate) waiting: AtomicUsize,
+    /// Rounds run for this replica by its own threads; written under the
+    /// combiner lock. With `seen_activity` (written by helpers, also under
+    /// the lock) it tells a helper whether the replica's threads did
+    /// anything since the last time it was helped, i.e. whether it is idle.
+    pub(crate) activity: AtomicUsize,
+    /// The `activity` value a helper saw when it last helped.
+    pub(crate) seen_activity: AtomicUsize,
+    /// Set by `remove_replica` (under the combiner lock); read by the slow
+    /// paths of this replica's threads, which then fail.
+    pub(crate) removed: AtomicBool,
     /// One slot per thread that may register with this replica.
     pub(crate) contexts: Slots<D>,
     /// Readers-writer lock over `data`.
@@ -95,20 +114,31 @@ pub(crate) struct DirectRound<R> {
     pub size: usize,
 }
 
+/// Combiner lock states.
+const FREE: u32 = 0;
+/// Held; nobody sleeps on it.
+const LOCKED: u32 = 1;
+/// Held, and some waiter sleeps on it (futex): the release wakes them.
+const LOCKED_SLEEPERS: u32 = 2;
+
 /// Proof of holding a replica's combiner lock; unlocks on drop.
 pub(crate) struct CombinerGuard<'a> {
-    lock: &'a AtomicBool,
+    lock: &'a AtomicU32,
 }
 
 impl Drop for CombinerGuard<'_> {
     fn drop(&mut self) {
         // Release: everything the combiner did (applied entries, advanced
         // ltail, delivered responses) happens before the next holder's
-        // Acquire CAS in `try_combine`.
+        // Acquire CAS in `try_combine` (and before a woken waiter's Acquire
+        // CAS or Acquire poll of its slot).
         #[cfg(not(noderep_mutant = "combiner_unlock_relaxed"))]
-        self.lock.store(false, Ordering::Release);
+        let prev = self.lock.swap(FREE, Ordering::Release);
         #[cfg(noderep_mutant = "combiner_unlock_relaxed")]
-        self.lock.store(false, Ordering::Relaxed);
+        let prev = self.lock.swap(FREE, Ordering::Relaxed);
+        if prev == LOCKED_SLEEPERS {
+            wake_all(self.lock);
+        }
     }
 }
 
@@ -116,8 +146,27 @@ impl Drop for CombinerGuard<'_> {
 impl<'a> CombinerGuard<'a> {
     /// Mutant `help_unlocked` (loom model 5): a guard that proves nothing,
     /// for helping a replica without taking its combiner lock.
-    pub(crate) fn forged(dummy: &'a AtomicBool) -> Self {
+    pub(crate) fn forged(dummy: &'a AtomicU32) -> Self {
         Self { lock: dummy }
+    }
+}
+
+/// Counts a thread of the replica as waiting for its combiner lock while
+/// alive (see [`Replica::waiting`]).
+pub(crate) struct WaitingGuard<'a>(&'a AtomicUsize);
+
+impl<'a> WaitingGuard<'a> {
+    pub(crate) fn new(counter: &'a AtomicUsize) -> Self {
+        // Relaxed: a hint for helpers; nothing is published through it.
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        // Relaxed: as in `new`.
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -137,7 +186,11 @@ impl<D: Dispatch> Replica<D> {
     pub(crate) fn new(id: usize, data: D, slots: usize, asymmetric_reads: bool) -> Self {
         Self {
             id,
-            combiner: CachePadded::new(AtomicBool::new(false)),
+            combiner: CachePadded::new(AtomicU32::new(FREE)),
+            waiting: AtomicUsize::new(0),
+            activity: AtomicUsize::new(0),
+            seen_activity: AtomicUsize::new(0),
+            removed: AtomicBool::new(false),
             contexts: (0..slots)
                 .map(|_| CachePadded::new(Context::new()))
                 .collect(),
@@ -153,30 +206,82 @@ impl<D: Dispatch> Replica<D> {
     pub(crate) fn try_combine(&self) -> Option<CombinerGuard<'_>> {
         // Relaxed pre-check: avoids a cache-line-stealing CAS while another
         // thread combines (test-and-test-and-set).
-        if self.combiner.load(Ordering::Relaxed) {
+        if self.combiner.load(Ordering::Relaxed) != FREE {
             return None;
         }
         // Acquire: pairs with the Release in `CombinerGuard::drop`; the
         // previous combiner's work is visible to us.
         self.combiner
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(FREE, LOCKED, Ordering::Acquire, Ordering::Relaxed)
             .ok()
             .map(|_| CombinerGuard {
                 lock: &self.combiner,
             })
     }
 
-    /// Waits (with `backoff`) until nobody holds the combiner lock.
+    /// Waits until nobody holds the combiner lock: spinning first (with
+    /// `backoff`), then asleep on the lock word (a futex on Linux), so that a
+    /// waiter behind a descheduled combiner gives its CPU away until the
+    /// combiner releases, instead of yielding in a loop.
     #[inline]
     pub(crate) fn wait_while_combining(&self, backoff: &mut Backoff) {
         loop {
-            backoff.snooze();
             // Relaxed: only a hint to stop waiting; the caller's next poll
             // of its slot (Acquire) or CAS of the lock (Acquire) synchronises.
-            if !self.combiner.load(Ordering::Relaxed) {
+            let state = self.combiner.load(Ordering::Relaxed);
+            if state == FREE {
                 return;
             }
+            if !backoff.is_yielding() {
+                backoff.snooze();
+                continue;
+            }
+            // Mark the lock so that its release wakes us, then sleep while it
+            // stays marked. Relaxed: the mark only asks for a wake-up; the
+            // release's swap reads it (RMWs on one word are totally ordered).
+            if state == LOCKED_SLEEPERS
+                || self
+                    .combiner
+                    .compare_exchange(
+                        LOCKED,
+                        LOCKED_SLEEPERS,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                wait_on(&self.combiner, LOCKED_SLEEPERS);
+            }
         }
+    }
+
+    /// Whether some thread slot of this replica holds a pending operation.
+    pub(crate) fn has_pending(&self) -> bool {
+        let hwm = self.rwlock.slot_hwm();
+        self.contexts[..hwm].iter().any(|ctx| ctx.is_pending())
+    }
+
+    /// Runs `f` on the replica's data, shared (the caller holds the combiner
+    /// lock, so no write runs; readers may run alongside, which `&D` allows).
+    pub(crate) fn with_data<R>(&self, _guard: &CombinerGuard<'_>, f: impl FnOnce(&D) -> R) -> R {
+        self.data.with(|d| {
+            // SAFETY: every mutation of `data` happens under the combiner
+            // lock, which `_guard` proves we hold; concurrent readers only
+            // take `&D` too.
+            f(unsafe { &*d })
+        })
+    }
+
+    /// Replaces the replica's data with `fresh` (a rebuild from another
+    /// replica) and returns the old copy, to be dropped by the caller
+    /// outside the locks.
+    pub(crate) fn replace_data(&self, _guard: &CombinerGuard<'_>, fresh: D) -> D {
+        let _write = self.rwlock.write();
+        self.data.with_mut(|d| {
+            // SAFETY: the combiner lock and the write lock exclude every
+            // other access.
+            core::mem::replace(unsafe { &mut *d }, fresh)
+        })
     }
 
     /// Collects the slots with pending operations into the batch scratch and
@@ -306,6 +411,7 @@ impl<D: Dispatch> Replica<D> {
         log: &Log<D::WriteOperation>,
         to: usize,
         poisoned: &AtomicBool,
+        batch: core::ops::Range<usize>,
     ) -> Result<(), PoisonedInstance> {
         // A combiner that stopped at a panic has applied entries beyond this
         // replica's ltail without advancing it; applying them again would run
@@ -323,10 +429,13 @@ impl<D: Dispatch> Replica<D> {
         if from >= to {
             return Ok(());
         }
-        // Own-origin entries in `from..to` are exactly the batch that the
-        // lock holder (us) has just appended: a combiner applies its own
-        // batch before it releases the lock. Their results are stored in the
-        // slots now and published after the commit point, below.
+        // `batch` is the range the lock holder (us) has just appended, if
+        // any: a combiner applies its own batch before it releases the lock.
+        // Results of its entries are stored in the slots now and published
+        // after the commit point, below. Entries of this replica's origin
+        // outside it were answered long ago (by the combiner that appended
+        // them); a replica rebuilt from another one replays them again and
+        // must not answer twice.
         let mut own = 0usize;
         let mut outcome = Ok(());
         {
@@ -351,7 +460,7 @@ impl<D: Dispatch> Replica<D> {
                 };
                 match applied {
                     (origin, slot, Outcome::Response(r)) => {
-                        if origin == self.id {
+                        if origin == self.id && batch.contains(&pos) {
                             // SAFETY: own-origin entry of the batch we took
                             // (see above); its slot is TAKEN by us, or is our
                             // own slot (the fast path), which only we touch.
@@ -368,7 +477,7 @@ impl<D: Dispatch> Replica<D> {
                         #[cfg(noderep_mutant = "panic_not_forwarded")]
                         let _ = (origin, slot, p);
                         #[cfg(not(noderep_mutant = "panic_not_forwarded"))]
-                        if origin == self.id {
+                        if origin == self.id && batch.contains(&pos) {
                             // SAFETY: as for a response above.
                             unsafe { self.contexts[slot].store_result(Outcome::Panicked(p)) };
                             own += 1;
@@ -519,9 +628,39 @@ impl<D: Dispatch> Replica<D> {
         })
     }
 
+    /// Whether `D::snapshot` gives a copy (asked once, by the builder, before
+    /// the replica is shared).
+    pub(crate) fn probe_snapshot(&self) -> bool {
+        self.data.with(|d| {
+            // SAFETY: called by the builder before the replica is shared:
+            // nobody else accesses it.
+            unsafe { (*d).snapshot() }.is_some()
+        })
+    }
+
     /// Address of the replica's data (for NUMA placement checks).
     #[cfg(feature = "std")]
     pub(crate) fn data_addr(&self) -> *const u8 {
         self.data.with(|d| d as *const u8)
+    }
+
+    /// The memory this replica owns apart from `D`'s own heap, as
+    /// `(address, length in bytes)`: the replica (with `D` inline), its
+    /// thread slots and its reader flags. The builder moves these pages to
+    /// the replica's node.
+    #[cfg(all(feature = "std", not(loom)))]
+    pub(crate) fn owned_ranges(&self) -> [(usize, usize); 3] {
+        let flags = self.contexts.len() * core::mem::size_of::<CachePadded<AtomicBool>>();
+        [
+            (self as *const Self as usize, core::mem::size_of::<Self>()),
+            (
+                self.contexts.as_ptr() as usize,
+                core::mem::size_of_val(&*self.contexts),
+            ),
+            (
+                self.rwlock.reader_flag(0) as *const AtomicBool as usize,
+                flags,
+            ),
+        ]
     }
 }

@@ -105,8 +105,9 @@ impl DistRwLock {
 
     /// One past the highest slot ever registered.
     pub(crate) fn slot_hwm(&self) -> usize {
-        // Acquire: pairs with nothing stronger than the registration's
-        // Release on the slot's in-use flag; used for scanning only.
+        // Acquire: pairs with the SeqCst fetch_max in `note_slot`; a scan
+        // that sees a raised mark also sees what the registering thread did
+        // before it.
         self.hwm.load(Ordering::Acquire)
     }
 

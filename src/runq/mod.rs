@@ -53,6 +53,9 @@
 //! Gray & Cheriton, "Leases", SOSP 1989; Kleppmann, "How to do distributed
 //! locking" (fencing tokens), 2016; Shapiro et al., "CRDTs", 2011 (tombstones);
 //! van Renesse & Schneider, "Chain replication", OSDI 2004 (backup order).
+//!
+//! The task-word protocol and the takeover as state tables:
+//! `docs/ARCHITECTURE.md` in the repository.
 
 pub mod check;
 #[cfg(not(loom))]

@@ -1,6 +1,8 @@
-//! Parser for the kernel's CPU list format (`"0-3,8,10-11"`), as found in
-//! sysfs `cpulist` files.
+//! The kernel's CPU list format (`"0-3,8,10-11"`), as found in sysfs
+//! `cpulist` files: parsing and writing.
 
+use std::format;
+use std::string::{String, ToString};
 use std::vec::Vec;
 
 /// Why a CPU list did not parse.
@@ -32,4 +34,25 @@ pub fn parse_cpulist(text: &str) -> Result<Vec<usize>, CpuListError> {
     cpus.sort_unstable();
     cpus.dedup();
     Ok(cpus)
+}
+
+/// Writes CPU numbers in the kernel's CPU list format, ranges for runs of
+/// consecutive numbers: `[0, 1, 2, 5]` becomes `"0-2,5"` (the inverse of
+/// [`parse_cpulist`] for ascending lists).
+pub fn format_cpulist(cpus: &[usize]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let mut j = i;
+        while j + 1 < cpus.len() && cpus[j + 1] == cpus[j] + 1 {
+            j += 1;
+        }
+        parts.push(if j > i {
+            format!("{}-{}", cpus[i], cpus[j])
+        } else {
+            cpus[i].to_string()
+        });
+        i = j + 1;
+    }
+    parts.join(",")
 }

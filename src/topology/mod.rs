@@ -28,15 +28,18 @@
 //! # References
 //!
 //! Linux `Documentation/ABI/stable/sysfs-devices-node`; getcpu(2);
-//! get_mempolicy(2).
+//! move_pages(2).
 
 mod cpulist;
 #[cfg(feature = "hwloc")]
 mod hwloc;
 mod placement;
 
-pub use cpulist::parse_cpulist;
-pub use placement::{current_cpu, node_of_address, pin_to_cpu, CpuLocation};
+pub use cpulist::{format_cpulist, parse_cpulist};
+pub use placement::{
+    current_cpu, local_memory_node, move_to_node, node_of_address, nodes_of_pages, pin_to_cpu,
+    release_free_heap_pages, CpuLocation,
+};
 
 use std::path::Path;
 use std::string::String;
@@ -76,6 +79,14 @@ pub enum TopologyError {
     /// hwloc could not be used.
     #[error("hwloc failed: {0}; build without the `hwloc` feature to read sysfs instead")]
     Hwloc(String),
+    /// A directory of node information could not be read.
+    #[error("cannot read {path}: {reason}; without sysfs node information use Topology::simulated or set NODEREP_TOPOLOGY (for example \"1x4\")")]
+    Unreadable {
+        /// The path.
+        path: String,
+        /// The operating system's error.
+        reason: String,
+    },
     /// Pinning a thread failed.
     #[error("cannot pin the thread to CPU {cpu}: it is not in this process's allowed CPU set (check taskset / cgroup cpusets)")]
     Pin {
@@ -120,6 +131,21 @@ pub enum TopologySource {
 }
 
 /// NUMA nodes and cores of a (real or simulated) machine.
+///
+/// # Examples
+///
+/// ```
+/// use noderep::topology::Topology;
+///
+/// let machine = Topology::detect()?;            // NODEREP_TOPOLOGY, hwloc, sysfs, or one node
+/// println!("{machine}");
+///
+/// let sim = Topology::simulated(2, 4)?;          // 2 nodes of 4 cores, on the real CPUs
+/// assert_eq!((sim.num_nodes(), sim.num_cores()), (2, 8));
+/// assert_eq!(sim.nodes()[1].cores[0].id, 4);    // cores are numbered node by node
+/// assert_eq!(Topology::parse_simulated("2x4")?, sim);
+/// # Ok::<(), noderep::topology::TopologyError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     nodes: Vec<Node>,
@@ -131,8 +157,11 @@ impl Topology {
     /// The machine's topology: `NODEREP_TOPOLOGY` if set, else hwloc (with the
     /// `hwloc` feature), else sysfs, else one node of every online CPU.
     ///
-    /// Returns an error only when `NODEREP_TOPOLOGY` is set to something that
-    /// is not `NODESxCORES`.
+    /// # Errors
+    ///
+    /// Only when `NODEREP_TOPOLOGY` is set to something that is not
+    /// `NODESxCORES` ([`TopologyError::BadSpec`], [`TopologyError::Empty`]);
+    /// a machine without node information is one node, not an error.
     pub fn detect() -> Result<Self, TopologyError> {
         if let Ok(spec) = std::env::var(TOPOLOGY_ENV) {
             return Self::parse_simulated(&spec);
@@ -148,6 +177,11 @@ impl Topology {
     }
 
     /// Parses `"NODESxCORES"` (for example `"2x4"`) into a simulated topology.
+    ///
+    /// # Errors
+    ///
+    /// [`TopologyError::BadSpec`] if `spec` is not two numbers around an
+    /// `x`; [`TopologyError::Empty`] if either is 0.
     pub fn parse_simulated(spec: &str) -> Result<Self, TopologyError> {
         let bad = || TopologyError::BadSpec { given: spec.into() };
         let (n, c) = spec.trim().split_once(['x', 'X']).ok_or_else(bad)?;
@@ -158,6 +192,10 @@ impl Topology {
 
     /// `nodes` simulated nodes of `cores_per_node` cores each; simulated core
     /// `i` runs on the `(i % n)`-th of the `n` online CPUs (see the module docs).
+    ///
+    /// # Errors
+    ///
+    /// [`TopologyError::Empty`] if `nodes` or `cores_per_node` is 0.
     pub fn simulated(nodes: usize, cores_per_node: usize) -> Result<Self, TopologyError> {
         if nodes == 0 || cores_per_node == 0 {
             return Err(TopologyError::Empty {
@@ -182,11 +220,17 @@ impl Topology {
 
     /// Reads `node*/cpulist` below `root` (normally `/sys/devices/system/node`).
     /// Nodes without CPUs (memory-only nodes) are left out.
+    ///
+    /// # Errors
+    ///
+    /// [`TopologyError::Unreadable`] if `root` cannot be read or holds no
+    /// node with CPUs; [`TopologyError::BadCpuList`] if a `cpulist` file
+    /// does not parse.
     pub fn from_sysfs(root: &Path) -> Result<Self, TopologyError> {
         let mut layout: Vec<(usize, Vec<usize>)> = Vec::new();
-        let entries = std::fs::read_dir(root).map_err(|e| TopologyError::BadCpuList {
-            text: e.to_string(),
-            source_name: root.display().to_string(),
+        let entries = std::fs::read_dir(root).map_err(|e| TopologyError::Unreadable {
+            path: root.display().to_string(),
+            reason: e.to_string(),
         })?;
         for entry in entries.flatten() {
             let name = entry.file_name();
@@ -209,9 +253,9 @@ impl Topology {
             }
         }
         if layout.is_empty() {
-            return Err(TopologyError::BadCpuList {
-                text: String::new(),
-                source_name: format!("{} (no node with CPUs)", root.display()),
+            return Err(TopologyError::Unreadable {
+                path: root.display().to_string(),
+                reason: "no node directory with CPUs".into(),
             });
         }
         layout.sort();
@@ -321,7 +365,7 @@ impl core::fmt::Display for Topology {
 }
 
 /// The OS CPUs this process may run on (at least CPU 0).
-pub fn online_cpus() -> Vec<usize> {
+pub(crate) fn online_cpus() -> Vec<usize> {
     let ids: Vec<usize> = core_affinity::get_core_ids()
         .unwrap_or_default()
         .into_iter()

@@ -13,6 +13,15 @@ fn cpulist_parses_ranges_singles_and_blanks() {
 }
 
 #[test]
+fn cpulists_are_written_with_ranges_and_read_back() {
+    assert_eq!(format_cpulist(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");
+    assert_eq!(format_cpulist(&[3]), "3");
+    assert_eq!(format_cpulist(&[]), "");
+    let cpus = vec![0, 2, 3, 4, 9, 10, 64];
+    assert_eq!(parse_cpulist(&format_cpulist(&cpus)).unwrap(), cpus);
+}
+
+#[test]
 fn simulated_topology_numbers_nodes_and_cores_densely() {
     let t = Topology::simulated(2, 3).unwrap();
     assert_eq!(t.num_nodes(), 2);
@@ -62,7 +71,12 @@ fn sysfs_layout_is_read_from_a_fake_tree() {
 
 #[test]
 fn missing_sysfs_is_an_error_so_detect_can_fall_back() {
-    assert!(Topology::from_sysfs(Path::new("/nonexistent/noderep")).is_err());
+    let err = Topology::from_sysfs(Path::new("/nonexistent/noderep")).unwrap_err();
+    assert!(
+        matches!(&err, TopologyError::Unreadable { path, .. } if path == "/nonexistent/noderep"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("NODEREP_TOPOLOGY"), "{err}");
 }
 
 #[test]
@@ -105,4 +119,33 @@ fn hwloc_reports_the_same_nodes_and_cpus_as_sysfs() {
     if let Ok(sys) = Topology::from_sysfs(Path::new("/sys/devices/system/node")) {
         assert_eq!(hw.nodes(), sys.nodes(), "hwloc and sysfs disagree");
     }
+}
+
+#[test]
+fn pages_are_found_without_touching_them_and_moved_to_a_node() {
+    // On its own pinned thread: on a machine with several nodes the pages
+    // must not follow a thread that moves.
+    let cpu = current_cpu().expect("getcpu works on Linux").cpu;
+    std::thread::spawn(move || {
+        pin_to_cpu(cpu).unwrap();
+        let Some(node) = local_memory_node() else {
+            eprintln!("skipped: the kernel does not answer move_pages here (no NUMA support?)");
+            return;
+        };
+        let buf = vec![1u8; 3 * 4096];
+        let (start, len) = (buf.as_ptr() as usize, buf.len());
+        // Three pages of data start inside a page, so they span three or
+        // four; the allocator may have recycled them from another node.
+        let on_node = move_to_node(&[(start, len), (start, 1)], node).expect("move_pages answers");
+        assert!((3..=4).contains(&on_node), "{on_node} pages");
+        assert_eq!(node_of_address(start), Some(node));
+        assert_eq!(move_to_node(&[], node), Some(0));
+        // 64 MiB: a fresh mapping, its page at 1 MiB never touched.
+        let untouched: Vec<u8> = Vec::with_capacity(64 << 20);
+        let page = untouched.as_ptr() as usize + (1 << 20);
+        assert_eq!(nodes_of_pages(&[page, start]), Some(vec![None, Some(node)]));
+        assert_eq!(node_of_address(page), None, "looking does not touch");
+    })
+    .join()
+    .unwrap();
 }

@@ -179,8 +179,65 @@ impl Model for MapModel {
 }
 
 /// The replicated map: a plain `HashMap`.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct NrMap(HashMap<u64, u64>);
+
+/// The same map, copyable ([`Dispatch::snapshot`]): its idle replicas are
+/// parked and rebuilt, and replicas can be added at run time.
+#[derive(Debug, Default, Clone)]
+pub struct NrCopyMap(NrMap);
+
+impl Dispatch for NrCopyMap {
+    type ReadOperation<'a> = MapRead;
+    type WriteOperation = MapWrite;
+    type Response = MapRet;
+
+    fn dispatch(&self, op: MapRead) -> MapRet {
+        self.0.dispatch(op)
+    }
+
+    fn dispatch_mut(&mut self, op: MapWrite) -> MapRet {
+        self.0.dispatch_mut(op)
+    }
+
+    fn snapshot(&self) -> Option<Self> {
+        chaos::pause(YIELD_ONE_IN);
+        Some(self.clone())
+    }
+}
+
+impl Subject for NrCopyMap {
+    type Model = MapModel;
+
+    fn new_replica() -> Self {
+        NrCopyMap::default()
+    }
+
+    fn random_op(rng: &mut impl Rng, thread: usize, i: usize) -> MapOp {
+        NrMap::random_op(rng, thread, i)
+    }
+
+    fn execute(
+        nr: &NodeReplicated<Self>,
+        token: &ThreadToken<Self>,
+        op: &MapOp,
+    ) -> Result<MapRet, ExecError> {
+        match *op {
+            MapOp::Get(k) => nr.execute(MapRead::Get(k), token),
+            MapOp::Put(k, v) => nr.execute_mut(MapWrite::Put(k, v), token),
+            MapOp::Remove(k) => nr.execute_mut(MapWrite::Remove(k), token),
+            MapOp::Snapshot => nr.execute(MapRead::Snapshot, token),
+        }
+    }
+
+    fn snapshot_op() -> MapOp {
+        MapOp::Snapshot
+    }
+
+    fn as_model(&self) -> MapModel {
+        self.0.as_model()
+    }
+}
 
 /// Reads of [`NrMap`].
 #[derive(Debug, Clone, Copy)]

@@ -19,7 +19,9 @@ use crate::common::history::{Clock, StartLine, ThreadLog};
 use crate::common::lincheck::{
     check, check_with_budget, render, verify_linearization, Model, Operation, Verdict,
 };
-use crate::models::{MapModel, MapOp, MapRead, MapRet, NrMap, NrStack, Op, Ret, Subject};
+use crate::models::{
+    MapModel, MapOp, MapRead, MapRet, NrCopyMap, NrMap, NrStack, Op, Ret, Subject,
+};
 use noderep::topology::Topology;
 use noderep::{ExecError, NodeReplicated, NrBuilder, ThreadToken};
 use rand::rngs::StdRng;
@@ -45,6 +47,12 @@ struct Plan {
     read_mostly: bool,
 }
 
+/// Membership churn during a history: one spare replica place, and worker 0
+/// removes a random replica or adds one back every `CHURN_EVERY` operations;
+/// threads of a removed replica register again and retry (the refused
+/// operation was not applied).
+const CHURN_EVERY: usize = 3;
+
 /// How worker threads are spread over the replicas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Placement {
@@ -65,6 +73,8 @@ enum Placement {
         /// Operations between moves.
         every: usize,
     },
+    /// As `EveryReplica`, with membership churn (see [`CHURN_EVERY`]).
+    Churn,
 }
 
 impl Plan {
@@ -84,11 +94,18 @@ impl Plan {
     }
 
     fn build<S: Subject>(&self) -> NodeReplicated<S> {
+        let places = self.replicas + usize::from(self.placement == Placement::Churn);
         NrBuilder::new()
             .topology(Topology::simulated(self.replicas, 1).expect("a valid simulated topology"))
+            .max_replicas(places)
             .log_capacity(self.log_capacity)
-            // One more slot than workers: the main thread's final reads.
-            .max_threads_per_replica(self.threads_per_replica + 1)
+            // One more slot than workers: the main thread's final reads
+            // (with churn, room for every worker on any replica).
+            .max_threads_per_replica(if self.placement == Placement::Churn {
+                self.threads() + 1
+            } else {
+                self.threads_per_replica + 1
+            })
             .read_mostly(self.read_mostly)
             .build(|_| S::new_replica())
             .expect("a valid configuration")
@@ -149,10 +166,19 @@ fn record<S: Subject, L: Default>(
                                 token = register_anywhere(nr, rng.random_range(0..plan.replicas));
                             }
                         }
+                        if plan.placement == Placement::Churn && t == 0 && i % CHURN_EVERY == 1 {
+                            churn(nr, &mut rng);
+                        }
                         let op = S::random_op(&mut rng, t, i);
                         jitter(&mut rng);
-                        log.record(op, |op| {
-                            frontend(nr, &token, &mut local, op).expect("noderep is not poisoned")
+                        log.record(op, |op| loop {
+                            match frontend(nr, &token, &mut local, op) {
+                                Err(ExecError::ReplicaRemoved { .. }) => {
+                                    token =
+                                        register_anywhere(nr, rng.random_range(0..plan.replicas));
+                                }
+                                other => break other.expect("noderep is not poisoned"),
+                            }
                         });
                     }
                     log.into_ops()
@@ -164,8 +190,14 @@ fn record<S: Subject, L: Default>(
             .flat_map(|w| w.join().expect("worker thread"))
             .collect()
     });
-    for r in 0..plan.replicas {
-        let token = nr.register_on(r).expect("the spare slot");
+    for r in 0..nr.num_replicas() {
+        let Ok(token) = nr.register_on(r) else {
+            assert!(
+                !nr.is_replica_active(r),
+                "replica {r} in service has a spare slot"
+            );
+            continue;
+        };
         let mut log = ThreadLog::new(&clock, plan.threads() + r);
         log.record(S::snapshot_op(), |op| {
             S::execute(nr, &token, op).expect("not poisoned")
@@ -173,6 +205,16 @@ fn record<S: Subject, L: Default>(
         history.extend(log.into_ops());
     }
     history
+}
+
+/// Removes a random replica or adds one back (membership churn); refusals
+/// (the last replica, no spare place) are part of the game.
+fn churn<S: Subject>(nr: &NodeReplicated<S>, rng: &mut StdRng) {
+    if rng.random_ratio(1, 2) {
+        let _ = nr.remove_replica(rng.random_range(0..nr.num_replicas()));
+    } else {
+        let _ = nr.add_replica();
+    }
 }
 
 /// Registers with replica `first`, or the next one with a free slot (the
@@ -187,11 +229,14 @@ fn register_anywhere<S: Subject>(nr: &NodeReplicated<S>, first: usize) -> Thread
 /// Brings every replica up to date and returns their states as models,
 /// asserting they are all equal.
 fn replicas_at_quiescence<S: Subject>(nr: &NodeReplicated<S>) -> S::Model {
-    let token = nr.register_on(0).expect("the spare slot");
+    let token = nr.register().expect("a spare slot");
     let states = nr
         .sync_and_inspect(&token, |_, d| d.as_model())
         .expect("not poisoned");
-    assert_eq!(states.len(), nr.num_replicas());
+    let active = (0..nr.num_replicas())
+        .filter(|&r| nr.is_replica_active(r))
+        .count();
+    assert_eq!(states.len(), active);
     for (r, s) in states.iter().enumerate() {
         assert_eq!(
             s, &states[0],
@@ -259,6 +304,7 @@ fn scale() -> usize {
 /// [`scale`]); fails on the first non-linearizable history or unequal
 /// replicas.
 fn campaign<S: Subject>(name: &str, mut plan: Plan, base_seed: u64) -> Tally {
+    let _watchdog = Watchdog::arm(name);
     plan.histories *= scale();
     let start = Instant::now();
     let mut tally = Tally::default();
@@ -331,7 +377,106 @@ fn campaign<S: Subject>(name: &str, mut plan: Plan, base_seed: u64) -> Tally {
     tally
 }
 
+/// Fails the whole test binary, naming the campaign, if the campaign runs
+/// longer than `NODEREP_LIN_WATCHDOG_SECS` (default 600 s, times the scale):
+/// a hang (a lost wake-up, a writer that never finds room) must fail with
+/// the campaign's name instead of stalling CI.
+struct Watchdog {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Watchdog {
+    fn arm(name: &str) -> Self {
+        let secs: u64 = std::env::var("NODEREP_LIN_WATCHDOG_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(600)
+            * scale() as u64;
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, name) = (std::sync::Arc::clone(&done), name.to_string());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            while Instant::now() < deadline {
+                if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            eprintln!(
+                "WATCHDOG: campaign {name:?} did not finish within {secs} s: a hang; aborting"
+            );
+            std::process::abort();
+        });
+        Self { done }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 // -------------------------------------------------------------- campaigns
+
+#[test]
+fn parked_replicas_are_rebuilt_linearizably() {
+    // Idle replicas (no threads) are parked when the tiny log fills, then
+    // rebuilt by the final snapshot reads; replicas with threads are parked
+    // and woken as their threads pause (chaos pauses, yields).
+    for (replicas, idle, log, seed) in [(2, 1, 8, 0x7000), (3, 1, 16, 0x7100), (4, 2, 16, 0x7200)] {
+        let plan = Plan {
+            replicas,
+            threads_per_replica: 2,
+            ops_per_thread: 12,
+            log_capacity: log,
+            histories: 120,
+            placement: Placement::LeaveIdle { idle },
+            read_mostly: false,
+        };
+        campaign::<NrCopyMap>(
+            &format!("copyable hashmap, {replicas} replicas ({idle} idle), log of {log}"),
+            plan,
+            seed,
+        );
+    }
+    for (replicas, seed) in [(2, 0x7300), (4, 0x7400)] {
+        let plan = Plan {
+            replicas,
+            threads_per_replica: 1,
+            ops_per_thread: 16,
+            log_capacity: 8,
+            histories: 150,
+            placement: Placement::Moving { every: 4 },
+            read_mostly: false,
+        };
+        campaign::<NrCopyMap>(
+            &format!("copyable hashmap, {replicas} replicas, threads moving, log of 8"),
+            plan,
+            seed,
+        );
+    }
+}
+
+#[test]
+fn adding_and_removing_replicas_is_linearizable() {
+    for (replicas, seed) in [(2, 0x7800), (3, 0x7900), (4, 0x7a00)] {
+        let plan = Plan {
+            replicas,
+            threads_per_replica: 1,
+            ops_per_thread: 15,
+            log_capacity: 32,
+            histories: 120,
+            placement: Placement::Churn,
+            read_mostly: false,
+        };
+        campaign::<NrCopyMap>(
+            &format!("copyable hashmap, {replicas} replicas + 1 spare, churn"),
+            plan,
+            seed,
+        );
+    }
+}
 
 #[test]
 fn hashmap_on_2_replicas_is_linearizable() {
