@@ -96,12 +96,12 @@ thread_local! {
 pub struct NrMachine<D: Replicated> {
     /// Written by `restore` (write lock), read by every operation.
     current: RwLock<Arc<Generation<D>>>,
-    builder: NrBuilder,
+    builder: NrBuilder<D>,
 }
 
 impl<D: Replicated> NrMachine<D> {
     /// A machine holding `D::default()` in every replica, built by `builder`.
-    pub fn new(builder: NrBuilder) -> Result<Self, HostError> {
+    pub fn new(builder: NrBuilder<D>) -> Result<Self, HostError> {
         let gen = Self::generation(&builder, |_| D::default())?;
         Ok(Self {
             current: RwLock::new(Arc::new(gen)),
@@ -110,7 +110,7 @@ impl<D: Replicated> NrMachine<D> {
     }
 
     fn generation(
-        builder: &NrBuilder,
+        builder: &NrBuilder<D>,
         make: impl Fn(usize) -> D + Sync,
     ) -> Result<Generation<D>, HostError> {
         let nr = builder
