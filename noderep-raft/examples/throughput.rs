@@ -110,39 +110,49 @@ struct Rates {
     batched: f64,
 }
 
+/// `rate` with client `c` calling host `c % hosts`.
+async fn rate_on<M, F, Fut>(hosts: &Arc<Vec<Host<M>>>, dur: Duration, op: F) -> f64
+where
+    M: Machine,
+    F: Fn(Host<M>, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let h = Arc::clone(hosts);
+    rate(CLIENTS_PER_HOST * hosts.len(), dur, move |c, i| {
+        op(h[c % h.len()].clone(), i)
+    })
+    .await
+}
+
+async fn stop_all<M: Machine>(hosts: Arc<Vec<Host<M>>>, root: std::path::PathBuf) {
+    for h in hosts.iter() {
+        h.shutdown().await;
+    }
+    let _ = std::fs::remove_dir_all(root);
+}
+
 async fn noderep_round(dur: Duration) -> Rates {
     let (hosts, root) = cluster("nr", || {
         NrMachine::<KvMap>::new(Default::default()).expect("noderep instance")
     })
     .await;
     let hosts = Arc::new(hosts);
-    let clients = CLIENTS_PER_HOST * hosts.len();
-    let h = Arc::clone(&hosts);
-    let writes = rate(clients, dur, move |c, i| {
-        let h = h[c % h.len()].clone();
-        async move { h.write_json(put(i)).await.is_ok() }
+    let writes = rate_on(&hosts, dur, |h, i| async move {
+        h.write_json(put(i)).await.is_ok()
     })
     .await;
-    let h = Arc::clone(&hosts);
-    let reads = rate(clients, dur, move |c, i| {
-        let h = h[c % h.len()].clone();
-        async move { h.read(i % KEYS).await.is_ok() }
+    let reads = rate_on(
+        &hosts,
+        dur,
+        |h, i| async move { h.read(i % KEYS).await.is_ok() },
+    )
+    .await;
+    let stale = rate_on(&hosts, dur, |h, i| async move {
+        let bound = Duration::from_millis(100);
+        h.read_stale(i % KEYS, bound).await.is_ok()
     })
     .await;
-    let h = Arc::clone(&hosts);
-    let stale = rate(clients, dur, move |c, i| {
-        let h = h[c % h.len()].clone();
-        async move {
-            h.read_stale(i % KEYS, Duration::from_millis(100))
-                .await
-                .is_ok()
-        }
-    })
-    .await;
-    for h in hosts.iter() {
-        h.shutdown().await;
-    }
-    let _ = std::fs::remove_dir_all(root);
+    stop_all(hosts, root).await;
     Rates {
         writes,
         reads,
@@ -154,33 +164,20 @@ async fn noderep_round(dur: Duration) -> Rates {
 async fn plain_round(dur: Duration) -> Rates {
     let (hosts, root) = cluster("plain", PlainKv::default).await;
     let hosts = Arc::new(hosts);
-    let clients = CLIENTS_PER_HOST * hosts.len();
-    let h = Arc::clone(&hosts);
-    let writes = rate(clients, dur, move |c, i| {
-        let h = h[c % h.len()].clone();
-        async move { h.write_json(put(i)).await.is_ok() }
+    let writes = rate_on(&hosts, dur, |h, i| async move {
+        h.write_json(put(i)).await.is_ok()
     })
     .await;
-    let h = Arc::clone(&hosts);
-    let reads = rate(clients, dur, move |c, i| {
-        let h = h[c % h.len()].clone();
-        async move { h.read_leader_only(i % KEYS).await.is_ok() }
+    let reads = rate_on(&hosts, dur, |h, i| async move {
+        h.read_leader_only(i % KEYS).await.is_ok()
     })
     .await;
-    let h = Arc::clone(&hosts);
-    let batched = rate(clients, dur, move |c, i| {
-        let h = h[c % h.len()].clone();
-        async move {
-            h.query_json(&(i % KEYS).to_string(), ReadMode::Linearizable)
-                .await
-                .is_ok()
-        }
+    let batched = rate_on(&hosts, dur, |h, i| async move {
+        let key = (i % KEYS).to_string();
+        h.query_json(&key, ReadMode::Linearizable).await.is_ok()
     })
     .await;
-    for h in hosts.iter() {
-        h.shutdown().await;
-    }
-    let _ = std::fs::remove_dir_all(root);
+    stop_all(hosts, root).await;
     Rates {
         writes,
         reads,

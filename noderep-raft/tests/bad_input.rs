@@ -96,20 +96,9 @@ async fn an_unusable_log_directory_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_a_clear_error() {
-    // A tiny tmpfs, where the machine lets us mount one (root in CI);
-    // otherwise say why and skip.
-    let mnt = scratch_dir("full");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16k", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
-        let _ = std::fs::remove_dir_all(&mnt);
+    let Some(mnt) = mount_tmpfs("full", "16k") else {
         return;
-    }
+    };
     // Fill it.
     let _ = std::fs::write(mnt.join("filler"), vec![0u8; 64 << 10]);
     let a = free_addr();
@@ -166,18 +155,9 @@ async fn bad_requests_are_answered_with_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_that_fills_up_loses_no_acknowledged_write() {
-    let mnt = scratch_dir("fills");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=192k", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
-        let _ = std::fs::remove_dir_all(&mnt);
+    let Some(mnt) = mount_tmpfs("fills", "192k") else {
         return;
-    }
+    };
     let a = free_addr();
     let cfg = config("c", 1, a, mnt.join("log")).members(BTreeMap::from([(1, a)]));
     let h = Host::start(cfg.clone(), machine()).await.unwrap();
@@ -242,4 +222,23 @@ fn unmount(mnt: &std::path::Path) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = std::fs::remove_dir_all(mnt);
+}
+
+/// A tiny tmpfs of `size`, where the machine lets us mount one (root, as in
+/// CI); otherwise says why and returns `None` (the test then skips).
+fn mount_tmpfs(tag: &str, size: &str) -> Option<std::path::PathBuf> {
+    let mnt = scratch_dir(tag);
+    std::fs::create_dir_all(&mnt).ok()?;
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(&mnt)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a small tmpfs here (needs root)");
+        let _ = std::fs::remove_dir_all(&mnt);
+        return None;
+    }
+    Some(mnt)
 }
