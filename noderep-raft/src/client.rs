@@ -1,5 +1,18 @@
-//! A client that talks to hosts over TCP (for programs outside the hosts'
-//! processes, such as the three-process example).
+//! A client that talks to hosts over TCP, for programs outside the hosts'
+//! processes (such as the three-process example).
+//!
+//! # How it works
+//!
+//! Each call goes to the host it names, over the same framed TCP as the
+//! hosts use between themselves (sender id [`CLIENT_ID`]). That host
+//! forwards a write to the leader and serves a read itself, in the mode
+//! asked for.
+//!
+//! # Trade-offs
+//!
+//! The client does not look for the leader or retry: a write whose call
+//! failed after it was sent is reported as [`HostError::Indeterminate`], and
+//! picking another host is the caller's choice.
 
 use crate::error::HostError;
 use crate::network::{LinkCuts, Pool};

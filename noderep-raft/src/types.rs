@@ -5,6 +5,12 @@
 //! part (`D::WriteOperation`, `D::Response`) is encoded at the edge, where
 //! the host knows `D`, and the Raft log never needs to.
 //!
+//! # How it works
+//!
+//! Every TCP message is an [`Envelope`] naming the cluster, the sender and
+//! the addressee, around a `Request`; the answer is a `Response`. Raft's own
+//! messages travel inside them unchanged.
+//!
 //! # Trade-offs
 //!
 //! An operation is encoded twice on the wire (as JSON text inside the JSON
