@@ -30,6 +30,13 @@ fn main() {
     let nr = noderep::NrBuilder::new()
         .topology(Topology::simulated(2, 1).unwrap())
         .replicas(ReplicaPolicy::PerNode)
+        .log_capacity(
+            std::env::args()
+                .nth(2)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(4096),
+        )
+        .max_threads_per_replica(4)
         .build(|_| Map::default())
         .unwrap();
     let stop = AtomicBool::new(false);

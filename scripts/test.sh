@@ -31,6 +31,15 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
 if [ "${NODEREP_SKIP_LOOM:-0}" != "1" ]; then
   step "loom models"
   scripts/loom.sh
+  # Every (model, mutant) pair of the mutation table must still fail, so the
+  # table cannot rot (about 30 rebuilds of noderep; NODEREP_SKIP_MUTANTS=1
+  # skips it for a quick local run).
+  if [ "${NODEREP_SKIP_MUTANTS:-0}" != "1" ]; then
+    step "loom mutation table (scripts/loom-mutants.sh)"
+    scripts/loom-mutants.sh
+  else
+    echo "SKIPPED the loom mutation table (NODEREP_SKIP_MUTANTS=1)"
+  fi
 fi
 
 if [ "${NODEREP_HWLOC:-0}" = "1" ]; then

@@ -156,6 +156,11 @@ struct Cli {
     /// (a single replica has no log) [default: the library's, 4096].
     #[arg(long)]
     nr_log: Option<usize>,
+    /// Threads of the oversubscribed cell (100% writes on the hashmap, more
+    /// threads than cores): noderep/1, noderep/sim4 (four simulated
+    /// replicas) and Mutex; 0 leaves it out.
+    #[arg(long, default_value_t = 8)]
+    oversub: usize,
     /// Profiling mode: instead of timing, run exactly N operations of each
     /// cell on the main thread (thread 0's stream) and print a checksum.
     /// Use under `valgrind --tool=callgrind` with two values of N: the
@@ -175,6 +180,8 @@ struct Ctx<'a> {
     bar: &'a ProgressBar,
     count_ops: Option<u64>,
     nr_log: Option<usize>,
+    /// Threads of the oversubscribed cell (0: none).
+    oversub: usize,
 }
 
 impl Ctx<'_> {
@@ -233,6 +240,19 @@ fn run_cell<S: Seq>(
             let sys =
                 systems::Noderep::build(proto, policy, ctx.topo, threads, ctx.nr_log, read_mostly)?;
             ctx.measure(&sys, streams, &host)
+        }
+        Impl::NoderepSim4 => {
+            let topo = Topology::simulated(4, 1).expect("a 4-node simulated topology");
+            let mut sys = systems::Noderep::build(
+                proto,
+                ReplicaPolicy::PerNode,
+                &topo,
+                threads,
+                ctx.nr_log,
+                false,
+            )?;
+            sys.by_node = true;
+            ctx.measure(&sys, streams, &ctx.places(&topo))
         }
         Impl::NoderepSim => {
             let topo = ctx.sim(threads);
@@ -304,7 +324,13 @@ fn run_workload<S: Seq>(
         let shift = round % impls.len();
         impls.rotate_left(shift);
     }
-    let max_t = thread_counts.iter().copied().max().unwrap_or(1);
+    let oversub = oversubscribed(w, &impls, ctx);
+    let max_t = thread_counts
+        .iter()
+        .copied()
+        .chain(oversub.iter().map(|_| ctx.oversub))
+        .max()
+        .unwrap_or(1);
     let zipf = match w.dist {
         KeyDist::Zipf(s) => Some(workload::Zipf::new(ctx.shape.keys, s)),
         KeyDist::Uniform => None,
@@ -339,7 +365,43 @@ fn run_workload<S: Seq>(
             });
         }
     }
+    for imp in oversub {
+        let threads = ctx.oversub;
+        ctx.bar
+            .set_message(format!("{w} {} x{threads} (oversubscribed)", imp.name()));
+        let m = run_cell(imp, &proto, &streams[..threads], ctx)?;
+        rows.push(Row {
+            workload: w.to_string(),
+            write_pct: w.write_pct,
+            threads,
+            imp,
+            m,
+        });
+    }
     Ok(())
+}
+
+/// The implementations of the oversubscribed cell for workload `w`: the
+/// write-only uniform hashmap, `ctx.oversub` threads (more than cores),
+/// noderep/1, noderep/sim4 and Mutex among the selected implementations
+/// (noderep/sim4 whenever noderep/1 is selected).
+fn oversubscribed(w: &Workload, impls: &[Impl], ctx: &Ctx<'_>) -> Vec<Impl> {
+    if ctx.oversub == 0
+        || ctx.count_ops.is_some()
+        || w.structure != Structure::HashMap
+        || w.write_pct != 100
+        || w.dist != KeyDist::Uniform
+    {
+        return Vec::new();
+    }
+    let mut out: Vec<Impl> = [Impl::NoderepSingle, Impl::Mutex]
+        .into_iter()
+        .filter(|i| impls.contains(i))
+        .collect();
+    if impls.contains(&Impl::NoderepSingle) || impls.contains(&Impl::NoderepSim4) {
+        out.insert(1, Impl::NoderepSim4);
+    }
+    out
 }
 
 /// Pools the rows of several rounds: one row per (workload, threads,
@@ -413,7 +475,12 @@ fn paired_ratio(a: &Row, b: &Row, per_round: usize) -> Option<f64> {
 /// (ratio of medians, by CPU time, paired by round).
 type Ratios = (Option<f64>, Option<f64>, Option<f64>);
 
-fn targets(rows: &[Row], mem: Option<&memory::MemoryReport>, per_round: usize) -> Vec<Target> {
+fn targets(
+    rows: &[Row],
+    mem: Option<&memory::MemoryReport>,
+    per_round: usize,
+    oversub: usize,
+) -> Vec<Target> {
     let r0 = "hashmap/uniform/0%w";
     let w100 = "hashmap/uniform/100%w";
     let nr = Impl::NoderepNode;
@@ -475,6 +542,40 @@ fn targets(rows: &[Row], mem: Option<&memory::MemoryReport>, per_round: usize) -
             ratio(w100, 1, Impl::Bare, nr),
             2.0,
             "x",
+        ),
+        at_least(
+            "write-only, 1 thread: noderep/core (2 replicas, 1 idle) / noderep/1".into(),
+            ratio(w100, 1, Impl::NoderepCore, Impl::NoderepSingle),
+            0.8,
+        ),
+        at_most(
+            "p99.9 of 1-thread writes, noderep/core (us)".into(),
+            (
+                find(rows, w100, 1, Impl::NoderepCore)
+                    .filter(|r| r.m.latency.is_some())
+                    .map(|r| r.lat(0.999) as f64 / 1e3),
+                None,
+                None,
+            ),
+            2.0,
+            " us",
+        ),
+        at_least(
+            "write-only, 2 threads: noderep/sim (2 active replicas) / node-replication/sim".into(),
+            ratio(w100, 2, Impl::NoderepSim, Impl::NodeReplicationSim),
+            1.5,
+        ),
+        at_least(
+            format!(
+                "write-only, {oversub} threads on the machine's cores: noderep/sim4 / noderep/1"
+            ),
+            ratio(w100, oversub, Impl::NoderepSim4, Impl::NoderepSingle),
+            0.5,
+        ),
+        at_least(
+            format!("write-only, {oversub} threads on the machine's cores: noderep/sim4 / Mutex"),
+            ratio(w100, oversub, Impl::NoderepSim4, Impl::Mutex),
+            1.0,
         ),
         at_least(
             "read-only, 2 threads: noderep/node-rm (read_mostly) / node-replication".into(),
@@ -825,6 +926,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         bar: &bar,
         count_ops: cli.count_ops,
         nr_log: cli.nr_log,
+        oversub: cli.oversub,
     };
     let mut rows = Vec::new();
     let rounds = if cli.count_ops.is_some() {
@@ -888,7 +990,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             m.old_log
         ));
     }
-    let targets = targets(&rows, mem.as_ref(), settings.reps);
+    let targets = targets(&rows, mem.as_ref(), settings.reps, cli.oversub);
     text.push_str(
         "\nperformance goals of noderep against its peers (noderep = noderep/node; ratios of medians from this run; \
          `by CPU` = the same ratio from CPU-time throughput, robust to other processes; \

@@ -39,6 +39,9 @@ pub enum Impl {
     NoderepSingle,
     /// noderep on a simulated N-node topology (one replica per simulated node).
     NoderepSim,
+    /// noderep on four simulated nodes (four replicas), threads spread over
+    /// them: the oversubscribed cell (more threads and replicas than cores).
+    NoderepSim4,
     /// noderep, one replica per NUMA node, `read_mostly`: fence-free reads,
     /// one `membarrier` per write batch.
     NoderepReadMostly,
@@ -94,6 +97,7 @@ impl Impl {
             Impl::NoderepCore => "noderep/core",
             Impl::NoderepSingle => "noderep/1",
             Impl::NoderepSim => "noderep/sim",
+            Impl::NoderepSim4 => "noderep/sim4",
             Impl::NoderepReadMostly => "noderep/node-rm",
             Impl::NodeReplication => "node-replication",
             Impl::NodeReplicationSim => "node-replication/sim",
@@ -124,6 +128,10 @@ impl Impl {
             Impl::NoderepSim | Impl::NodeReplicationSim => Some(
                 "*/sim: one replica per simulated node; threads are pinned by the simulated topology",
             ),
+            Impl::NoderepSim4 => Some(
+                "noderep/sim4: four simulated nodes, four replicas, threads registered round-robin \
+                 (run only in the oversubscribed cell: more threads than cores)",
+            ),
             _ => None,
         }
     }
@@ -145,6 +153,7 @@ impl Impl {
                 | Impl::NoderepCore
                 | Impl::NoderepSingle
                 | Impl::NoderepSim
+                | Impl::NoderepSim4
                 | Impl::NoderepReadMostly
         )
     }
@@ -181,6 +190,10 @@ impl<S: Seq> noderep::Dispatch for NrD<S> {
 pub struct Noderep<S: Seq> {
     /// The instance.
     pub nr: NodeReplicated<NrD<S>>,
+    /// Register each worker with its core's node's replica (`register_on`)
+    /// instead of asking `register` (whose choice follows the CPU the
+    /// thread runs on, which is not the simulated one when pinning fails).
+    pub by_node: bool,
 }
 
 impl<S: Seq> Noderep<S> {
@@ -209,7 +222,7 @@ impl<S: Seq> Noderep<S> {
             );
         }
         let nr = b.build(|_| NrD(proto.clone()))?;
-        Ok(Self { nr })
+        Ok(Self { nr, by_node: false })
     }
 }
 
@@ -221,11 +234,13 @@ pub struct NoderepWorker<'a, S: Seq> {
 
 impl<S: Seq> System for Noderep<S> {
     type Worker<'a> = NoderepWorker<'a, S>;
-    fn worker(&self, _at: Core) -> NoderepWorker<'_, S> {
-        let token = self
-            .nr
-            .register()
-            .expect("a free noderep thread slot (slots = max(64, threads))");
+    fn worker(&self, at: Core) -> NoderepWorker<'_, S> {
+        let token = if self.by_node {
+            self.nr.register_on(at.node)
+        } else {
+            self.nr.register()
+        }
+        .expect("a free noderep thread slot (slots = max(64, threads))");
         NoderepWorker {
             nr: &self.nr,
             token,

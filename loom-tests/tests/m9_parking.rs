@@ -2,11 +2,11 @@
 //! replicas, racing with writes.
 //!
 //! `m9_park_and_wake`: two replicas of a copyable sequence, a log of 2. The
-//! writer (replica 0) appends five values; the log fills while replica 1
+//! writer (replica 0) appends six values; the log fills while replica 1
 //! has no thread, so the writer parks it and goes on without the log. A
 //! thread of replica 1 then reads, concurrently with the writes: its read
 //! rebuilds replica 1 from replica 0 and must return a prefix of the writes,
-//! and a read after the writer is done must see all five. Mutants caught:
+//! and a read after the writer is done must see all six. Mutants caught:
 //! `wake_after_unlock` (the rebuilt replica's position is published after
 //! the source's lock is released, when the log may already have moved past
 //! it) and `park_keeps_ltail` (a parked replica keeps its old position, so
@@ -28,9 +28,9 @@ use loom_tests::{copy_nr, Op};
 use noderep::ExecError;
 
 /// Writes of the writer in `m9_park_and_wake`: two fill the log, the third
-/// parks replica 1, and the last two can wrap the log past the position a
+/// parks replica 1, and the last three can wrap the log past the position a
 /// rebuilt replica 1 starts from (what `wake_after_unlock` gets wrong).
-const WRITES: u64 = 5;
+const WRITES: u64 = 6;
 
 #[test]
 fn m9_park_and_wake() {

@@ -28,10 +28,12 @@
 //! a lagging replica whose lock is free is helped (caught up a bounded
 //! stretch) or, if its threads did nothing since it was last helped and the
 //! structure can be copied, parked (O(1): it stops holding the log back and
-//! is rebuilt when one of its threads comes back). A replica with threads
-//! waiting for its lock is left to them (so a helper cannot starve a
-//! replica's own thread by holding its lock again and again), unless it
-//! must be caught up to the tail, which is then done in one go.
+//! is rebuilt when one of its threads comes back). A replica whose own
+//! threads wait for its lock is *helped through* ([`Shared::help_through`]):
+//! caught up to the tail and its pending writes appended and answered on
+//! their behalf, so a helper that holds the lock those threads want serves
+//! them instead of starving them (a helper that kept retaking the lock of a
+//! replica whose thread was waiting for a CPU once starved it for seconds).
 //!
 //! # Trade-offs
 //!
@@ -154,7 +156,7 @@ where
         if self.live.load(Ordering::Acquire) == 1 {
             let tail = self.log.tail();
             if self.log.ltail(r) < tail {
-                replica.exec(guard, &self.log, tail, &self.poisoned, 0..0)?;
+                replica.exec(guard, &self.log, tail, &self.poisoned, 0..0, None)?;
             }
             let round = replica.combine_direct(guard, own.map(|(_, op)| op), &self.poisoned)?;
             #[cfg(test)]
@@ -186,15 +188,11 @@ where
                 super::stats::Stats::bump(&self.stats.combined_ops, n);
             }
         }
-        replica.exec(guard, &self.log, end, &self.poisoned, batch)?;
-        // The combiner's own response, straight out of its slot (it never
-        // left this thread's hands); a panic payload stays for the caller's
-        // poll, which resumes it.
-        Ok(own_slot.and_then(|slot| {
-            // SAFETY: the slot is our own thread's (`own_slot` came from its
-            // token), and its outcome was stored by `exec` just now.
-            unsafe { replica.contexts[slot].take_own_response() }
-        }))
+        // The combiner's own operation is the last of its batch; `exec` hands
+        // its response straight back (a panic payload goes to our slot,
+        // where the caller's poll resumes it).
+        let own = own_slot.map(|slot| (batch.end.wrapping_sub(1), slot));
+        Ok(replica.exec(guard, &self.log, end, &self.poisoned, batch, own)?)
     }
 
     /// Whether replica `r` (whose lock we hold) is the only live replica
@@ -385,10 +383,18 @@ where
         let mut backoff = Backoff::new();
         loop {
             // Room for us and for every other waiter (`need` includes us).
-            let keep = self.log.waiting_need().saturating_sub(n);
-            match self.log.try_reserve_keeping(n, keep) {
-                Ok(start) => return Ok(start),
-                Err(LogFull { needed_head }) => self.make_room(r, guard, needed_head, n)?,
+            // Tried again right after making room, before yielding: the
+            // room we made is ours to take now, while another waiter that
+            // runs during our yield would take it and leave us short again.
+            for attempt in 0..2 {
+                let keep = self.log.waiting_need().saturating_sub(n);
+                match self.log.try_reserve_keeping(n, keep) {
+                    Ok(start) => return Ok(start),
+                    Err(LogFull { needed_head }) if attempt == 0 => {
+                        self.make_room(r, guard, needed_head, n)?
+                    }
+                    Err(_) => {}
+                }
             }
             // Acquire: pairs with the Release that poisons.
             if self.poisoned.load(Ordering::Acquire) {
@@ -418,7 +424,7 @@ where
         // Mutant `make_room_skips_own` (loom model 8): our replica, whose
         // lock we hold, is never caught up while we wait.
         #[cfg(not(noderep_mutant = "make_room_skips_own"))]
-        self.replicas[r].exec(guard, &self.log, tail, &self.poisoned, 0..0)?;
+        self.replicas[r].exec(guard, &self.log, tail, &self.poisoned, 0..0, None)?;
         for (q, lagging) in self.replicas.iter().enumerate() {
             let at = self.log.ltail(q);
             if q == r || at == PARKED || at >= needed_head {
@@ -430,16 +436,14 @@ where
             {
                 let dummy = crate::sync::AtomicU32::new(1);
                 let forged = CombinerGuard::forged(&dummy);
-                lagging.exec(&forged, &self.log, help_to, &self.poisoned, 0..0)?;
+                lagging.exec(&forged, &self.log, help_to, &self.poisoned, 0..0, None)?;
             }
             #[cfg(not(any(noderep_mutant = "no_helping", noderep_mutant = "help_unlocked")))]
             if let Some(their_guard) = lagging.try_combine() {
-                // Relaxed: hints (see `Replica::waiting`, `activity`); both
-                // activity counters are written under the lock we hold.
-                let waiting = lagging.waiting.load(Ordering::Relaxed) > 0;
+                // Relaxed: both activity counters are written under the lock
+                // we hold.
                 let activity = lagging.activity.load(Ordering::Relaxed);
                 let idle = lagging.seen_activity.load(Ordering::Relaxed) == activity
-                    && !waiting
                     && !lagging.has_pending();
                 if self.log.ltail(q) == PARKED {
                     continue;
@@ -448,16 +452,67 @@ where
                 if self.can_snapshot && idle && self.park(q, &their_guard) {
                     continue;
                 }
-                // Its own threads want it: catch it up all the way, so that a
-                // reader among them finds it current and a writer finds room.
-                let to = if waiting { tail } else { help_to };
-                lagging.exec(&their_guard, &self.log, to, &self.poisoned, 0..0)?;
+                // Relaxed: a hint (see `Replica::waiting`).
+                let waited_for = lagging.waiting.load(Ordering::Relaxed) > 0;
+                if waited_for || lagging.has_pending() {
+                    // Its own threads wait for it: help them through instead
+                    // of making them wait for the lock we hold (a helper
+                    // that kept taking it starved them for seconds).
+                    self.help_through(q, &their_guard, tail)?;
+                } else {
+                    lagging.exec(&their_guard, &self.log, help_to, &self.poisoned, 0..0, None)?;
+                }
                 lagging.seen_activity.store(activity, Ordering::Relaxed);
                 #[cfg(test)]
                 super::stats::Stats::bump(&self.stats.helped, 1);
             }
         }
         Ok(())
+    }
+}
+
+impl<D> Shared<D>
+where
+    D: Dispatch + Send + Sync,
+    D::WriteOperation: Send + Sync,
+    D::Response: Send,
+{
+    /// Serves replica `q`'s own waiting threads on their behalf (we hold its
+    /// lock, so they cannot): catch it up to `tail`, which satisfies a
+    /// reader waiting for a commit point it saw earlier, then append and
+    /// apply its pending writes as one batch and publish their responses,
+    /// if the log has room for them beyond what waiting appenders need (we
+    /// are one of them: no waiting here). Mutant `help_not_through` only
+    /// catches the replica up, leaving its writers waiting for the lock
+    /// (`tests/starvation.rs` catches it: `scripts/lin_mutant.sh`-style,
+    /// `NODEREP_MUTANT=help_not_through cargo test --test starvation`).
+    fn help_through(&self, q: usize, guard: &CombinerGuard<'_>, tail: usize) -> Result<(), Stop> {
+        let lagging = &self.replicas[q];
+        lagging.exec(guard, &self.log, tail, &self.poisoned, 0..0, None)?;
+        #[cfg(noderep_mutant = "help_not_through")]
+        return Ok(());
+        #[cfg(not(noderep_mutant = "help_not_through"))]
+        {
+            let n = lagging.collect(guard);
+            if n == 0 {
+                return Ok(());
+            }
+            let Ok(start) = self.log.try_reserve_keeping(n, self.log.waiting_need()) else {
+                return Ok(());
+            };
+            lagging.append_batch(guard, &self.log, start, None);
+            lagging.exec(
+                guard,
+                &self.log,
+                start + n,
+                &self.poisoned,
+                start..start + n,
+                None,
+            )?;
+            #[cfg(test)]
+            super::stats::Stats::bump(&self.stats.helped_through, n);
+            Ok(())
+        }
     }
 }
 

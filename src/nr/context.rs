@@ -184,30 +184,6 @@ impl<W, R> Context<W, R> {
         }
     }
 
-    /// The combiner's own thread takes the response that its own round
-    /// stored and published in its slot (a panic payload is left for
-    /// [`poll`](Self::poll)).
-    ///
-    /// # Safety
-    ///
-    /// Only the slot's own thread may call this (as for `poll`).
-    pub(crate) unsafe fn take_own_response(&self) -> Option<R> {
-        // Relaxed: our own round published the state in this thread.
-        if self.state.load(Ordering::Relaxed) != DONE {
-            return None;
-        }
-        let out = self.result.with_mut(|p| {
-            // SAFETY: DONE: only the owning thread (us) touches `result`.
-            unsafe { (*p).take() }
-        });
-        // Relaxed: EMPTY is only read by this thread (see `poll`).
-        self.state.store(EMPTY, Ordering::Relaxed);
-        match out {
-            Some(Outcome::Response(r)) => Some(r),
-            _ => None,
-        }
-    }
-
     /// The owning thread takes back an operation that no combiner will ever
     /// take (its replica was removed). Returns whether there was one.
     ///

@@ -128,6 +128,9 @@ pub(crate) mod stats {
         pub woken: AtomicUsize,
         /// Appenders that lined up because the log was full.
         pub waited_for_room: AtomicUsize,
+        /// Writes of another replica's waiting threads that a helper
+        /// appended and answered on their behalf.
+        pub helped_through: AtomicUsize,
     }
 
     impl Stats {

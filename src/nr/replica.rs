@@ -298,20 +298,20 @@ impl<D: Dispatch> Replica<D> {
         })
     }
 
-    /// Adds the combiner's own slot to the front of the collected batch (its
+    /// Adds the combiner's own slot at the end of the collected batch (its
     /// operation, which never went through the slot, is passed to
     /// [`append_batch`](Self::append_batch)) and returns the batch size.
     pub(crate) fn push_own(&self, _guard: &CombinerGuard<'_>, own_slot: usize) -> usize {
         self.batch.with_mut(|b| {
             // SAFETY: combiner-only scratch, see `collect`.
             let batch = unsafe { &mut *b };
-            batch.insert(0, own_slot);
+            batch.push(own_slot);
             batch.len()
         })
     }
 
     /// Moves the collected operations into the log at `start..start + n`.
-    /// With `own`, the batch starts with the combiner's own slot
+    /// With `own`, the batch ends with the combiner's own slot
     /// ([`push_own`](Self::push_own)) and `own` is its operation.
     pub(crate) fn append_batch(
         &self,
@@ -323,12 +323,16 @@ impl<D: Dispatch> Replica<D> {
         self.batch.with(|b| {
             // SAFETY: combiner-only scratch, see `collect`.
             let batch = unsafe { &*b };
+            let last = batch.len().wrapping_sub(1);
             for (i, &slot) in batch.iter().enumerate() {
                 let op = match own.take() {
-                    Some(op) => op,
-                    // SAFETY: we hold the combiner lock and `collect` saw the
-                    // slot pending; nobody else takes it.
-                    None => unsafe { self.contexts[slot].take_op() },
+                    Some(op) if i == last => op,
+                    mine => {
+                        own = mine;
+                        // SAFETY: we hold the combiner lock and `collect`
+                        // saw the slot pending; nobody else takes it.
+                        unsafe { self.contexts[slot].take_op() }
+                    }
                 };
                 log.write(
                     start + i,
@@ -412,7 +416,8 @@ impl<D: Dispatch> Replica<D> {
         to: usize,
         poisoned: &AtomicBool,
         batch: core::ops::Range<usize>,
-    ) -> Result<(), PoisonedInstance> {
+        own: Option<(usize, usize)>,
+    ) -> Result<Option<D::Response>, PoisonedInstance> {
         // A combiner that stopped at a panic has applied entries beyond this
         // replica's ltail without advancing it; applying them again would run
         // the panicking operation a second time and store a second outcome in
@@ -427,7 +432,7 @@ impl<D: Dispatch> Replica<D> {
         }
         let from = log.ltail(self.id);
         if from >= to {
-            return Ok(());
+            return Ok(None);
         }
         // `batch` is the range the lock holder (us) has just appended, if
         // any: a combiner applies its own batch before it releases the lock.
@@ -436,7 +441,11 @@ impl<D: Dispatch> Replica<D> {
         // outside it were answered long ago (by the combiner that appended
         // them); a replica rebuilt from another one replays them again and
         // must not answer twice.
-        let mut own = 0usize;
+        // `own` is the combiner's own operation (its position and slot): its
+        // response is handed straight back to the caller, never through the
+        // slot (unless the round fails after applying it, see below).
+        let mut answered = 0usize;
+        let mut own_response = None;
         let mut outcome = Ok(());
         {
             let _write = self.rwlock.write();
@@ -460,12 +469,13 @@ impl<D: Dispatch> Replica<D> {
                 };
                 match applied {
                     (origin, slot, Outcome::Response(r)) => {
-                        if origin == self.id && batch.contains(&pos) {
+                        if own.is_some_and(|(p, _)| p == pos) {
+                            own_response = Some(r);
+                        } else if origin == self.id && batch.contains(&pos) {
                             // SAFETY: own-origin entry of the batch we took
-                            // (see above); its slot is TAKEN by us, or is our
-                            // own slot (the fast path), which only we touch.
+                            // (see above); its slot is TAKEN by us.
                             unsafe { self.contexts[slot].store_result(Outcome::Response(r)) };
-                            own += 1;
+                            answered += 1;
                         }
                     }
                     #[cfg(feature = "std")]
@@ -478,9 +488,11 @@ impl<D: Dispatch> Replica<D> {
                         let _ = (origin, slot, p);
                         #[cfg(not(noderep_mutant = "panic_not_forwarded"))]
                         if origin == self.id && batch.contains(&pos) {
-                            // SAFETY: as for a response above.
+                            // SAFETY: as for a response above, or our own
+                            // slot (the fast path), which only we touch; the
+                            // caller's poll resumes the panic.
                             unsafe { self.contexts[slot].store_result(Outcome::Panicked(p)) };
-                            own += 1;
+                            answered += 1;
                         }
                         outcome = Err(PoisonedInstance);
                         break 'entries;
@@ -501,11 +513,21 @@ impl<D: Dispatch> Replica<D> {
             log.set_ltail(self.id, to);
             log.advance_ctail(to);
         }
-        if own > 0 {
+        if outcome.is_err() {
+            // The round stops here: a response of our own operation, applied
+            // before the panic, goes out through our slot with the others
+            // (the caller polls it before it looks at the poison flag).
+            if let (Some(r), Some((_, slot))) = (own_response.take(), own) {
+                // SAFETY: our own slot (the fast path), which only we touch.
+                unsafe { self.contexts[slot].store_result(Outcome::Response(r)) };
+                answered += 1;
+            }
+        }
+        if answered > 0 {
             self.batch.with(|b| {
                 // SAFETY: combiner-only scratch, see `collect`.
                 let batch = unsafe { &*b };
-                debug_assert!(own <= batch.len());
+                debug_assert!(answered <= batch.len());
                 for &slot in batch {
                     // SAFETY: every slot of the batch was taken by us in this
                     // round; `publish` hands over only those with a result.
@@ -530,7 +552,7 @@ impl<D: Dispatch> Replica<D> {
             #[cfg(not(noderep_mutant = "poison_flag_skipped"))]
             poisoned.store(true, Ordering::Release);
         }
-        outcome
+        outcome.map(|()| own_response)
     }
 
     /// The slot part of [`combine_direct`](Self::combine_direct), kept out
