@@ -63,7 +63,14 @@ async fn new_host_joins_by_snapshot_and_old_one_leaves_under_load() {
         .await
         .unwrap();
     c.host(leader).unwrap().add_host(4, addr4).await.unwrap();
-    // Host 4 persisted the snapshot it installed.
+    // Host 4 persisted the snapshot it installed (the install may finish
+    // just after the leader counts the learner as caught up).
+    for _ in 0..250 {
+        if c.dir(4).join("snapshot.json").exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(
         c.dir(4).join("snapshot.json").exists(),
         "host 4 caught up by installing a snapshot"
