@@ -333,6 +333,13 @@ impl<M: Machine> Host<M> {
         *self.inner.sm.0.applied.borrow()
     }
 
+    /// Why the Raft engine stopped (a storage failure, or shutdown), or
+    /// `None` while it runs. A stopped host answers every call with
+    /// [`HostError::Stopped`]; restart it on its directory.
+    pub fn stopped(&self) -> Option<String> {
+        self.inner.running().err().map(|e| e.to_string())
+    }
+
     /// This host's view of the cluster.
     pub fn status(&self) -> HostStatus {
         self.inner.status()
