@@ -260,6 +260,7 @@ async fn campaign(n: u64) {
     }
     nem.await.unwrap();
     assert_eq!(c.live().len() as u64, n, "every host is back");
+    let revived = c.revive().await;
     assert!(
         c.wait_leader(Duration::from_secs(10)).await.is_some(),
         "a leader after healing"
@@ -344,7 +345,7 @@ async fn campaign(n: u64) {
     println!(
         "campaign hosts={n} secs={} seed={seed} faults={} ops={ops} acked={} lost={lost} \
          indeterminate={} refused={} reads={} stale_reads={} failed_reads={} \
-         histories={KEYS} non_linearizable=0",
+         histories={KEYS} non_linearizable=0 engine_restarts={revived}",
         secs(),
         counts.faults,
         counts.acked,

@@ -8,20 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::{config, free_addr, machine, Cluster};
 
-/// Restarts any host whose Raft engine stopped. openraft 0.9.25 sometimes
-/// stops a leader with "Read Snapshot: replication channel closed" when a
-/// replication stream ends while a snapshot is due (its own bookkeeping, not
-/// a disk fault: the directory is intact, and a restart resumes).
-async fn revive(c: &Cluster) {
-    for id in c.live() {
-        if let Some(why) = c.host(id).and_then(|h| h.stopped()) {
-            eprintln!("host {id} stopped ({why}); restarting it");
-            c.crash(id).await;
-            c.restart(id).await;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_host_joins_by_snapshot_and_old_one_leaves_under_load() {
     let c = Cluster::start(3).await;
@@ -94,10 +80,10 @@ async fn new_host_joins_by_snapshot_and_old_one_leaves_under_load() {
             }
             Err(e) => added = Err(Some(e)),
         }
-        revive(&c).await;
+        c.revive().await;
     }
     added.expect("host 4 added");
-    revive(&c).await;
+    c.revive().await;
     // Host 4 persisted the snapshot it installed (the install may finish
     // just after the leader counts the learner as caught up).
     for _ in 0..250 {
@@ -120,20 +106,20 @@ async fn new_host_joins_by_snapshot_and_old_one_leaves_under_load() {
             }
             Err(e) => removed = Err(Some(e)),
         }
-        revive(&c).await;
+        c.revive().await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     removed.expect("host 1 removed");
     // A removed host is stopped, as an operator would: left running, it may
     // never learn of its removal and keep calling elections.
     c.crash(1).await;
-    revive(&c).await;
+    c.revive().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.await.unwrap();
     }
-    revive(&c).await;
+    c.revive().await;
     let h2 = c.host(2).unwrap();
     h2.barrier().await.unwrap();
     let voters = h2.status().voters;

@@ -155,6 +155,24 @@ impl Cluster {
         None
     }
 
+    /// Restarts any host whose Raft engine stopped, and says how many.
+    /// openraft 0.9.25 sometimes stops a leader with "Read Snapshot:
+    /// replication channel closed" when a replication stream ends while a
+    /// snapshot is due (its own bookkeeping, not a disk fault: the directory
+    /// is intact, and a restart resumes).
+    pub async fn revive(&self) -> usize {
+        let mut n = 0;
+        for id in self.live() {
+            if let Some(why) = self.host(id).and_then(|h| h.stopped()) {
+                eprintln!("host {id} stopped ({why}); restarting it");
+                self.crash(id).await;
+                self.restart(id).await;
+                n += 1;
+            }
+        }
+        n
+    }
+
     pub async fn shutdown(&self) {
         for id in self.live() {
             self.crash(id).await;
