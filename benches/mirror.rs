@@ -7,9 +7,7 @@ use std::hint::black_box;
 use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use noderep::mirror::{
-    block::crc32c, BlockDevice, DeviceConfig, FileDevice, Mirror, MirrorConfig, WarningSink,
-};
+use noderep::mirror::{crc32c, BlockDevice, FileDevice, Mirror, WarningSink};
 
 fn checksum(c: &mut Criterion) {
     let mut g = c.benchmark_group("checksum_crc32c");
@@ -32,21 +30,16 @@ impl Drop for Dir {
 }
 
 fn mirror(dir: &Dir, copies: usize) -> Mirror {
-    let cfg = DeviceConfig {
-        blocks: Some(4096),
-        ..DeviceConfig::default()
-    };
+    let builder = Mirror::builder().warnings(WarningSink::Silent);
+    let cfg = FileDevice::builder().blocks(builder.device_blocks(4096, 4096).expect("size"));
     let devs: Vec<Box<dyn BlockDevice>> = (0..2)
         .map(|i| {
-            Box::new(FileDevice::open(dir.0.join(format!("d{i}")), &cfg).expect("open"))
-                as Box<dyn BlockDevice>
+            // Each mirror gets its own files (create refuses a member of another).
+            let p = dir.0.join(format!("c{copies}-d{i}"));
+            Box::new(cfg.open(p).expect("open")) as Box<dyn BlockDevice>
         })
         .collect();
-    let config = MirrorConfig {
-        warnings: WarningSink::Silent,
-        account_phases: false,
-    };
-    let (mut m, _) = Mirror::assemble(devs, config).expect("assemble");
+    let mut m = builder.create(devs).expect("create");
     if copies == 1 {
         m.fail_device(1, "single-copy baseline").expect("device 1");
     }

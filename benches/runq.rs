@@ -1,9 +1,10 @@
-//! Enqueue/pick throughput of one run queue: synchronous and asynchronous
-//! replication against the same queue unreplicated, and a bare `VecDeque`
-//! for reference, all in one group. Each element is one task: spawned
-//! (delivered to the inbox), accepted (enqueue), picked and completed — three
-//! replicated operations. A backup thread drains the replication ring the
-//! whole time, as the neighbour core would.
+//! Enqueue/pick throughput of one run queue: synchronous replication to one
+//! and to two backups (`k = 1`, `k = 2`) and asynchronous replication
+//! against the same queue unreplicated, and a bare `VecDeque` for reference,
+//! all in one group. Each element is one task: spawned (delivered to the
+//! inbox), accepted (enqueue), picked and completed — three replicated
+//! operations. A backup thread drains the replication rings the whole time,
+//! as the backup cores would.
 
 use std::collections::VecDeque;
 use std::hint::black_box;
@@ -13,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use noderep::runq::{Config, Exit, OwnerHandle, Pick, Replication, RunQueues, Spawner};
+use noderep::runq::{Exit, OwnerHandle, Pick, Replication, RunQueues, RunqError, Spawner};
 
 const BATCH: usize = 256;
 
@@ -25,24 +26,28 @@ struct Setup {
     backup: Option<JoinHandle<()>>,
 }
 
-fn setup(replication: Replication) -> Setup {
-    let cfg = Config {
-        replication,
+fn setup(replication: Replication, k: usize) -> Setup {
+    let rq = RunQueues::builder()
+        .cores(3)
+        .replication(replication)
+        .backups(k)
         // Long lease: no failover during the measurement.
-        lease: Duration::from_secs(30),
-        ..Config::default()
-    };
-    let rq = RunQueues::with_cores(2, cfg).expect("config");
+        .lease(Duration::from_secs(30))
+        .build()
+        .expect("config");
     let owner = rq.owner(0).expect("owner");
     let stop = Arc::new(AtomicBool::new(false));
     let backup = {
         let (rq, stop) = (rq.clone(), stop.clone());
         Some(std::thread::spawn(move || {
-            let mut handles = Vec::new();
+            let mut handles = [Vec::new(), Vec::new()];
             // Acquire: pairs with the Release store after the measurement.
             while !stop.load(Ordering::Acquire) {
-                rq.attach_backups(1, &mut handles).expect("attach");
-                for h in &mut handles {
+                // Cores 1 and 2 back queue 0 up (one thread stands for both).
+                for (i, v) in handles.iter_mut().enumerate() {
+                    rq.attach_backups(1 + i, v).expect("attach");
+                }
+                for h in handles.iter_mut().flatten() {
                     let _ = h.poll(rq.now());
                 }
                 std::thread::yield_now();
@@ -50,7 +55,7 @@ fn setup(replication: Replication) -> Setup {
         }))
     };
     Setup {
-        spawner: rq.spawner(),
+        spawner: rq.spawner(0).expect("spawner"),
         rq,
         owner,
         stop,
@@ -62,9 +67,20 @@ fn run_batch(s: &mut Setup) {
     for _ in 0..BATCH {
         s.spawner.spawn(0).expect("spawn");
     }
+    // A full ring (the backup thread lags) is `BackupStalled`: retry, as a
+    // scheduler would after draining its own backups.
+    fn retry<T>(mut f: impl FnMut() -> Result<T, RunqError>) -> T {
+        loop {
+            match f() {
+                Ok(x) => return x,
+                Err(RunqError::BackupStalled { .. }) => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
     let mut n = 0;
-    while let Pick::Task(t) = s.owner.pick().expect("pick") {
-        s.owner.complete(t, Exit::Done).expect("complete");
+    while let Pick::Task(t) = retry(|| s.owner.pick()) {
+        retry(|| s.owner.complete(t, Exit::Done));
         n += 1;
     }
     assert_eq!(n, BATCH);
@@ -78,18 +94,20 @@ fn bench(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(3));
     g.warm_up_time(Duration::from_millis(500));
     let modes = [
-        ("unreplicated", Replication::None),
-        ("sync", Replication::Sync),
+        ("unreplicated", Replication::None, 1),
+        ("sync_k1", Replication::Sync, 1),
+        ("sync_k2", Replication::Sync, 2),
         (
             "async_b32",
             Replication::Async {
                 batch: 32,
                 max_lag: Duration::from_millis(1),
             },
+            1,
         ),
     ];
-    for (name, mode) in modes {
-        let mut s = setup(mode);
+    for (name, mode, k) in modes {
+        let mut s = setup(mode, k);
         g.bench_function(BenchmarkId::new("runq", name), |b| {
             b.iter(|| run_batch(&mut s))
         });

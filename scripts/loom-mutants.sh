@@ -49,9 +49,12 @@ m8_full_log            waiter_never_leaves
 m9_parking             wake_after_unlock
 m9_parking             park_keeps_ltail
 m9_parking             removed_not_checked
+m10_lanes              lane_leaf_runs_ahead
 runq                   renew_blind_store
 runq                   finalize_blind
 runq                   kill_check_then_store
+runq                   takeover_blind_store
+runq                   reclaim_blind_store
 "
 
 MODELS="$(ls loom-tests/tests/*.rs | xargs -n1 basename | sed 's/\.rs$//' | sort)"

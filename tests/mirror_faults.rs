@@ -10,8 +10,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use noderep::mirror::{
-    BlockDevice, DeviceConfig, FaultControl, FaultyDevice, FileDevice, Health, MemberState, Mirror,
-    MirrorConfig, MirrorError, MirrorEvent, ReadOutcome, Redundancy, ScrubAction, ScrubMode,
+    BlockDevice, FaultControl, FaultyDevice, FileDevice, Health, MemberState, Mirror,
+    MirrorBuilder, MirrorError, MirrorEvent, ReadOutcome, Redundancy, ScrubAction, ScrubMode,
     WarningSink,
 };
 use rand::rngs::StdRng;
@@ -40,33 +40,49 @@ impl Drop for Scratch {
     }
 }
 
-/// N fault-injecting file devices of `blocks` blocks.
+/// A mirror of N fault-injecting file devices with `blocks` data blocks.
 struct Rig {
     paths: Vec<PathBuf>,
     ctls: Vec<FaultControl>,
+    /// Physical block of logical block 0 (after the metadata).
+    data_start: u64,
 }
 
 impl Rig {
-    fn new(s: &Scratch, n: usize, blocks: u64) -> (Self, Vec<Box<dyn BlockDevice>>) {
+    fn new(s: &Scratch, n: usize, blocks: u64) -> (Self, Mirror) {
         let mut paths = Vec::new();
         let mut ctls = Vec::new();
         let mut devs: Vec<Box<dyn BlockDevice>> = Vec::new();
+        let size = quiet().device_blocks(blocks, BS).expect("size");
         for i in 0..n {
             let p = s.0.join(format!("dev{i}"));
-            let f = FileDevice::open(
-                &p,
-                &DeviceConfig {
-                    blocks: Some(blocks),
-                    ..DeviceConfig::default()
-                },
-            )
-            .expect("open");
+            let f = FileDevice::builder().blocks(size).open(&p).expect("open");
             let (d, c) = FaultyDevice::new(f);
             devs.push(Box::new(d));
             paths.push(p);
             ctls.push(c);
         }
-        (Self { paths, ctls }, devs)
+        let m = quiet().create(devs).expect("create");
+        assert_eq!(m.capacity(), blocks);
+        let data_start = m.data_start();
+        (
+            Self {
+                paths,
+                ctls,
+                data_start,
+            },
+            m,
+        )
+    }
+
+    /// The physical block of logical block `lba` (what the fault switches address).
+    fn phys(&self, lba: u64) -> u64 {
+        self.data_start + lba
+    }
+
+    /// Flips one bit of logical block `lba` on device `dev`'s backing file.
+    fn flip(&self, dev: usize, lba: u64, byte: usize, bit: u8) {
+        flip_on_disk(&self.paths[dev], self.phys(lba), byte, bit);
     }
 
     fn fired(&self) -> u64 {
@@ -74,11 +90,8 @@ impl Rig {
     }
 }
 
-fn quiet() -> MirrorConfig {
-    MirrorConfig {
-        warnings: WarningSink::Silent,
-        account_phases: false,
-    }
+fn quiet() -> MirrorBuilder {
+    Mirror::builder().warnings(WarningSink::Silent)
 }
 
 fn data(lba: u64, version: u64) -> Vec<u8> {
@@ -88,7 +101,7 @@ fn data(lba: u64, version: u64) -> Vec<u8> {
         .collect()
 }
 
-/// Flips one bit of block `lba` directly in the device's backing file
+/// Flips one bit of physical block `lba` directly in the device's backing file
 /// (silent corruption: the device itself reports nothing).
 fn flip_on_disk(path: &Path, lba: u64, byte: usize, bit: u8) {
     let f = OpenOptions::new()
@@ -120,8 +133,7 @@ fn check_all(m: &mut Mirror, model: &HashMap<u64, Vec<u8>>, capacity: u64, n: us
 #[test]
 fn write_error_degrades_with_warning_and_readd_resyncs_only_missed_blocks() {
     let s = Scratch::new("werr");
-    let (rig, devs) = Rig::new(&s, 2, 64);
-    let (mut m, _) = Mirror::assemble(devs, quiet()).expect("assemble");
+    let (rig, mut m) = Rig::new(&s, 2, 64);
     let mut model = HashMap::new();
     for lba in 0..64 {
         m.write(lba, &data(lba, 1)).expect("write");
@@ -182,8 +194,7 @@ fn write_error_degrades_with_warning_and_readd_resyncs_only_missed_blocks() {
 #[test]
 fn torn_write_between_devices_converges_after_crash() {
     let s = Scratch::new("torn");
-    let (rig, devs) = Rig::new(&s, 2, 32);
-    let (mut m, _) = Mirror::assemble(devs, quiet()).expect("assemble");
+    let (rig, mut m) = Rig::new(&s, 2, 32);
     let mut model = HashMap::new();
     for lba in 0..32 {
         m.write(lba, &data(lba, 1)).expect("write");
@@ -198,7 +209,7 @@ fn torn_write_between_devices_converges_after_crash() {
     let _ = m.write_batch(&refs);
     let devs = m.into_devices();
     rig.ctls[1].revive();
-    let (mut m, report) = Mirror::assemble(devs, quiet()).expect("reassemble");
+    let (mut m, report) = quiet().assemble(devs).expect("reassemble");
     // Block 4 reached both; 5 is torn on device 1; 6 and 7 are old there.
     assert!(report.lost.is_empty());
     let fixed: Vec<(usize, u64)> = report.repaired.iter().map(|f| (f.device, f.lba)).collect();
@@ -217,6 +228,10 @@ fn torn_write_between_devices_converges_after_crash() {
 
     // The mirror writes the devices in order, so a crash while the *first*
     // device is torn leaves the second with the complete old version.
+    // (Block 9 is written once first so that its region is dirty and the
+    // torn write is the data block itself, not the write-intent bit.)
+    m.write(9, &data(9, 4)).expect("write");
+    model.insert(9, data(9, 4));
     rig.ctls[0].tear_write_after(0, 100);
     rig.ctls[1].vanish(); // the crash stops everything
     let err = m.write(9, &data(9, 5)).expect_err("crashed");
@@ -224,7 +239,7 @@ fn torn_write_between_devices_converges_after_crash() {
     let devs = m.into_devices();
     rig.ctls[0].revive();
     rig.ctls[1].revive();
-    let (mut m, report) = Mirror::assemble(devs, quiet()).expect("reassemble");
+    let (mut m, report) = quiet().assemble(devs).expect("reassemble");
     assert_eq!(report.repaired.len(), 1);
     assert_eq!((report.repaired[0].device, report.repaired[0].lba), (0, 9));
     assert!(matches!(
@@ -238,8 +253,7 @@ fn torn_write_between_devices_converges_after_crash() {
 #[test]
 fn bit_flips_on_one_copy_are_repaired_by_reads_and_scrub() {
     let s = Scratch::new("flip");
-    let (rig, devs) = Rig::new(&s, 2, 128);
-    let (mut m, _) = Mirror::assemble(devs, quiet()).expect("assemble");
+    let (rig, mut m) = Rig::new(&s, 2, 128);
     let mut model = HashMap::new();
     for lba in 0..100 {
         m.write(lba, &data(lba, 1)).expect("write");
@@ -257,10 +271,10 @@ fn bit_flips_on_one_copy_are_repaired_by_reads_and_scrub() {
     ];
     let flips0 = [(60u64, 100usize), (61, 20)];
     for &(lba, byte) in &flips1 {
-        flip_on_disk(&rig.paths[1], lba, byte, 3);
+        rig.flip(1, lba, byte, 3);
     }
     for &(lba, byte) in &flips0 {
-        flip_on_disk(&rig.paths[0], lba, byte, 6);
+        rig.flip(0, lba, byte, 6);
     }
     // Scrub in report-only mode finds all nine, quickly, without writing.
     let r = m.scrub(ScrubMode::ReportOnly).expect("scrub");
@@ -296,12 +310,11 @@ fn bit_flips_on_one_copy_are_repaired_by_reads_and_scrub() {
 #[test]
 fn both_copies_bad_is_a_clear_error_never_bad_data() {
     let s = Scratch::new("both");
-    let (rig, devs) = Rig::new(&s, 2, 16);
-    let (mut m, _) = Mirror::assemble(devs, quiet()).expect("assemble");
+    let (rig, mut m) = Rig::new(&s, 2, 16);
     m.write(7, &data(7, 1)).expect("write");
     m.write(8, &data(8, 1)).expect("write");
-    flip_on_disk(&rig.paths[0], 7, 200, 1);
-    flip_on_disk(&rig.paths[1], 7, 300, 2);
+    rig.flip(0, 7, 200, 1);
+    rig.flip(1, 7, 300, 2);
     let mut out = vec![0xAA];
     let err = m.read(7, &mut out).expect_err("no good copy");
     let msg = err.to_string();
@@ -329,9 +342,9 @@ fn both_copies_bad_is_a_clear_error_never_bad_data() {
     m.read(7, &mut out).expect("read");
     assert_eq!(out, data(7, 2));
     // After a restart the lost block is reported by assembly.
-    flip_on_disk(&rig.paths[0], 8, 10, 1);
-    flip_on_disk(&rig.paths[1], 8, 11, 1);
-    let (mut m, report) = Mirror::assemble(m.into_devices(), quiet()).expect("reassemble");
+    rig.flip(0, 8, 10, 1);
+    rig.flip(1, 8, 11, 1);
+    let (mut m, report) = quiet().assemble(m.into_devices()).expect("reassemble");
     assert_eq!(report.lost, vec![8]);
     let err = m.read(8, &mut out).expect_err("lost");
     assert!(err.to_string().contains("no good copy survived"), "{err}");
@@ -340,12 +353,11 @@ fn both_copies_bad_is_a_clear_error_never_bad_data() {
 #[test]
 fn lost_writes_and_bad_sectors_are_caught_and_repaired() {
     let s = Scratch::new("lost");
-    let (rig, devs) = Rig::new(&s, 2, 16);
-    let (mut m, _) = Mirror::assemble(devs, quiet()).expect("assemble");
+    let (rig, mut m) = Rig::new(&s, 2, 16);
     m.write(2, &data(2, 1)).expect("write");
     // Device 1 acknowledges the next write of block 2 but drops it: its
     // copy is valid but stale.
-    rig.ctls[1].lose_next_write(2);
+    rig.ctls[1].lose_next_write(rig.phys(2));
     m.write(2, &data(2, 2)).expect("write");
     let r = m.scrub(ScrubMode::Repair).expect("scrub");
     assert_eq!(r.findings.len(), 1);
@@ -356,7 +368,7 @@ fn lost_writes_and_bad_sectors_are_caught_and_repaired() {
     );
     assert_eq!(r.repaired(), 1);
     // A bad sector on device 0: reads come from device 1 and rewrite it.
-    rig.ctls[0].bad_sector(2);
+    rig.ctls[0].bad_sector(rig.phys(2));
     let mut out = Vec::new();
     for _ in 0..2 {
         m.read(2, &mut out).expect("read");
@@ -364,7 +376,7 @@ fn lost_writes_and_bad_sectors_are_caught_and_repaired() {
     }
     // Corruption in transit (the stored copy is fine) is caught too.
     rig.ctls[0].revive();
-    rig.ctls[1].flip_on_next_read(2);
+    rig.ctls[1].flip_on_next_read(rig.phys(2));
     for _ in 0..2 {
         m.read(2, &mut out).expect("read");
         assert_eq!(out, data(2, 2));
@@ -376,8 +388,7 @@ fn lost_writes_and_bad_sectors_are_caught_and_repaired() {
 #[test]
 fn a_vanished_device_is_survived_and_every_device_gone_is_an_error() {
     let s = Scratch::new("gone");
-    let (rig, devs) = Rig::new(&s, 3, 32);
-    let (mut m, _) = Mirror::assemble(devs, quiet()).expect("assemble");
+    let (rig, mut m) = Rig::new(&s, 3, 32);
     let mut model = HashMap::new();
     for lba in 0..32 {
         m.write(lba, &data(lba, 1)).expect("write");
@@ -425,7 +436,7 @@ fn a_vanished_device_is_survived_and_every_device_gone_is_an_error() {
     for c in &rig.ctls {
         c.revive();
     }
-    let (mut m, report) = Mirror::assemble(m.into_devices(), quiet()).expect("reassemble");
+    let (mut m, report) = quiet().assemble(m.into_devices()).expect("reassemble");
     assert!(report.lost.is_empty());
     check_all(&mut m, &model, 32, 3);
     assert!(m
@@ -442,8 +453,7 @@ fn a_vanished_device_is_survived_and_every_device_gone_is_an_error() {
 fn random_faults_never_lose_an_acknowledged_write() {
     let s = Scratch::new("random");
     const BLOCKS: u64 = 64;
-    let (rig, devs) = Rig::new(&s, 2, BLOCKS);
-    let (mut m, _) = Mirror::assemble(devs, quiet()).expect("assemble");
+    let (rig, mut m) = Rig::new(&s, 2, BLOCKS);
     let mut rng = StdRng::seed_from_u64(0x6d69_7272);
     let mut model: HashMap<u64, Vec<u8>> = HashMap::new();
     let mut injected = 0u64;
@@ -458,17 +468,12 @@ fn random_faults_never_lose_an_acknowledged_write() {
             let lba = rng.random_range(0..BLOCKS);
             match rng.random_range(0..13u32) {
                 0 | 1 => rig.ctls[victim].fail_write_after(rng.random_range(0..4)),
-                2 | 3 => rig.ctls[victim].bad_sector(lba),
-                4 | 5 => rig.ctls[victim].flip_on_next_read(lba),
-                6 | 7 => rig.ctls[victim].lose_next_write(lba),
+                2 | 3 => rig.ctls[victim].bad_sector(rig.phys(lba)),
+                4 | 5 => rig.ctls[victim].flip_on_next_read(rig.phys(lba)),
+                6 | 7 => rig.ctls[victim].lose_next_write(rig.phys(lba)),
                 8 => rig.ctls[victim].vanish(),
                 _ => {
-                    flip_on_disk(
-                        &rig.paths[victim],
-                        lba,
-                        rng.random_range(0..BS),
-                        rng.random_range(0..8),
-                    );
+                    rig.flip(victim, lba, rng.random_range(0..BS), rng.random_range(0..8));
                     disk_flips += 1;
                 }
             }
@@ -513,7 +518,7 @@ fn random_faults_never_lose_an_acknowledged_write() {
         assert_eq!(r.unrecoverable(), 0, "round {round}: {:?}", r.findings);
         // Occasionally restart (as after a crash) and reassemble.
         if round % 6 == 5 {
-            let (again, report) = Mirror::assemble(m.into_devices(), quiet()).expect("reassemble");
+            let (again, report) = quiet().assemble(m.into_devices()).expect("reassemble");
             assert!(report.lost.is_empty());
             m = again;
         }

@@ -152,6 +152,13 @@ struct Cli {
     /// Skip the memory-per-replica measurement.
     #[arg(long)]
     skip_memory: bool,
+    /// Lanes (logs) of the `noderep-lanes/*` implementations.
+    #[arg(long, default_value_t = 2)]
+    lanes: usize,
+    /// Percentages of whole-structure `len` operations (all-lane reads for
+    /// noderep-lanes) to run each workload with, besides [default: 0 only].
+    #[arg(long, value_delimiter = ',')]
+    len_pct: Vec<u32>,
     /// noderep's log capacity in entries, for instances with several replicas
     /// (a single replica has no log) [default: the library's, 4096].
     #[arg(long)]
@@ -182,6 +189,7 @@ struct Ctx<'a> {
     nr_log: Option<usize>,
     /// Threads of the oversubscribed cell (0: none).
     oversub: usize,
+    lanes: usize,
 }
 
 impl Ctx<'_> {
@@ -263,6 +271,29 @@ fn run_cell<S: Seq>(
                 threads,
                 ctx.nr_log,
                 false,
+            )?;
+            ctx.measure(&sys, streams, &ctx.places(&topo))
+        }
+        Impl::NoderepLanes => {
+            let sys = systems::NoderepLanes::build(
+                proto,
+                ReplicaPolicy::Fixed(1),
+                ctx.topo,
+                threads,
+                ctx.lanes,
+                ctx.nr_log,
+            )?;
+            ctx.measure(&sys, streams, &host)
+        }
+        Impl::NoderepLanesSim => {
+            let topo = ctx.sim(threads);
+            let sys = systems::NoderepLanes::build(
+                proto,
+                ReplicaPolicy::PerNode,
+                &topo,
+                threads,
+                ctx.lanes,
+                ctx.nr_log,
             )?;
             ctx.measure(&sys, streams, &ctx.places(&topo))
         }
@@ -484,8 +515,9 @@ fn targets(
     let r0 = "hashmap/uniform/0%w";
     let w100 = "hashmap/uniform/100%w";
     let nr = Impl::NoderepNode;
-    let ratio = |w: &str, t: usize, a: Impl, b: Impl| -> Ratios {
-        match (find(rows, w, t, a), find(rows, w, t, b)) {
+    // `a` on workload `wa` over `b` on workload `wb`, `t` threads each.
+    let ratio2 = |wa: &str, a: Impl, wb: &str, b: Impl, t: usize| -> Ratios {
+        match (find(rows, wa, t, a), find(rows, wb, t, b)) {
             (Some(a), Some(b)) => (
                 (b.mops() > 0.0).then(|| a.mops() / b.mops()),
                 (b.cpu_mops() > 0.0).then(|| a.cpu_mops() / b.cpu_mops()),
@@ -494,6 +526,7 @@ fn targets(
             _ => (None, None, None),
         }
     };
+    let ratio = |w: &str, t: usize, a: Impl, b: Impl| ratio2(w, a, w, b, t);
     let at_least = |what: String, (v, cpu, paired): Ratios, goal: f64| Target {
         what,
         measured: v,
@@ -589,6 +622,50 @@ fn targets(
             "x",
         ),
     ];
+    // Lanes (issue 11): `--lanes 2` and, for the all-lane rows, `--len-pct 1`.
+    let (lanes, lanes_sim) = (Impl::NoderepLanes, Impl::NoderepLanesSim);
+    let w100_len = format!("{w100}+1%len");
+    out.extend([
+        at_least(
+            "write-only, 2 threads, 1 replica: noderep-lanes/1 / dashmap".into(),
+            ratio(w100, 2, lanes, Impl::Dashmap),
+            0.6,
+        ),
+        at_least(
+            "write-only, 2 threads, 1 replica: noderep-lanes/1 / noderep/1".into(),
+            ratio(w100, 2, lanes, Impl::NoderepSingle),
+            1.5,
+        ),
+        at_least(
+            "write-only, 2 threads, 2 replicas: noderep-lanes/sim / noderep/sim".into(),
+            ratio(w100, 2, lanes_sim, Impl::NoderepSim),
+            2.0,
+        ),
+        at_least(
+            "write-only, 2 threads, 1 replica: noderep-lanes/1 with 1% all-lane len / without"
+                .into(),
+            ratio2(&w100_len, lanes, w100, lanes, 2),
+            0.8,
+        ),
+        at_least(
+            "write-only, 2 threads, 2 replicas: noderep-lanes/sim with 1% all-lane len / without"
+                .into(),
+            ratio2(&w100_len, lanes_sim, w100, lanes_sim, 2),
+            0.8,
+        ),
+        at_most(
+            "read-only, 2 threads: time per read noderep-lanes/1 / noderep/1".into(),
+            ratio(r0, 2, Impl::NoderepSingle, lanes),
+            1.05,
+            "x",
+        ),
+        at_most(
+            "read-only, 1 thread: time per read noderep-lanes/1 / noderep/1".into(),
+            ratio(r0, 1, Impl::NoderepSingle, lanes),
+            1.05,
+            "x",
+        ),
+    ]);
     // The largest of `ns(row)` over the latency-measured rows of the chosen
     // implementations, in milliseconds.
     let max_ms = |pred: &dyn Fn(Impl) -> bool, ns: fn(&Row) -> u64| -> Option<f64> {
@@ -787,6 +864,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         vec![0, 100]
     };
+    if let Some(bad) = cli.len_pct.iter().find(|&&w| w > 100) {
+        return Err(format!("--len-pct: {bad} is not a percentage (0..=100)").into());
+    }
+    if cli.lanes == 0 || cli.lanes > noderep::nr::lanes::MAX_LANES {
+        return Err(format!(
+            "--lanes: {} is not between 1 and {}",
+            cli.lanes,
+            noderep::nr::lanes::MAX_LANES
+        )
+        .into());
+    }
     if let Some(bad) = writes.iter().find(|&&w| w > 100) {
         return Err(format!("--writes: {bad} is not a percentage (0..=100)").into());
     }
@@ -843,11 +931,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         for &d in ds {
             for &w in &writes {
-                workloads.push(Workload {
-                    structure: s,
-                    write_pct: w,
-                    dist: d,
-                });
+                let mut alls = vec![0];
+                alls.extend(cli.len_pct.iter().copied().filter(|&a| a > 0));
+                for all_pct in alls {
+                    workloads.push(Workload {
+                        structure: s,
+                        write_pct: w,
+                        dist: d,
+                        all_pct,
+                    });
+                }
             }
         }
     }
@@ -927,6 +1020,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         count_ops: cli.count_ops,
         nr_log: cli.nr_log,
         oversub: cli.oversub,
+        lanes: cli.lanes,
     };
     let mut rows = Vec::new();
     let rounds = if cli.count_ops.is_some() {

@@ -7,6 +7,7 @@
 //! monomorphised: the timed loop makes no virtual call.
 
 use crate::workload::{Op, ReadOp, Seq, Shape, WriteOp, NONE};
+use noderep::nr::lanes::{Lane, LaneMap, LaneReplicated, LaneToken, LanesBuilder};
 use noderep::topology::{Core, Topology};
 use noderep::{NodeReplicated, ReplicaPolicy, ThreadToken};
 use std::sync::Arc;
@@ -42,6 +43,10 @@ pub enum Impl {
     /// noderep on four simulated nodes (four replicas), threads spread over
     /// them: the oversubscribed cell (more threads and replicas than cores).
     NoderepSim4,
+    /// noderep lanes (`--lanes` logs, keys hashed to lanes), one replica.
+    NoderepLanes,
+    /// noderep lanes, one replica per simulated node.
+    NoderepLanesSim,
     /// noderep, one replica per NUMA node, `read_mostly`: fence-free reads,
     /// one `membarrier` per write batch.
     NoderepReadMostly,
@@ -71,12 +76,14 @@ pub enum Impl {
 
 impl Impl {
     /// Every implementation, in table order.
-    pub const ALL: [Impl; 16] = [
+    pub const ALL: [Impl; 18] = [
         Impl::NoderepNode,
         Impl::NoderepReadMostly,
         Impl::NoderepCore,
         Impl::NoderepSingle,
         Impl::NoderepSim,
+        Impl::NoderepLanes,
+        Impl::NoderepLanesSim,
         Impl::NodeReplication,
         Impl::NodeReplicationSim,
         Impl::Mutex,
@@ -98,6 +105,8 @@ impl Impl {
             Impl::NoderepSingle => "noderep/1",
             Impl::NoderepSim => "noderep/sim",
             Impl::NoderepSim4 => "noderep/sim4",
+            Impl::NoderepLanes => "noderep-lanes/1",
+            Impl::NoderepLanesSim => "noderep-lanes/sim",
             Impl::NoderepReadMostly => "noderep/node-rm",
             Impl::NodeReplication => "node-replication",
             Impl::NodeReplicationSim => "node-replication/sim",
@@ -121,6 +130,10 @@ impl Impl {
                  here every write is published before it returns, one writer at a time under a Mutex",
             ),
             Impl::Bare => Some("bare: the sequential structure with no synchronisation, one thread only"),
+            Impl::NoderepLanes | Impl::NoderepLanesSim => Some(
+                "noderep-lanes: nr::lanes with --lanes logs (key % lanes); len and range reads are all-lane, \
+                 the stack uses one lane",
+            ),
             Impl::NoderepReadMostly => Some(
                 "noderep/node-rm: noderep/node built with read_mostly(true): reads take no fence, \
                  each write batch pays a membarrier (an IPI per busy CPU)",
@@ -155,6 +168,8 @@ impl Impl {
                 | Impl::NoderepSim
                 | Impl::NoderepSim4
                 | Impl::NoderepReadMostly
+                | Impl::NoderepLanes
+                | Impl::NoderepLanesSim
         )
     }
 }
@@ -260,6 +275,102 @@ impl<S: Seq> Worker for NoderepWorker<'_, S> {
                 .nr
                 .execute_mut(w, &self.token)
                 .expect("noderep write (instance poisoned?)"),
+        }
+    }
+}
+
+// ---------------------------------------------------------- noderep lanes
+
+impl<S: Seq> LaneMap for NrD<S> {
+    #[inline]
+    fn write_lane(op: &WriteOp) -> Lane {
+        match *op {
+            WriteOp::Put(k, _) => Lane::One(k),
+            // The stack is one sequence: one lane.
+            WriteOp::Push(_) | WriteOp::Pop => Lane::One(0),
+        }
+    }
+    #[inline]
+    fn read_lane(op: &ReadOp) -> Lane {
+        match *op {
+            ReadOp::Get(k) => Lane::One(k),
+            ReadOp::Peek => Lane::One(0),
+            // A range spans keys of every lane; len counts every shard.
+            ReadOp::Range(..) | ReadOp::Len => Lane::All,
+        }
+    }
+    /// Range sums and lengths add up over the shards.
+    #[inline]
+    fn merge_responses(acc: u64, next: u64) -> u64 {
+        acc.wrapping_add(next)
+    }
+}
+
+/// noderep lanes: the structure split over `lanes` logs by key.
+pub struct NoderepLanes<S: Seq> {
+    /// The instance.
+    pub map: LaneReplicated<NrD<S>>,
+}
+
+impl<S: Seq> NoderepLanes<S> {
+    /// Builds an instance whose shards start as the parts of `proto` that
+    /// belong to their lane (`split(proto, lanes, lane)`).
+    pub fn build(
+        proto: &S,
+        policy: ReplicaPolicy,
+        topology: &Topology,
+        threads: usize,
+        lanes: usize,
+        log_entries: Option<usize>,
+    ) -> Result<Self, noderep::nr::lanes::LanesError> {
+        let slots = threads.max(64);
+        let mut b = noderep::NrBuilder::new()
+            .topology(topology.clone())
+            .replicas(policy)
+            .max_threads_per_replica(slots);
+        if let Some(n) = log_entries {
+            b = b.log_capacity(n);
+        }
+        let shards: Vec<S> = (0..lanes).map(|l| proto.lane_part(lanes, l)).collect();
+        let map = LanesBuilder::new(b)
+            .lanes(lanes)
+            .build(|_, lane| NrD(shards[lane].clone()))?;
+        Ok(Self { map })
+    }
+}
+
+/// A registered noderep-lanes thread.
+pub struct LanesWorker<'a, S: Seq> {
+    map: &'a LaneReplicated<NrD<S>>,
+    token: LaneToken<NrD<S>>,
+}
+
+impl<S: Seq> System for NoderepLanes<S> {
+    type Worker<'a> = LanesWorker<'a, S>;
+    fn worker(&self, _at: Core) -> LanesWorker<'_, S> {
+        let token = self
+            .map
+            .register()
+            .expect("a free noderep-lanes thread slot (slots = max(64, threads))");
+        LanesWorker {
+            map: &self.map,
+            token,
+        }
+    }
+}
+
+impl<S: Seq> Worker for LanesWorker<'_, S> {
+    #[inline]
+    fn exec(&mut self, op: Op) -> u64 {
+        match op {
+            Op::Read(r) => self
+                .map
+                .execute(r, &self.token)
+                .expect("noderep-lanes read (instance poisoned?)"),
+            Op::Write(w) => self
+                .map
+                .execute_mut(w, &self.token)
+                .expect("noderep-lanes write (instance poisoned?)"),
         }
     }
 }
@@ -427,6 +538,7 @@ impl Shared for Dash {
     fn read(&self, op: ReadOp) -> u64 {
         match op {
             ReadOp::Get(k) => self.0.get(&k).map_or(NONE, |v| *v),
+            ReadOp::Len => self.0.len() as u64,
             _ => NONE,
         }
     }
@@ -447,6 +559,7 @@ impl Shared for Papaya {
     fn read(&self, op: ReadOp) -> u64 {
         match op {
             ReadOp::Get(k) => self.0.pin().get(&k).copied().unwrap_or(NONE),
+            ReadOp::Len => self.0.len() as u64,
             _ => NONE,
         }
     }
@@ -467,6 +580,7 @@ impl Shared for Scc {
     fn read(&self, op: ReadOp) -> u64 {
         match op {
             ReadOp::Get(k) => self.0.read_sync(&k, |_, v| *v).unwrap_or(NONE),
+            ReadOp::Len => self.0.len() as u64,
             _ => NONE,
         }
     }

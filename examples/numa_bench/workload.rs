@@ -52,15 +52,23 @@ pub struct Workload {
     pub write_pct: u32,
     /// Key distribution (ignored by the stack).
     pub dist: KeyDist,
+    /// Percentage of operations that are a whole-structure `len` (an
+    /// all-lane read for the lane-partitioned noderep), drawn before the
+    /// read/write choice; 0 leaves the streams as they were.
+    pub all_pct: u32,
 }
 
 impl fmt::Display for Workload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.structure, self.dist) {
-            (Structure::Stack, _) => write!(f, "stack/{}%w", self.write_pct),
-            (s, KeyDist::Uniform) => write!(f, "{}/uniform/{}%w", s.name(), self.write_pct),
-            (s, KeyDist::Zipf(z)) => write!(f, "{}/zipf{z}/{}%w", s.name(), self.write_pct),
+            (Structure::Stack, _) => write!(f, "stack/{}%w", self.write_pct)?,
+            (s, KeyDist::Uniform) => write!(f, "{}/uniform/{}%w", s.name(), self.write_pct)?,
+            (s, KeyDist::Zipf(z)) => write!(f, "{}/zipf{z}/{}%w", s.name(), self.write_pct)?,
         }
+        if self.all_pct > 0 {
+            write!(f, "+{}%len", self.all_pct)?;
+        }
+        Ok(())
     }
 }
 
@@ -76,6 +84,8 @@ pub enum ReadOp {
     Peek,
     /// Ordered map: sum of the values in `[lo, lo + len)`.
     Range(u64, u64),
+    /// Hashmap / ordered map: number of entries.
+    Len,
 }
 
 /// A mutating operation.
@@ -123,6 +133,9 @@ pub trait Seq: Clone + Default + Send + Sync + 'static {
     /// What [`write`](Self::write) would return, without writing (for
     /// left-right, whose writes return nothing).
     fn respond(&self, op: WriteOp) -> u64;
+    /// The part of the structure that lane `lane` of `lanes` holds (keys
+    /// `k` with `k % lanes == lane`; the stack lives in lane 0).
+    fn lane_part(&self, lanes: usize, lane: usize) -> Self;
 }
 
 /// The hashmap workload's structure (std `HashMap`, SipHash, as every peer).
@@ -141,6 +154,7 @@ impl Seq for HashSeq {
     fn read(&self, op: ReadOp) -> u64 {
         match op {
             ReadOp::Get(k) => self.0.get(&k).copied().unwrap_or(NONE),
+            ReadOp::Len => self.0.len() as u64,
             _ => NONE,
         }
     }
@@ -156,6 +170,15 @@ impl Seq for HashSeq {
             WriteOp::Put(k, _) => self.read(ReadOp::Get(k)),
             _ => NONE,
         }
+    }
+    fn lane_part(&self, lanes: usize, lane: usize) -> Self {
+        HashSeq(
+            self.0
+                .iter()
+                .filter(|(&k, _)| k % lanes as u64 == lane as u64)
+                .map(|(&k, &v)| (k, v))
+                .collect(),
+        )
     }
 }
 
@@ -192,6 +215,13 @@ impl Seq for StackSeq {
             _ => NONE,
         }
     }
+    fn lane_part(&self, _lanes: usize, lane: usize) -> Self {
+        if lane == 0 {
+            self.clone()
+        } else {
+            StackSeq::default()
+        }
+    }
 }
 
 /// The ordered-map workload's structure.
@@ -210,6 +240,7 @@ impl Seq for BTreeSeq {
                 .0
                 .range(lo..lo.saturating_add(len))
                 .fold(0u64, |a, (_, v)| a.wrapping_add(*v)),
+            ReadOp::Len => self.0.len() as u64,
             ReadOp::Peek => NONE,
         }
     }
@@ -225,6 +256,15 @@ impl Seq for BTreeSeq {
             WriteOp::Put(k, _) => self.read(ReadOp::Get(k)),
             _ => NONE,
         }
+    }
+    fn lane_part(&self, lanes: usize, lane: usize) -> Self {
+        BTreeSeq(
+            self.0
+                .iter()
+                .filter(|(&k, _)| k % lanes as u64 == lane as u64)
+                .map(|(&k, &v)| (k, v))
+                .collect(),
+        )
     }
 }
 
@@ -278,6 +318,13 @@ pub fn stream(
     };
     (0..len)
         .map(|i| {
+            // Only drawn when asked for, so that other streams stay as they were.
+            if w.all_pct > 0
+                && w.structure != Structure::Stack
+                && rng.random_range(0..100u32) < w.all_pct
+            {
+                return Op::Read(ReadOp::Len);
+            }
             let write = rng.random_range(0..100u32) < w.write_pct;
             match (w.structure, write) {
                 (Structure::HashMap, false) => Op::Read(ReadOp::Get(key(&mut rng))),

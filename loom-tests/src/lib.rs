@@ -121,6 +121,16 @@ mod support {
             .expect("valid loom configuration")
     }
 
+    /// The builder behind [`seq_nr`]: `replicas` simulated nodes, `slots`
+    /// thread slots per replica, a log of `log` entries (model 8 builds
+    /// lane-partitioned instances from it).
+    pub fn nr_builder<D>(replicas: usize, slots: usize, log: usize) -> NrBuilder<D> {
+        NrBuilder::new()
+            .topology(topology(replicas))
+            .max_threads_per_replica(slots)
+            .log_capacity(log)
+    }
+
     /// Runs `f` under loom with the default (environment) settings and
     /// prints how many interleavings were explored (see `--nocapture`).
     pub fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {

@@ -8,6 +8,8 @@
 //! | `lease_renewal_races_takeover` | owner renews while the neighbour takes over | `renew_blind_store` |
 //! | `zombie_completion_races_takeover` | a fenced owner completes a task while the neighbour adopts it | `finalize_blind` |
 //! | `kill_races_wake_and_pick` | a kill races a wake-up, accept and pick of the same task | `kill_check_then_store` |
+//! | `k2_backups_race_to_take_over` | with `k = 2`, both backups race to take an expired queue over | `takeover_blind_store` |
+//! | `spawn_races_takeover_of_the_spawners_core` | a spawn races the takeover (and slot reclaim) of its own core | `reclaim_blind_store` |
 //!
 //! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom
 //! cargo test --release -p loom-tests --test runq`; add
@@ -16,8 +18,7 @@
 
 use loom::thread;
 use noderep::runq::{
-    BackupEvent, BackupHandle, Config, Exit, Kill, Phase, Pick, Replicated, RunQueues, RunqError,
-    Tick,
+    BackupEvent, BackupHandle, Exit, Kill, Pick, Replicated, RunQueues, RunqError, TaskPhase, Tick,
 };
 
 /// Far beyond lease + margin: a backup polling at this time sees an expired
@@ -37,7 +38,7 @@ fn backup_of(rq: &RunQueues, core: usize) -> BackupHandle {
 #[test]
 fn lease_renewal_races_takeover() {
     loom::model(|| {
-        let rq = RunQueues::with_cores(2, Config::default()).unwrap();
+        let rq = RunQueues::builder().cores(2).build().unwrap();
         let mut owner = rq.owner(0).unwrap();
         let mut backup = backup_of(&rq, 1);
         assert!(matches!(backup.poll(0).unwrap(), BackupEvent::Idle));
@@ -69,8 +70,8 @@ fn lease_renewal_races_takeover() {
 #[test]
 fn zombie_completion_races_takeover() {
     loom::model(|| {
-        let rq = RunQueues::with_cores(2, Config::default()).unwrap();
-        let task = rq.spawner().spawn(0).unwrap();
+        let rq = RunQueues::builder().cores(2).build().unwrap();
+        let task = rq.spawner(1).unwrap().spawn(0).unwrap();
         let mut owner = rq.owner(0).unwrap();
         assert_eq!(owner.pick().unwrap(), Pick::Task(task));
         let mut backup = backup_of(&rq, 1);
@@ -107,8 +108,8 @@ fn zombie_completion_races_takeover() {
 #[test]
 fn kill_races_wake_and_pick() {
     loom::model(|| {
-        let rq = RunQueues::with_cores(2, Config::default()).unwrap();
-        let sp = rq.spawner();
+        let rq = RunQueues::builder().cores(2).build().unwrap();
+        let sp = rq.spawner(1).unwrap();
         let task = sp.spawn(0).unwrap();
         let mut owner = rq.owner(0).unwrap();
         assert_eq!(owner.pick().unwrap(), Pick::Task(task));
@@ -131,7 +132,10 @@ fn kill_races_wake_and_pick() {
         let (woke, picked, _owner) = runner.join().unwrap();
         if killed == Kill::Killed {
             assert!(!picked, "a killed task ran (wake: {woke:?})");
-            assert_eq!(rq.task_state(task).map(|s| s.phase), Some(Phase::Removed));
+            assert_eq!(
+                rq.task_state(task).map(|s| s.phase),
+                Some(TaskPhase::Removed)
+            );
         } else {
             assert_eq!(killed, Kill::Running, "{killed:?} {woke:?}");
             assert!(picked);
@@ -148,4 +152,88 @@ fn kill_races_wake_and_pick() {
             assert_eq!(replicated, Some(Replicated::Running));
         }
     });
+}
+
+/// With two backups (`k = 2`), both see the owner's lease expire and race to
+/// take the queue over. The lease CAS picks exactly one winner, whatever
+/// its rank; the winner adopts the queued task, the loser does not take
+/// over, and the task runs exactly once.
+#[test]
+fn k2_backups_race_to_take_over() {
+    loom::model(|| {
+        let rq = RunQueues::builder().cores(3).backups(2).build().unwrap();
+        let task = rq.spawner(2).unwrap().spawn(0).unwrap();
+        let mut owner = rq.owner(0).unwrap();
+        assert_eq!(owner.accept().unwrap(), 1);
+        let mut b1 = backup_of_queue(&rq, 1, 0);
+        let mut b2 = backup_of_queue(&rq, 2, 0);
+        assert_eq!((b1.rank(), b2.rank()), (0, 1));
+        b1.poll(0).unwrap();
+        b2.poll(0).unwrap();
+        let t = thread::spawn(move || took_over(b2.poll(LATER).unwrap()));
+        let one = took_over(b1.poll(LATER).unwrap());
+        let two = t.join().unwrap();
+        let mut winners: Vec<_> = [one, two].into_iter().flatten().collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "both backups took the queue over: two owners of one epoch"
+        );
+        let mut new_owner = winners.pop().unwrap();
+        assert_eq!(new_owner.epoch(), 2);
+        let mut runs = 0;
+        while let Pick::Task(t) = new_owner.pick().unwrap() {
+            assert_eq!(t, task);
+            new_owner.complete(t, Exit::Done).unwrap();
+            runs += 1;
+        }
+        assert_eq!(runs, 1, "the queued task runs exactly once");
+        assert!(matches!(owner.pick(), Err(RunqError::Fenced { .. })));
+    });
+}
+
+/// A spawner on core 0 spawns onto queue 1 while core 0's queue is taken
+/// over (core 0 is considered dead). Either the spawn is acknowledged and
+/// its task is in transit to queue 1 (never reclaimed under it), or it is
+/// refused and its slot reclaimed; no slot is left mid-spawn.
+#[test]
+fn spawn_races_takeover_of_the_spawners_core() {
+    loom::model(|| {
+        let rq = RunQueues::builder().cores(2).build().unwrap();
+        let mut backup = backup_of(&rq, 1);
+        backup.poll(0).unwrap();
+        let sp = rq.spawner(0).unwrap();
+        let t = thread::spawn(move || sp.spawn(1));
+        let took = took_over(backup.poll(LATER).unwrap()).is_some();
+        assert!(took, "nobody renews: the takeover must happen");
+        match t.join().unwrap() {
+            Ok(task) => assert_eq!(
+                rq.task_state(task).map(|s| s.phase),
+                Some(TaskPhase::Transit),
+                "an acknowledged spawn was reclaimed"
+            ),
+            Err(RunqError::SpawnerFenced { core: 0 }) => {}
+            Err(e) => panic!("unexpected spawn error {e:?}"),
+        }
+        let mid: Vec<_> = rq
+            .live_tasks()
+            .into_iter()
+            .filter(|(_, s)| s.phase == TaskPhase::Spawning)
+            .collect();
+        assert!(mid.is_empty(), "a slot was left mid-spawn: {mid:?}");
+    });
+}
+
+fn backup_of_queue(rq: &RunQueues, core: usize, q: u16) -> BackupHandle {
+    let mut v = Vec::new();
+    rq.attach_backups(core, &mut v).unwrap();
+    let i = v.iter().position(|b| b.queue() == q).unwrap();
+    v.swap_remove(i)
+}
+
+fn took_over(ev: BackupEvent) -> Option<noderep::runq::OwnerHandle> {
+    match ev {
+        BackupEvent::TookOver { owner, .. } => Some(*owner),
+        _ => None,
+    }
 }

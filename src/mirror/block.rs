@@ -105,6 +105,14 @@ impl std::fmt::Display for Corruption {
             Corruption::Misdirected { found } => {
                 write!(f, "misdirected write (block is for address {found})")
             }
+            Corruption::Stale { found: 0, expected } => write!(
+                f,
+                "stale copy: unwritten (all zeros) where sequence {expected} was acknowledged — the block was zeroed or lost"
+            ),
+            Corruption::Stale { found, expected } if found < expected => write!(
+                f,
+                "stale copy (sequence {found}, expected {expected}): an older version — a lost write or a rollback"
+            ),
             Corruption::Stale { found, expected } => {
                 write!(f, "stale copy (sequence {found}, expected {expected})")
             }
@@ -151,6 +159,10 @@ fn le_u32(b: &[u8]) -> u32 {
 
 /// Verifies `block` as the copy of address `lba`: checksum, magic, address.
 /// (Freshness against the mirror's sequence number is the caller's check.)
+///
+/// # Errors
+///
+/// The [`Corruption`] found.
 pub fn verify(block: &[u8], lba: u64) -> Result<BlockState, Corruption> {
     let stored = le_u32(&block[0..4]);
     let computed = crc32c(&block[4..]);
@@ -186,7 +198,18 @@ pub fn payload(block: &[u8], state: BlockState) -> &[u8] {
     }
 }
 
-/// A zeroed heap buffer aligned to [`IO_ALIGN`], usable for `O_DIRECT`.
+/// A zeroed heap buffer aligned to 4 KiB, usable for `O_DIRECT`.
+///
+/// # Examples
+///
+/// ```
+/// use noderep::mirror::AlignedBuf;
+/// let mut buf = AlignedBuf::zeroed(4096);
+/// assert_eq!(buf.as_ptr() as usize % 4096, 0);
+/// buf[0] = 1;
+/// buf.resize(8192); // keeps the contents, zero-fills the rest
+/// assert_eq!((buf[0], buf[8191]), (1, 0));
+/// ```
 pub struct AlignedBuf {
     /// Start of the allocation (dangling when `cap == 0`).
     ptr: NonNull<u8>,

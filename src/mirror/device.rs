@@ -33,6 +33,21 @@ pub enum Durability {
 /// One write: whole blocks starting at `lba`. `data.len()` is a multiple of
 /// the block size; with [`Durability::Direct`] `data` must be 4 KiB-aligned
 /// (the mirror's staging buffers are).
+///
+/// # Examples
+///
+/// ```
+/// use noderep::mirror::{AlignedBuf, BlockDevice, BlockWrite, FileDevice};
+/// use noderep::cost::PhaseClock;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let path = std::env::temp_dir().join(format!("noderep-blockwrite-doc-{}", std::process::id()));
+/// let mut dev = FileDevice::builder().blocks(8).open(&path)?;
+/// let data = AlignedBuf::zeroed(2 * 4096); // blocks 3 and 4
+/// dev.write_blocks(&[BlockWrite { lba: 3, data: &data }], &mut PhaseClock::disabled())?;
+/// # std::fs::remove_file(&path).ok();
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct BlockWrite<'a> {
     /// First block written.
@@ -70,17 +85,64 @@ pub trait BlockDevice: Send {
     fn blocks(&self) -> u64;
     /// Reads `buf.len() / block_size` blocks starting at `lba` into `buf`
     /// (4 KiB-aligned, a whole number of blocks).
+    ///
+    /// # Errors
+    ///
+    /// The device's error; an out-of-range or misaligned request is
+    /// `InvalidInput`.
     fn read_blocks(&mut self, lba: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Writes every entry of `writes` (one call per batch: the point of
     /// batching) and returns once they are as durable as the device's
     /// [`Durability`] promises. Call `clock.mark(WritePhase::Submission)` once the
     /// writes are submitted; the caller attributes the rest to completion.
+    ///
+    /// # Errors
+    ///
+    /// The device's error (some of the writes may have reached it).
     fn write_blocks(&mut self, writes: &[BlockWrite<'_>], clock: &mut PhaseClock)
         -> io::Result<()>;
     /// Operation counters so far.
     fn stats(&self) -> DeviceStats {
         DeviceStats::default()
     }
+    /// What identifies the underlying file or device, so that assembly can
+    /// refuse one device given twice: `(st_dev, st_ino)` of a file,
+    /// `(0, st_rdev)` of a block device; None if unknown.
+    fn identity(&self) -> Option<(u64, u64)> {
+        None
+    }
+    /// Makes `count` blocks from `lba` read as zeros (creating a mirror
+    /// does this to the whole device). The default writes zeros, 1 MiB at a
+    /// time; [`FileDevice`] asks the file system to zero the range instead.
+    ///
+    /// # Errors
+    ///
+    /// The device's error.
+    fn zero_blocks(&mut self, lba: u64, count: u64) -> io::Result<()> {
+        write_zeros(self, lba, count)
+    }
+}
+
+/// Writes zeros over `count` blocks from `lba`, 256 blocks per call.
+pub(crate) fn write_zeros<D: BlockDevice + ?Sized>(
+    dev: &mut D,
+    lba: u64,
+    count: u64,
+) -> io::Result<()> {
+    const CHUNK: u64 = 256;
+    let bs = dev.block_size();
+    let zeros = super::block::AlignedBuf::zeroed(CHUNK.min(count.max(1)) as usize * bs);
+    let mut at = lba;
+    while at < lba + count {
+        let n = CHUNK.min(lba + count - at);
+        let w = [BlockWrite {
+            lba: at,
+            data: &zeros[..n as usize * bs],
+        }];
+        dev.write_blocks(&w, &mut PhaseClock::disabled())?;
+        at += n;
+    }
+    Ok(())
 }
 
 impl<D: BlockDevice + ?Sized> BlockDevice for Box<D> {
@@ -106,34 +168,109 @@ impl<D: BlockDevice + ?Sized> BlockDevice for Box<D> {
     fn stats(&self) -> DeviceStats {
         (**self).stats()
     }
+    fn identity(&self) -> Option<(u64, u64)> {
+        (**self).identity()
+    }
+    fn zero_blocks(&mut self, lba: u64, count: u64) -> io::Result<()> {
+        (**self).zero_blocks(lba, count)
+    }
 }
 
-/// How to open a [`FileDevice`].
+/// Opens a [`FileDevice`] (or, with the `io-uring` feature, a
+/// `UringDevice`): block size, number of blocks, durability.
+///
+/// # Examples
+///
+/// ```
+/// use noderep::mirror::{BlockDevice, Durability, FileDevice};
+/// # fn main() -> Result<(), noderep::mirror::MirrorError> {
+/// # let path = std::env::temp_dir().join(format!("noderep-device-doc-{}", std::process::id()));
+/// let dev = FileDevice::builder()
+///     .blocks(128) // created and preallocated if missing
+///     .durability(Durability::SyncPerBatch)
+///     .open(&path)?;
+/// assert_eq!((dev.blocks(), dev.block_size()), (128, 4096));
+/// # drop(dev);
+/// # std::fs::remove_file(&path).ok();
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
-pub struct DeviceConfig {
-    /// Bytes per block: a power of two from 512 to 1 MiB.
-    pub block_size: usize,
-    /// Blocks wanted. For a regular file, the file is created if missing and
-    /// preallocated (`fallocate`) to this size; `None` uses the existing
-    /// size. For a block device, `None` uses all of it.
-    pub blocks: Option<u64>,
+pub struct DeviceBuilder {
+    /// Bytes per block.
+    block_size: usize,
+    /// Blocks wanted (None: the existing size).
+    blocks: Option<u64>,
     /// Durability of each batch.
-    pub durability: Durability,
+    durability: Durability,
 }
 
-impl Default for DeviceConfig {
+impl Default for DeviceBuilder {
     fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DeviceBuilder {
+    /// 4 KiB blocks, the device's existing size, [`Durability::None`].
+    pub fn new() -> Self {
         Self {
             block_size: 4096,
             blocks: None,
             durability: Durability::None,
         }
     }
+
+    /// Bytes per block: a power of two from 512 to 1 MiB (4096 by default).
+    pub fn block_size(mut self, bytes: usize) -> Self {
+        self.block_size = bytes;
+        self
+    }
+
+    /// Blocks wanted. A regular file is created if missing and preallocated
+    /// (`fallocate`) to this size; without it the existing size is used (a
+    /// block device: all of it).
+    pub fn blocks(mut self, blocks: u64) -> Self {
+        self.blocks = Some(blocks);
+        self
+    }
+
+    /// Durability of each batch ([`Durability::None`] by default).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Opens (creating and preallocating a regular file if needed) `path`.
+    ///
+    /// # Errors
+    ///
+    /// [`MirrorError::BadBlockSize`], [`MirrorError::Open`],
+    /// [`MirrorError::DirectUnsupported`], [`MirrorError::TooSmall`].
+    pub fn open(&self, path: impl AsRef<Path>) -> Result<FileDevice, MirrorError> {
+        FileDevice::open_with(path.as_ref(), self)
+    }
+
+    /// Opens `path` as [`DeviceBuilder::open`] does and sets up an io_uring
+    /// of `entries` submission entries (a power of two, e.g. 128).
+    ///
+    /// # Errors
+    ///
+    /// As [`DeviceBuilder::open`], and [`MirrorError::Open`] when the
+    /// kernel or a sandbox refuses io_uring.
+    #[cfg(feature = "io-uring")]
+    pub fn open_uring(
+        &self,
+        path: impl AsRef<Path>,
+        entries: u32,
+    ) -> Result<super::UringDevice, MirrorError> {
+        super::UringDevice::open_with(path.as_ref(), self, entries)
+    }
 }
 
 /// Checks a block size: a power of two, 512 ..= 1 MiB (so that it holds a
 /// header and payload, and `O_DIRECT` alignment works).
-pub fn check_block_size(block_size: usize) -> Result<(), MirrorError> {
+pub(crate) fn check_block_size(block_size: usize) -> Result<(), MirrorError> {
     if !block_size.is_power_of_two() || !(512..=1 << 20).contains(&block_size) {
         return Err(MirrorError::BadBlockSize { block_size });
     }
@@ -143,7 +280,8 @@ pub fn check_block_size(block_size: usize) -> Result<(), MirrorError> {
 
 /// A regular file or a block device (`/dev/...`) used through positional
 /// I/O: `pread`, `pwritev` (one per run of consecutive blocks) and
-/// `fdatasync` per batch, or `O_DIRECT | O_DSYNC`.
+/// `fdatasync` per batch, or `O_DIRECT | O_DSYNC`. Opened through
+/// [`FileDevice::builder`] (see [`DeviceBuilder`] for an example).
 #[derive(Debug)]
 pub struct FileDevice {
     file: File,
@@ -153,6 +291,7 @@ pub struct FileDevice {
     durability: Durability,
     stats: DeviceStats,
     iov: Vec<libc::iovec>,
+    identity: Option<(u64, u64)>,
 }
 
 // SAFETY: the iovec scratch holds raw pointers only during one write_blocks
@@ -163,9 +302,13 @@ unsafe impl Send for FileDevice {}
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 
 impl FileDevice {
-    /// Opens (creating and preallocating a regular file if needed) `path`.
-    pub fn open(path: impl AsRef<Path>, config: &DeviceConfig) -> Result<Self, MirrorError> {
-        let path = path.as_ref();
+    /// How to open one: see [`DeviceBuilder`].
+    pub fn builder() -> DeviceBuilder {
+        DeviceBuilder::new()
+    }
+
+    /// Opens `path` as `config` says.
+    pub(crate) fn open_with(path: &Path, config: &DeviceBuilder) -> Result<Self, MirrorError> {
         check_block_size(config.block_size)?;
         let open_err = |source: io::Error| MirrorError::Open {
             path: PathBuf::from(path),
@@ -240,7 +383,9 @@ impl FileDevice {
                 have: 0,
             });
         }
+        let identity = file_identity(&file);
         Ok(Self {
+            identity,
             file,
             name: path.display().to_string(),
             block_size: config.block_size,
@@ -254,7 +399,7 @@ impl FileDevice {
     /// Splits the device into its open file, name, block size, block count
     /// and durability (for other backends built on the same opening logic).
     #[cfg_attr(not(feature = "io-uring"), allow(dead_code))]
-    pub(super) fn into_parts(self) -> (File, String, usize, u64, Durability) {
+    pub(crate) fn into_parts(self) -> (File, String, usize, u64, Durability) {
         (
             self.file,
             self.name,
@@ -324,6 +469,17 @@ impl FileDevice {
         }
         Ok(())
     }
+}
+
+/// `(st_dev, st_ino)` of a file, `(0, st_rdev)` of a block device.
+pub(super) fn file_identity(file: &File) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = file.metadata().ok()?;
+    Some(if m.file_type().is_block_device() {
+        (0, m.rdev())
+    } else {
+        (m.dev(), m.ino())
+    })
 }
 
 /// Checks that `len` bytes at block `lba` are whole blocks inside a device
@@ -463,5 +619,30 @@ impl BlockDevice for FileDevice {
 
     fn stats(&self) -> DeviceStats {
         self.stats
+    }
+
+    fn identity(&self) -> Option<(u64, u64)> {
+        self.identity
+    }
+
+    fn zero_blocks(&mut self, lba: u64, count: u64) -> io::Result<()> {
+        self.check_range(lba, (count as usize).saturating_mul(self.block_size))?;
+        if self.identity.is_some_and(|(dev, _)| dev != 0) {
+            let bs = self.block_size as u64;
+            // SAFETY: fallocate on an owned, open descriptor; no memory is passed.
+            let rc = unsafe {
+                libc::fallocate(
+                    self.file.as_raw_fd(),
+                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                    (lba * bs) as libc::off_t,
+                    (count * bs) as libc::off_t,
+                )
+            };
+            if rc == 0 {
+                return Ok(());
+            }
+        }
+        // Block devices, and file systems without FALLOC_FL_ZERO_RANGE.
+        write_zeros(self, lba, count)
     }
 }

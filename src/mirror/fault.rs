@@ -1,5 +1,5 @@
 //! A fault-injecting wrapper around any [`BlockDevice`], for testing what a
-//! mirror does when a device misbehaves.
+//! mirror does when a device misbehaves (cargo feature `fault-injection`).
 
 use std::io;
 use std::string::String;
@@ -31,6 +31,10 @@ struct Switches {
     flip_on_read: AtomicU64,
     /// Address whose next write is acknowledged but dropped (OFF = none).
     lose_write: AtomicU64,
+    /// Physical block whose next write tears (OFF = none).
+    tear_block: AtomicU64,
+    /// A tear kills the whole process (SIGKILL) instead of failing the write.
+    kill_on_tear: AtomicBool,
     /// The device has vanished: every operation fails with ENODEV.
     gone: AtomicBool,
     /// Faults that actually fired.
@@ -59,6 +63,33 @@ impl FaultControl {
         // Relaxed: independent switches, see `Switches`.
         self.s.tear_keep.store(keep_bytes as u64, Ordering::Relaxed);
         self.s.tear_write_in.store(after_blocks, Ordering::Relaxed);
+    }
+
+    /// Tears the next write of physical block `lba` (only the first
+    /// `keep_bytes` reach the device, then it is gone as after a power loss):
+    /// aims a crash at one metadata block, e.g. a superblock copy.
+    pub fn tear_write_of(&self, lba: u64, keep_bytes: usize) {
+        // Relaxed: independent switches, see `Switches`.
+        self.s.tear_keep.store(keep_bytes as u64, Ordering::Relaxed);
+        self.s.tear_block.store(lba, Ordering::Relaxed);
+    }
+
+    /// A real crash: after `after_blocks` more blocks, the first
+    /// `keep_bytes` of the next block are written and the process kills
+    /// itself with SIGKILL (no unwinding, no destructors, no flush).
+    pub fn kill_process_after(&self, after_blocks: u64, keep_bytes: usize) {
+        // Relaxed: independent switches, see `Switches`.
+        self.s.kill_on_tear.store(true, Ordering::Relaxed);
+        self.tear_write_after(after_blocks, keep_bytes);
+    }
+
+    /// A real crash aimed at one block: the next write of physical block
+    /// `lba` writes its first `keep_bytes` and the process kills itself with
+    /// SIGKILL (e.g. in the middle of a superblock update).
+    pub fn kill_process_at_write_of(&self, lba: u64, keep_bytes: usize) {
+        // Relaxed: independent switches, see `Switches`.
+        self.s.kill_on_tear.store(true, Ordering::Relaxed);
+        self.tear_write_of(lba, keep_bytes);
     }
 
     /// Reads touching block `lba` fail with EIO until cleared.
@@ -91,9 +122,11 @@ impl FaultControl {
     pub fn revive(&self) {
         // Relaxed: independent switches, see `Switches`.
         self.s.gone.store(false, Ordering::Relaxed);
+        self.s.kill_on_tear.store(false, Ordering::Relaxed);
         for slot in [
             &self.s.fail_write_in,
             &self.s.tear_write_in,
+            &self.s.tear_block,
             &self.s.bad_sector,
             &self.s.flip_on_read,
             &self.s.lose_write,
@@ -116,7 +149,29 @@ impl FaultControl {
 }
 
 /// A device that passes everything to `D` except the faults armed through
-/// its [`FaultControl`].
+/// its [`FaultControl`]. Fault addresses are physical blocks of the device
+/// (logical block `lba` of a mirror is at [`super::Mirror::data_start`]` + lba`).
+///
+/// # Examples
+///
+/// ```
+/// use noderep::mirror::{BlockDevice, FaultyDevice, FileDevice, Mirror, WarningSink};
+/// # fn main() -> Result<(), noderep::mirror::MirrorError> {
+/// # let dir = std::env::temp_dir().join(format!("noderep-faulty-doc-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir).expect("temp dir");
+/// let cfg = FileDevice::builder().blocks(64);
+/// let (flaky, ctl) = FaultyDevice::new(cfg.open(dir.join("a"))?);
+/// let good = cfg.open(dir.join("b"))?;
+/// let devs: Vec<Box<dyn BlockDevice>> = vec![Box::new(flaky), Box::new(good)];
+/// let mut m = Mirror::builder().warnings(WarningSink::Silent).create(devs)?;
+/// ctl.vanish();
+/// m.write(1, b"still acknowledged by the survivor")?;
+/// assert_eq!(ctl.fired(), 1);
+/// # drop(m);
+/// # std::fs::remove_dir_all(&dir).ok();
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct FaultyDevice<D> {
     inner: D,
@@ -135,6 +190,8 @@ impl<D: BlockDevice> FaultyDevice<D> {
                 bad_sector: AtomicU64::new(OFF),
                 flip_on_read: AtomicU64::new(OFF),
                 lose_write: AtomicU64::new(OFF),
+                tear_block: AtomicU64::new(OFF),
+                kill_on_tear: AtomicBool::new(false),
                 gone: AtomicBool::new(false),
                 fired: AtomicU64::new(0),
             }),
@@ -234,7 +291,10 @@ impl<D: BlockDevice> BlockDevice for FaultyDevice<D> {
             (Some(f), Some(t)) => Some(f.min(t)),
             (f, t) => f.or(t),
         };
-        if stop.is_none() && (lost == OFF || !writes.iter().any(|w| covers(w, lost, bs))) {
+        let tear_block = s.tear_block.load(Ordering::Relaxed);
+        let aimed = tear_block != OFF && writes.iter().any(|w| covers(w, tear_block, bs));
+        if stop.is_none() && !aimed && (lost == OFF || !writes.iter().any(|w| covers(w, lost, bs)))
+        {
             return self.inner.write_blocks(writes, clock);
         }
         // Slow path: write block by block up to the fault.
@@ -243,8 +303,12 @@ impl<D: BlockDevice> BlockDevice for FaultyDevice<D> {
         for w in writes {
             for (k, block) in w.data.chunks_exact(bs).enumerate() {
                 let lba = w.lba + k as u64;
-                if written == limit {
-                    let torn = tear_at == Some(limit) && fail_at != Some(limit);
+                if written == limit || (aimed && lba == tear_block) {
+                    let torn =
+                        lba == tear_block || (tear_at == Some(limit) && fail_at != Some(limit));
+                    if lba == tear_block {
+                        s.tear_block.store(OFF, Ordering::Relaxed);
+                    }
                     if torn {
                         // Keep the first bytes, then the old rest of the block.
                         let keep = (s.tear_keep.load(Ordering::Relaxed) as usize).min(bs);
@@ -253,6 +317,17 @@ impl<D: BlockDevice> BlockDevice for FaultyDevice<D> {
                             mix[..keep].copy_from_slice(&block[..keep]);
                             let part = [BlockWrite { lba, data: &mix }];
                             self.inner.write_blocks(&part, clock)?;
+                        }
+                        if s.kill_on_tear.load(Ordering::Relaxed) {
+                            // Says where the crash hit (for campaign tallies).
+                            std::eprintln!(
+                                "noderep fault injection: SIGKILL while writing block {lba} ({keep} of {bs} bytes written)"
+                            );
+                            // SAFETY: kill(2) on our own pid has no memory
+                            // effects; SIGKILL ends the process here.
+                            unsafe {
+                                libc::kill(libc::getpid(), libc::SIGKILL);
+                            }
                         }
                         s.gone.store(true, Ordering::Relaxed);
                     }
@@ -274,6 +349,14 @@ impl<D: BlockDevice> BlockDevice for FaultyDevice<D> {
 
     fn stats(&self) -> DeviceStats {
         self.inner.stats()
+    }
+
+    fn identity(&self) -> Option<(u64, u64)> {
+        self.inner.identity()
+    }
+
+    fn zero_blocks(&mut self, lba: u64, count: u64) -> io::Result<()> {
+        self.inner.zero_blocks(lba, count)
     }
 }
 

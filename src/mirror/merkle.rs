@@ -74,19 +74,10 @@ impl MerkleTree {
         t
     }
 
-    /// Number of leaves.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
     /// True if the tree has no leaves.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len == 0
-    }
-
-    /// Leaf `i`.
-    pub fn leaf(&self, i: u64) -> u64 {
-        self.nodes[self.width + i as usize]
     }
 
     /// Sets leaf `i` (`i < len`); parents are recomputed lazily.
@@ -136,6 +127,7 @@ impl MerkleTree {
     }
 
     /// The root digest.
+    #[cfg(test)]
     pub fn root(&mut self) -> u64 {
         self.refresh();
         self.nodes[1]

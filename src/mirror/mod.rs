@@ -10,22 +10,28 @@
 //! CPU it costs made visible through [`crate::cost`].
 //!
 //! ```
-//! use noderep::mirror::{BlockDevice, DeviceConfig, FileDevice, Mirror, MirrorConfig, ReadOutcome};
+//! use noderep::mirror::{BlockDevice, FileDevice, Mirror, ReadOutcome};
 //!
 //! # fn main() -> Result<(), noderep::mirror::MirrorError> {
 //! let dir = std::env::temp_dir().join(format!("noderep-mirror-doc-{}", std::process::id()));
 //! std::fs::create_dir_all(&dir).expect("temp dir");
-//! let cfg = DeviceConfig { blocks: Some(256), ..DeviceConfig::default() }; // 256 × 4 KiB
+//! let cfg = FileDevice::builder().blocks(256); // 256 × 4 KiB
 //! let devices: Vec<Box<dyn BlockDevice>> = vec![
-//!     Box::new(FileDevice::open(dir.join("a"), &cfg)?),
-//!     Box::new(FileDevice::open(dir.join("b"), &cfg)?),
+//!     Box::new(cfg.open(dir.join("a"))?),
+//!     Box::new(cfg.open(dir.join("b"))?),
 //! ];
-//! let (mut mirror, _report) = Mirror::assemble(devices, MirrorConfig::default())?;
+//! let mut mirror = Mirror::builder().create(devices)?;
 //! mirror.write_batch(&[(0, b"hello".as_slice()), (1, b"world".as_slice())])?;
 //! let mut out = Vec::new();
 //! assert!(matches!(mirror.read(1, &mut out)?, ReadOutcome::Clean { .. }));
 //! assert_eq!(out, b"world");
 //! assert!(mirror.scrub(Default::default())?.findings.is_empty());
+//! // After a restart: assemble checks the superblocks and resyncs only
+//! // what a crash could have left different.
+//! let (mut mirror, report) = Mirror::builder().assemble(mirror.close()?)?;
+//! assert!(report.was_clean && report.lost.is_empty());
+//! mirror.read(0, &mut out)?;
+//! assert_eq!(out, b"hello");
 //! # drop(mirror);
 //! # std::fs::remove_dir_all(&dir).ok();
 //! # Ok(())
@@ -39,8 +45,9 @@
 //!   `pwritev` per run of consecutive blocks, [`Durability`] none /
 //!   `fdatasync` per batch / `O_DIRECT|O_DSYNC`), or through io_uring
 //!   (`UringDevice`, cargo feature `io-uring`: one `io_uring_enter` per
-//!   batch). [`FaultyDevice`] wraps any device to inject failures.
-//! * **Blocks** ([`block`]): a 32-byte header — crc32c, magic, address,
+//!   batch). `FaultyDevice` (cargo feature `fault-injection`) wraps any
+//!   device to inject failures.
+//! * **Blocks** (`block.rs`): a 32-byte header — crc32c, magic, address,
 //!   sequence number, length — then the payload (`block_size - 32` bytes).
 //! * **Writes** ([`Mirror::write_batch`]): stage the batch into one aligned
 //!   buffer with fresh sequence numbers (bookkeeping), checksum each block,
@@ -51,7 +58,7 @@
 //!   the other still holds a complete old or new version.
 //! * **Expected state**: the mirror remembers the `(sequence, crc)` of the
 //!   last acknowledged write of every block (16 bytes per block) and a
-//!   [`MerkleTree`] over them. A read checks the copy's checksum, address
+//!   Merkle tree over them. A read checks the copy's checksum, address
 //!   and that its sequence/crc match — so a stale copy (a write the device
 //!   claimed but lost) is caught too — then returns the payload; a bad copy
 //!   is rewritten from a good one ([`ReadOutcome::Repaired`]).
@@ -65,10 +72,22 @@
 //!   [`Mirror::readd`] / [`Mirror::replace`] bring a device back: its blocks
 //!   are digested, diffed against the expected tree, and only the differing
 //!   blocks are copied (resync).
-//! * **Assembly** ([`Mirror::assemble`]): scans every device, adopts the
-//!   newest valid copy of every block (so a write torn by a crash between
-//!   the devices converges to one version), rewrites the other copies, and
-//!   rebuilds the expected state.
+//! * **Metadata on every device** (`superblock.rs`, format in
+//!   `docs/MIRROR-FORMAT.md`): two checksummed superblock copies (magic,
+//!   version, array and device UUIDs, role, layout, generation `events`,
+//!   clean flag, the member table), a write-intent bitmap (one bit per
+//!   region of 1024 blocks by default) and a sequence table (the expected
+//!   `(sequence, crc)` of every block, refreshed lazily).
+//! * **Intent** (`intent.rs`): a region's bit is set on disk before the
+//!   region is written; every 4096 blocks written a pass records them in the
+//!   table and clears the bits of idle regions; a member failure is recorded
+//!   in the survivors' superblocks before the write is acknowledged.
+//! * **Creation and assembly** ([`MirrorBuilder`]): `create` writes fresh
+//!   metadata; `assemble` checks every superblock (refusing foreign, repeated,
+//!   replaced, truncated and missing devices, with errors that say what to
+//!   do), resyncs stale members, loads the expected state from the table and
+//!   compares the copies of the dirty regions only: the newest valid copy
+//!   not older than the table's record wins, others are rewritten from it.
 //!
 //! # Trade-offs
 //!
@@ -78,10 +97,16 @@
 //! * The header costs 32 bytes of every block (payload 4064 of 4096 bytes);
 //!   in exchange a block and its checksum are written in one I/O and can
 //!   never disagree without being detected.
-//! * Assembly scans the whole of every device (O(size)); a persistent
-//!   write-intent bitmap (as Linux md has) would bound it to recently
-//!   written regions. Expected state lives in memory: about 32 bytes per
+//! * Assembly reads the metadata (16 bytes per block) and the dirty regions
+//!   only; a crash costs a comparison of the regions written in the last
+//!   pass interval. Expected state lives in memory: about 32 bytes per
 //!   block including the tree (32 MiB per million blocks, i.e. per 4 GiB).
+//! * Rollback or zeroing of *every* copy of a block is detected once a pass
+//!   (at most `clean_interval` blocks later, [`Mirror::checkpoint`] or
+//!   [`Mirror::close`]) has recorded the write; not within that window, and
+//!   not if every device, superblocks included, is replaced by an identical
+//!   older image (keep [`Mirror::events`] elsewhere and use
+//!   [`MirrorBuilder::min_events`] for that).
 //! * The mirror is single-writer (`&mut self`): share it behind a lock.
 //! * Durability [`Durability::None`] survives a process crash but not a
 //!   power loss; the cost report uses it to isolate CPU cost from device
@@ -89,7 +114,8 @@
 //!
 //! # References
 //!
-//! Linux md raid1 (resync, write-intent bitmaps, read repair); ZFS
+//! Linux md raid1 (superblocks and event counts, resync, write-intent
+//! bitmaps, read repair); dm-integrity (per-sector tags); ZFS
 //! self-healing reads and scrub; Merkle, "A Digital Signature Based on a
 //! Conventional Encryption Function", CRYPTO 1987; crc32c: Castagnoli,
 //! Bräuer, Herrmann, IEEE Trans. Communications 1993.
@@ -97,11 +123,15 @@
 //! The write path and the member states: `docs/ARCHITECTURE.md` in the
 //! repository.
 
-pub mod block;
+mod assemble;
+pub(crate) mod block;
 mod device;
+#[cfg(feature = "fault-injection")]
 mod fault;
+mod intent;
 mod merkle;
 mod scrub;
+mod superblock;
 #[cfg(feature = "io-uring")]
 mod uring;
 mod writer;
@@ -109,18 +139,20 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-pub use block::{AlignedBuf, BlockState, Corruption, HEADER_SIZE};
-pub use device::{
-    check_block_size, BlockDevice, BlockWrite, DeviceConfig, DeviceStats, Durability, FileDevice,
-};
+pub use assemble::MirrorBuilder;
+pub use block::{crc32c, AlignedBuf, Corruption, HEADER_SIZE};
+pub use device::{BlockDevice, BlockWrite, DeviceBuilder, DeviceStats, Durability, FileDevice};
+#[cfg(feature = "fault-injection")]
 pub use fault::{FaultControl, FaultyDevice};
-pub use merkle::{MerkleTree, TreeDiff};
-pub use scrub::{AssemblyReport, ResyncReport, ScrubAction, ScrubFinding, ScrubMode, ScrubReport};
+pub use scrub::{
+    AssemblyReport, ResyncReport, ScrubAction, ScrubFinding, ScrubMode, ScrubReport, StaleMember,
+};
 #[cfg(feature = "io-uring")]
 pub use uring::UringDevice;
+pub use uuid::Uuid;
 pub use writer::{
-    DeviceId, Health, MemberState, Mirror, MirrorConfig, MirrorEvent, Problem, ReadOutcome,
-    Redundancy, WarningSink, WriteAck,
+    DeviceId, Health, MemberState, Mirror, MirrorEvent, Problem, ReadOutcome, Redundancy,
+    WarningSink, WriteAck,
 };
 
 use std::io;
@@ -179,7 +211,7 @@ pub enum MirrorError {
         expected: usize,
     },
     /// A replacement device is smaller than the mirror.
-    #[error("replacement device {name} has {have} blocks but the mirror needs {need}; use a device at least as large")]
+    #[error("replacement device {name} has {have} blocks but each member needs {need} (data and metadata); use a device at least as large")]
     ReplacementTooSmall {
         /// Its name.
         name: String,
@@ -232,7 +264,7 @@ pub enum MirrorError {
         device: DeviceId,
     },
     /// Every device has failed.
-    #[error("no healthy device is left in the mirror (all {devices} failed; last error: {last}); nothing was acknowledged — bring the devices back and assemble them again (Mirror::into_devices, then Mirror::assemble), which recovers every acknowledged write they hold")]
+    #[error("no healthy device is left in the mirror (all {devices} failed; last error: {last}); nothing was acknowledged — bring the devices back and assemble them again (Mirror::into_devices, then Mirror::builder().assemble), which recovers every acknowledged write they hold")]
     NoHealthyDevice {
         /// Devices in the mirror.
         devices: usize,
@@ -256,5 +288,135 @@ pub enum MirrorError {
         name: String,
         /// The error.
         source: io::Error,
+    },
+    /// A write-intent region size that is not a power of two.
+    #[error("region size {region_blocks} blocks is not supported: use a power of two up to 2^30 (1024 is the default)")]
+    BadRegionSize {
+        /// The size given.
+        region_blocks: u64,
+    },
+    /// More devices than a superblock can describe.
+    #[error("{given} devices are more than a superblock of this block size can describe ({max}); use fewer devices or larger blocks")]
+    TooManyDevices {
+        /// Devices given.
+        given: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// One device given twice.
+    #[error("{first} and {second} are the same device: {how}; pass each member once (a mirror of one physical copy protects nothing)")]
+    SameDeviceTwice {
+        /// The first name.
+        first: String,
+        /// The second name.
+        second: String,
+        /// How that was established (device UUID, or st_dev/st_ino).
+        how: String,
+    },
+    /// Creating a mirror on a device that already belongs to one.
+    #[error("{name} already belongs to mirror {array} (role {role}); assemble it with Mirror::builder().assemble(..), or, to reuse it for a new mirror, zero its first two blocks first")]
+    AlreadyMember {
+        /// The device.
+        name: String,
+        /// Its array.
+        array: uuid::Uuid,
+        /// Its role there.
+        role: usize,
+    },
+    /// Devices of different sizes and no capacity given.
+    #[error("the devices differ in size ({sizes}); a mirror uses the same number of blocks on each, so pass MirrorBuilder::capacity(blocks) to say how many (see MirrorBuilder::device_blocks), or use devices of one size")]
+    SizeMismatch {
+        /// Each device's size.
+        sizes: String,
+    },
+    /// A device could not be initialised at creation.
+    #[error("creating the mirror failed on {name}: {source}; nothing usable was created — fix or replace the device and create again")]
+    Create {
+        /// The device.
+        name: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// A device without a usable superblock.
+    #[error("{name} is not a member of a mirror: found {found}; if it is a new or wiped device, assemble without it (MirrorBuilder::allow_missing) and add it with Mirror::replace; if it never was a member, remove it from the list")]
+    NotAMember {
+        /// The device.
+        name: String,
+        /// What was found instead.
+        found: String,
+    },
+    /// A superblock of an unknown format version.
+    #[error("{name} has a mirror superblock of format version {version}, which this version of noderep does not read; use the noderep version that created it")]
+    UnsupportedFormat {
+        /// The device.
+        name: String,
+        /// Its format version.
+        version: u16,
+    },
+    /// A device of another array.
+    #[error("{name} belongs to another mirror (array {found}), not to array {expected} of {expected_from}; remove it from the list (or assemble the arrays separately)")]
+    ForeignDevice {
+        /// The device.
+        name: String,
+        /// Its array.
+        found: uuid::Uuid,
+        /// The array being assembled.
+        expected: uuid::Uuid,
+        /// The device that array was taken from.
+        expected_from: String,
+    },
+    /// A device whose role now belongs to another device.
+    #[error("{name} (device {uuid}) claims role {role}, but the array records device {holder} in that role: it was replaced and is no longer a member; remove it from the list, or wipe it and add it with Mirror::replace")]
+    Replaced {
+        /// The device.
+        name: String,
+        /// Its role.
+        role: usize,
+        /// Its device UUID.
+        uuid: uuid::Uuid,
+        /// The UUID recorded for the role.
+        holder: uuid::Uuid,
+    },
+    /// A device smaller than the recorded layout.
+    #[error("{name} has {have} blocks but the mirror's superblock records {capacity} data blocks, {need} blocks with metadata: the device was truncated or is the wrong device; restore its size (or give it explicitly), or assemble without it (MirrorBuilder::allow_missing) and Mirror::replace it")]
+    TooSmallForArray {
+        /// The device.
+        name: String,
+        /// Blocks it has.
+        have: u64,
+        /// Blocks each member needs.
+        need: u64,
+        /// Data blocks of the mirror.
+        capacity: u64,
+    },
+    /// A member is not among the devices.
+    #[error("role {role} of {devices} (device {uuid}) is missing; pass every member, or assemble degraded with MirrorBuilder::allow_missing(true) and replace it")]
+    MissingMember {
+        /// The role.
+        role: usize,
+        /// Its device UUID.
+        uuid: uuid::Uuid,
+        /// Members of the array.
+        devices: usize,
+    },
+    /// Two halves that each went on without the other.
+    #[error("split brain: {a} (generation {a_events}) and {b} (generation {b_events}) each recorded the other as failed and went on alone, so their contents diverged; assemble the one you trust alone (MirrorBuilder::allow_missing) and add a wiped other with Mirror::replace")]
+    SplitBrain {
+        /// One device.
+        a: String,
+        /// Its generation.
+        a_events: u64,
+        /// The other.
+        b: String,
+        /// Its generation.
+        b_events: u64,
+    },
+    /// Every device is older than the generation the caller expects.
+    #[error("the newest superblock is generation {events}, older than the generation {min} expected: every device was rolled back to an older image (or these are the wrong devices); restore the current images")]
+    OlderThanExpected {
+        /// The newest generation found.
+        events: u64,
+        /// The generation expected at least.
+        min: u64,
     },
 }

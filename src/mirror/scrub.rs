@@ -5,12 +5,10 @@ use std::io;
 use std::string::ToString;
 use std::vec::Vec;
 
-use super::block::{self, AlignedBuf, BlockState, Corruption};
+use super::block::{self, AlignedBuf, BlockState};
 use super::device::BlockDevice;
 use super::merkle::{MerkleTree, BAD_LEAF};
-use super::writer::{
-    state_leaf, Member, MemberState, Meta, Mirror, MirrorConfig, MirrorEvent, Problem,
-};
+use super::writer::{state_leaf, Member, MemberState, Meta, Mirror, MirrorEvent, Problem};
 use super::{DeviceId, MirrorError};
 
 /// Blocks read per call by the whole-device passes.
@@ -95,21 +93,57 @@ impl ScrubReport {
     }
 }
 
-/// The result of [`Mirror::assemble`].
+/// A member whose superblock generation is behind the array's: it missed
+/// updates (it was failed, absent, or a crash interrupted a superblock
+/// update). Assembly resynchronised it instead of trusting it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleMember {
+    /// Its role.
+    pub device: DeviceId,
+    /// Its name.
+    pub name: String,
+    /// Its superblock generation.
+    pub events: u64,
+    /// The array's generation.
+    pub current: u64,
+    /// The array had recorded it as failed.
+    pub recorded_failed: bool,
+}
+
+/// The result of [`super::MirrorBuilder::assemble`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AssemblyReport {
     /// Blocks in the mirror.
     pub blocks: u64,
+    /// The array's UUID.
+    pub array: uuid::Uuid,
+    /// The superblock generation after assembly.
+    pub events: u64,
+    /// Every member present was closed cleanly.
+    pub was_clean: bool,
+    /// Write-intent regions in the mirror.
+    pub regions_total: u64,
+    /// Regions compared across the devices (dirty ones, or all with a full scan).
+    pub regions_scanned: u64,
+    /// Block addresses compared (each on every device).
+    pub blocks_scanned: u64,
+    /// Members behind the array's generation, resynchronised.
+    pub stale: Vec<StaleMember>,
+    /// Roles with no device (only with `allow_missing`): they start failed.
+    pub missing: Vec<DeviceId>,
     /// Copies that were rewritten from the newest valid copy: torn or
-    /// corrupt copies, and copies left behind by a crash between devices.
+    /// corrupt copies, copies left behind by a crash between devices, and
+    /// stale members' copies.
     pub repaired: Vec<ScrubFinding>,
-    /// Of those, valid but older copies (a write that reached some devices
-    /// but not all before a crash; it converges to the newest version).
+    /// Of those, valid but older copies.
     pub older_copies_replaced: u64,
-    /// Blocks with no valid copy on any device: reads of them fail with
+    /// Blocks with no acceptable copy on any device: reads of them fail with
     /// [`MirrorError::Unrecoverable`] until they are rewritten.
     pub lost: Vec<u64>,
-    /// The highest sequence number found.
+    /// Of those, blocks whose only valid copies are *older* than the
+    /// sequence table's record (rolled back, or zeroed, on every copy).
+    pub rolled_back: Vec<u64>,
+    /// The highest sequence number found in the compared regions.
     pub max_seq: u64,
 }
 
@@ -132,109 +166,6 @@ pub struct ResyncReport {
 type Verdict = Result<BlockState, Problem>;
 
 impl Mirror {
-    /// Builds a mirror from `devices` (at least two, same block size; the
-    /// capacity is the smallest device's), reconciling their contents.
-    ///
-    /// Every block of every device is read and verified. For each block the
-    /// valid copy with the highest sequence number wins (an all-zero block
-    /// counts as valid, sequence 0) and every other copy is rewritten from
-    /// it. A device that cannot be read or repaired is taken out with a
-    /// warning, as at run time. Fresh, zero-filled devices assemble into an
-    /// empty mirror.
-    pub fn assemble(
-        devices: Vec<Box<dyn BlockDevice>>,
-        config: MirrorConfig,
-    ) -> Result<(Mirror, AssemblyReport), MirrorError> {
-        let mut m = Mirror::skeleton(devices, &config)?;
-        let bs = m.block_size;
-        let n = m.members.len();
-        let mut bufs: Vec<AlignedBuf> = (0..n).map(|_| AlignedBuf::zeroed(0)).collect();
-        let mut report = AssemblyReport {
-            blocks: m.capacity,
-            ..AssemblyReport::default()
-        };
-        let mut verdicts: Vec<Vec<Verdict>> = std::vec![Vec::new(); n];
-        let mut start = 0u64;
-        while start < m.capacity {
-            let count = SCAN_CHUNK.min(m.capacity - start);
-            for d in 0..n {
-                verdicts[d].clear();
-                if m.members[d].state != MemberState::InSync {
-                    continue;
-                }
-                bufs[d].resize(count as usize * bs);
-                match read_chunk(&mut *m.members[d].dev, start, &mut bufs[d], bs) {
-                    Ok(v) => verdicts[d] = v,
-                    Err(e) => m.fail_member(d, "assembly", e.to_string()),
-                }
-            }
-            for k in 0..count as usize {
-                let lba = start + k as u64;
-                let winner = (0..n)
-                    .filter(|&d| m.members[d].state == MemberState::InSync)
-                    .filter_map(|d| verdicts[d][k].as_ref().ok().map(|st| (st.seq(), d, *st)))
-                    .max_by_key(|&(seq, d, _)| (seq, std::cmp::Reverse(d)));
-                let Some((_, from, st)) = winner else {
-                    if m.members.iter().any(|x| x.state == MemberState::InSync) {
-                        report.lost.push(lba);
-                        m.set_meta(
-                            lba,
-                            Meta {
-                                seq: Meta::LOST,
-                                crc: 0,
-                            },
-                        );
-                    }
-                    continue;
-                };
-                let meta = match st {
-                    BlockState::Unwritten => Meta::UNWRITTEN,
-                    BlockState::Written { seq, crc, .. } => Meta { seq, crc },
-                };
-                report.max_seq = report.max_seq.max(meta.seq);
-                m.set_meta(lba, meta);
-                for (d, theirs) in verdicts.iter().enumerate() {
-                    if d == from || m.members[d].state != MemberState::InSync {
-                        continue;
-                    }
-                    let problem = match &theirs[k] {
-                        Ok(s) if state_leaf(*s) == meta.leaf() => continue,
-                        Ok(s) => {
-                            report.older_copies_replaced += 1;
-                            Problem::Corrupt(Corruption::Stale {
-                                found: s.seq(),
-                                expected: meta.seq,
-                            })
-                        }
-                        Err(p) => p.clone(),
-                    };
-                    m.scratch.resize(bs);
-                    m.scratch.copy_from_slice(&bufs[from][k * bs..(k + 1) * bs]);
-                    let action = match m.write_scratch(d, lba) {
-                        Ok(()) => ScrubAction::Repaired { from },
-                        Err(e) => {
-                            m.fail_member(d, "an assembly repair", e.to_string());
-                            ScrubAction::DeviceFailed
-                        }
-                    };
-                    report.repaired.push(ScrubFinding {
-                        device: d,
-                        lba,
-                        problem,
-                        action,
-                    });
-                }
-            }
-            start += count;
-        }
-        if m.in_sync().is_empty() {
-            return Err(m.no_healthy());
-        }
-        m.next_seq = report.max_seq + 1;
-        m.tree.refresh();
-        Ok((m, report))
-    }
-
     /// Reads `device` end to end and digests every block into a Merkle leaf
     /// (unreadable or invalid copies get [`BAD_LEAF`]).
     fn digest_device(&mut self, device: DeviceId) -> io::Result<Vec<u64>> {
@@ -244,7 +175,14 @@ impl Mirror {
         while start < self.capacity {
             let count = SCAN_CHUNK.min(self.capacity - start);
             self.chunk.resize(count as usize * bs);
-            let verdicts = read_chunk(&mut *self.members[device].dev, start, &mut self.chunk, bs)?;
+            let at = self.layout.data_start + start;
+            let verdicts = read_chunk(
+                &mut *self.members[device].dev,
+                at,
+                start,
+                &mut self.chunk,
+                bs,
+            )?;
             leaves.extend(verdicts.iter().map(|v| match v {
                 Ok(st) => state_leaf(*st),
                 Err(_) => BAD_LEAF,
@@ -267,6 +205,11 @@ impl Mirror {
     /// Merkle trees, with the mirror's expected state; every difference is
     /// re-examined and then repaired from a good copy, reported
     /// ([`ScrubMode::ReportOnly`]) or declared unrecoverable.
+    ///
+    /// # Errors
+    ///
+    /// [`MirrorError::NoHealthyDevice`]; damage is reported in the
+    /// [`ScrubReport`], not as an error.
     pub fn scrub(&mut self, mode: ScrubMode) -> Result<ScrubReport, MirrorError> {
         let devices = self.in_sync();
         if devices.is_empty() {
@@ -343,7 +286,15 @@ impl Mirror {
 
     /// Brings failed `device` back (after its fault cleared): its blocks are
     /// digested and compared with the expected state through Merkle trees,
-    /// and only the differing blocks are copied from a good copy.
+    /// only the differing blocks are copied from a good copy, it gets the
+    /// current bitmap and sequence table, and the array's superblocks record
+    /// it in sync again.
+    ///
+    /// # Errors
+    ///
+    /// [`MirrorError::NoSuchDevice`], [`MirrorError::AlreadyInSync`],
+    /// [`MirrorError::ResyncFailed`] (it stays failed),
+    /// [`MirrorError::NoHealthyDevice`].
     pub fn readd(&mut self, device: DeviceId) -> Result<ResyncReport, MirrorError> {
         self.check_device(device)?;
         if self.members[device].state == MemberState::InSync {
@@ -352,8 +303,16 @@ impl Mirror {
         self.resync(device)
     }
 
-    /// Replaces failed `device` with `new` (same block size, at least the
-    /// mirror's capacity) and resynchronises it.
+    /// Replaces failed `device` with `new` (same block size, at least as many
+    /// blocks as the other members need) and resynchronises it: it gets a
+    /// new device UUID in `device`'s role, and the old device is no longer a
+    /// member (assembling it later is refused).
+    ///
+    /// # Errors
+    ///
+    /// As [`Mirror::readd`], and [`MirrorError::BlockSizeMismatch`],
+    /// [`MirrorError::ReplacementTooSmall`], [`MirrorError::SameDeviceTwice`]
+    /// (`new` is another member's file or device).
     pub fn replace(
         &mut self,
         device: DeviceId,
@@ -371,18 +330,37 @@ impl Mirror {
                 expected: self.block_size,
             });
         }
-        if new.blocks() < self.capacity {
+        let need = self.layout.device_blocks();
+        if new.blocks() < need {
             return Err(MirrorError::ReplacementTooSmall {
                 name: new.name().to_string(),
                 have: new.blocks(),
-                need: self.capacity,
+                need,
             });
+        }
+        if let Some(id) = new.identity() {
+            if let Some(m) = self
+                .members
+                .iter()
+                .enumerate()
+                .find(|(d, m)| *d != device && m.dev.identity() == Some(id))
+            {
+                return Err(MirrorError::SameDeviceTwice {
+                    first: m.1.dev.name().to_string(),
+                    second: new.name().to_string(),
+                    how: "the replacement is the same file or device as a member".to_string(),
+                });
+            }
         }
         let reason = std::format!("replaced by {}", new.name());
         self.members[device] = Member {
             dev: new,
             state: MemberState::Failed { reason },
+            uuid: uuid::Uuid::new_v4(),
         };
+        // The new holder of the role is recorded (still failed) first, so
+        // the old device is refused from now on.
+        self.commit_sb(false)?;
         self.resync(device)
     }
 
@@ -415,7 +393,10 @@ impl Mirror {
                 report.unrecoverable.push(lba);
             }
         }
+        self.write_all_metadata(device)?;
+        self.write_sb_to(device)?;
         self.members[device].state = MemberState::InSync;
+        self.commit_sb(false)?;
         self.emit(MirrorEvent::Resynced {
             device,
             copied: report.blocks_copied,
@@ -424,18 +405,20 @@ impl Mirror {
     }
 }
 
-/// Reads `buf.len() / bs` blocks at `start` and verifies each copy (address
-/// and checksum). A failed multi-block read is retried block by block so one
-/// bad sector does not condemn its neighbours; a device that is gone
-/// altogether fails the whole call.
-fn read_chunk(
+/// Reads `buf.len() / bs` blocks at physical block `at` (logical address
+/// `start`) and verifies each copy (address and checksum). A failed
+/// multi-block read is retried block by block so one bad sector does not
+/// condemn its neighbours; a device that is gone altogether fails the whole
+/// call.
+pub(crate) fn read_chunk(
     dev: &mut dyn BlockDevice,
+    at: u64,
     start: u64,
     buf: &mut AlignedBuf,
     bs: usize,
 ) -> io::Result<Vec<Verdict>> {
     let count = buf.len() / bs;
-    let whole = dev.read_blocks(start, buf);
+    let whole = dev.read_blocks(at, buf);
     let mut out = Vec::with_capacity(count);
     match whole {
         Ok(()) => {
@@ -449,7 +432,7 @@ fn read_chunk(
             for k in 0..count {
                 let lba = start + k as u64;
                 let one = &mut buf[k * bs..(k + 1) * bs];
-                out.push(match dev.read_blocks(lba, one) {
+                out.push(match dev.read_blocks(at + k as u64, one) {
                     Ok(()) => block::verify(one, lba).map_err(Problem::Corrupt),
                     Err(e) if device_gone(&e) => return Err(e),
                     Err(e) => Err(Problem::ReadError(e.to_string())),

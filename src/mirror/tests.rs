@@ -22,24 +22,19 @@ impl Scratch {
         Self(p)
     }
 
+    /// A device with room for `blocks` data blocks (and the metadata).
     fn device(&self, name: &str, blocks: u64) -> FileDevice {
-        let cfg = DeviceConfig {
-            blocks: Some(blocks),
-            ..DeviceConfig::default()
-        };
-        FileDevice::open(self.0.join(name), &cfg).expect("open device")
+        let cfg =
+            FileDevice::builder().blocks(builder().device_blocks(blocks, 4096).expect("size"));
+        cfg.open(self.0.join(name)).expect("open device")
     }
 
     fn mirror(&self, n: usize, blocks: u64) -> Mirror {
         let devs: Vec<Box<dyn BlockDevice>> = (0..n)
             .map(|i| Box::new(self.device(&std::format!("d{i}"), blocks)) as Box<dyn BlockDevice>)
             .collect();
-        let cfg = MirrorConfig {
-            warnings: WarningSink::Silent,
-            account_phases: true,
-        };
-        let (m, report) = Mirror::assemble(devs, cfg).expect("assemble");
-        assert!(report.repaired.is_empty() && report.lost.is_empty());
+        let m = builder().account_phases(true).create(devs).expect("create");
+        assert_eq!(m.capacity(), blocks);
         m
     }
 }
@@ -48,6 +43,10 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+fn builder() -> MirrorBuilder {
+    Mirror::builder().warnings(WarningSink::Silent)
 }
 
 fn payload(lba: u64, version: u64, len: usize) -> Vec<u8> {
@@ -98,6 +97,10 @@ fn a_batch_is_one_device_call_and_coalesces_runs() {
             )
         })
         .collect();
+    // The first write of a fresh mirror also reserves sequence numbers and
+    // sets its region's write-intent bit (two metadata writes); after that
+    // a batch is one device call.
+    m.write(200, b"warm-up").expect("write");
     let before = m.device_stats(1).expect("stats");
     let ack = m.write_batch(&batch).expect("batch");
     assert_eq!(ack.blocks, 16);
@@ -162,27 +165,20 @@ fn bad_requests_are_errors_not_panics() {
     ));
     let one: Vec<Box<dyn BlockDevice>> = std::vec![Box::new(s.device("solo", 8))];
     assert!(matches!(
-        Mirror::assemble(one, MirrorConfig::default()),
+        builder().create(one),
         Err(MirrorError::TooFewDevices { given: 1 })
     ));
-    let bad = DeviceConfig {
-        block_size: 1000,
-        ..DeviceConfig::default()
-    };
+    let bad = FileDevice::builder().block_size(1000);
     assert!(matches!(
-        FileDevice::open(s.0.join("odd"), &bad),
+        bad.open(s.0.join("odd")),
         Err(MirrorError::BadBlockSize { block_size: 1000 })
     ));
-    let small = DeviceConfig {
-        block_size: 512,
-        blocks: Some(8),
-        ..DeviceConfig::default()
-    };
+    let small = FileDevice::builder().block_size(512).blocks(8);
     let mixed: Vec<Box<dyn BlockDevice>> = std::vec![
         Box::new(s.device("big", 8)),
-        Box::new(FileDevice::open(s.0.join("small"), &small).expect("open")),
+        Box::new(small.open(s.0.join("small")).expect("open")),
     ];
-    let err = Mirror::assemble(mixed, MirrorConfig::default()).expect_err("mismatch");
+    let err = builder().create(mixed).expect_err("mismatch");
     assert!(err.to_string().contains("same block size"), "{err}");
     // Nothing above changed the mirror.
     assert_eq!(m.health(), Health::Optimal { devices: 2 });
@@ -199,7 +195,7 @@ fn reassembly_keeps_every_acknowledged_write_and_sequence_numbers_grow() {
     }
     let last = m.write(7, &payload(7, 2, 300)).expect("overwrite");
     let devs = m.into_devices();
-    let (mut m, report) = Mirror::assemble(devs, MirrorConfig::default()).expect("reassemble");
+    let (mut m, report) = builder().assemble(devs).expect("reassemble");
     assert!(report.repaired.is_empty() && report.lost.is_empty());
     assert_eq!(report.max_seq, last.first_seq);
     let mut out = Vec::new();
@@ -222,16 +218,11 @@ fn reassembly_keeps_every_acknowledged_write_and_sequence_numbers_grow() {
 fn durability_modes_write_the_same_bytes() {
     let s = Scratch::new("dur");
     for durability in [Durability::SyncPerBatch, Durability::Direct] {
-        let cfg = DeviceConfig {
-            blocks: Some(16),
-            durability,
-            ..DeviceConfig::default()
-        };
+        let cfg = FileDevice::builder().blocks(16).durability(durability);
         let mk = |n: &str| -> Result<Box<dyn BlockDevice>, MirrorError> {
-            Ok(Box::new(FileDevice::open(
-                s.0.join(std::format!("{durability:?}{n}")),
-                &cfg,
-            )?))
+            Ok(Box::new(
+                cfg.open(s.0.join(std::format!("{durability:?}{n}")))?,
+            ))
         };
         let devs = match (mk("a"), mk("b")) {
             (Ok(a), Ok(b)) => std::vec![a, b],
@@ -241,15 +232,23 @@ fn durability_modes_write_the_same_bytes() {
             }
             (Err(e), _) | (_, Err(e)) => panic!("{e}"),
         };
-        let (mut m, _) = Mirror::assemble(devs, MirrorConfig::default()).expect("assemble");
+        let mut m = builder().create(devs).expect("create");
         let d = payload(3, 9, 777);
+        m.write(0, b"sets the region's write-intent bit")
+            .expect("write");
+        let before = m.device_stats(0).expect("stats").syncs;
         m.write_batch(&[(3, d.as_slice()), (4, d.as_slice())])
             .expect("write");
         let mut out = Vec::new();
         m.read(4, &mut out).expect("read");
         assert_eq!(out, d);
         if durability == Durability::SyncPerBatch {
-            assert_eq!(m.device_stats(0).expect("stats").syncs, 1);
+            let after = m.device_stats(0).expect("stats").syncs;
+            assert_eq!(
+                after - before,
+                1,
+                "one sync per batch once the region is dirty"
+            );
         }
     }
 }
@@ -263,12 +262,10 @@ fn io_uring_backend_writes_a_batch_with_one_enter_per_device() {
         .into_iter()
         .enumerate()
     {
-        let cfg = DeviceConfig {
-            blocks: Some(64),
-            durability,
-            ..DeviceConfig::default()
-        };
-        match UringDevice::open(s.0.join(std::format!("u{i}")), &cfg, 64) {
+        let cfg = FileDevice::builder()
+            .blocks(builder().device_blocks(64, 4096).expect("size"))
+            .durability(durability);
+        match cfg.open_uring(s.0.join(std::format!("u{i}")), 64) {
             Ok(d) => devs.push(Box::new(d)),
             Err(e) => {
                 std::eprintln!("skipping: {e}");
@@ -276,7 +273,7 @@ fn io_uring_backend_writes_a_batch_with_one_enter_per_device() {
             }
         }
     }
-    let (mut m, _) = Mirror::assemble(devs, MirrorConfig::default()).expect("assemble");
+    let mut m = builder().create(devs).expect("create");
     let data: Vec<Vec<u8>> = (0..20).map(|i| payload(i, 4, 900)).collect();
     // Three runs: 0..8, 20..28, 50..54.
     let lbas: Vec<u64> = (0..8).chain(20..28).chain(50..54).collect();
@@ -285,16 +282,21 @@ fn io_uring_backend_writes_a_batch_with_one_enter_per_device() {
         .zip(&data)
         .map(|(l, d)| (*l, d.as_slice()))
         .collect();
+    m.write(63, b"sets the region's write-intent bit")
+        .expect("write");
+    let before: Vec<DeviceStats> = (0..2).map(|d| m.device_stats(d).expect("stats")).collect();
     m.write_batch(&batch).expect("batch");
     for d in 0..2 {
         let st = m.device_stats(d).expect("stats");
-        assert_eq!(st.write_batches, 1);
+        let b = before[d];
+        assert_eq!(st.write_batches - b.write_batches, 1);
         assert_eq!(
-            st.write_syscalls, 1,
+            st.write_syscalls - b.write_syscalls,
+            1,
             "device {d}: one io_uring_enter per batch"
         );
-        assert_eq!(st.blocks_written, 20);
-        assert_eq!(st.syncs, d as u64);
+        assert_eq!(st.blocks_written - b.blocks_written, 20);
+        assert_eq!(st.syncs - b.syncs, d as u64);
     }
     let mut out = Vec::new();
     for (l, d) in &batch {
@@ -320,17 +322,18 @@ fn real_block_devices_with_direct_io() {
         );
         return;
     };
-    let cfg = DeviceConfig {
-        durability: Durability::Direct,
-        ..DeviceConfig::default()
+    let cfg = FileDevice::builder().durability(Durability::Direct);
+    let open = || -> Vec<Box<dyn BlockDevice>> {
+        list.split(',')
+            .map(|p| Box::new(cfg.open(p).expect("open block device")) as Box<dyn BlockDevice>)
+            .collect()
     };
-    let devs: Vec<Box<dyn BlockDevice>> = list
-        .split(',')
-        .map(|p| {
-            Box::new(FileDevice::open(p, &cfg).expect("open block device")) as Box<dyn BlockDevice>
-        })
-        .collect();
-    let (mut m, _) = Mirror::assemble(devs, MirrorConfig::default()).expect("assemble");
+    // A mirror left by an earlier run is assembled; blank devices are created.
+    let mut m = match builder().assemble(open()) {
+        Ok((m, _)) => m,
+        Err(MirrorError::NotAMember { .. }) => builder().create(open()).expect("create"),
+        Err(e) => panic!("{e}"),
+    };
     assert!(m.capacity() > 0);
     let data: Vec<Vec<u8>> = (0..16).map(|i| payload(i, 11, 3000)).collect();
     let batch: Vec<(u64, &[u8])> = data

@@ -12,7 +12,7 @@ use std::vec::Vec;
 use io_uring::{opcode, squeue, types, IoUring};
 
 use super::device::{
-    check_block_range, BlockDevice, BlockWrite, DeviceConfig, DeviceStats, Durability, FileDevice,
+    check_block_range, BlockDevice, BlockWrite, DeviceBuilder, DeviceStats, Durability, FileDevice,
 };
 use super::MirrorError;
 use crate::cost::{PhaseClock, WritePhase};
@@ -56,16 +56,15 @@ impl std::fmt::Debug for UringDevice {
 }
 
 impl UringDevice {
-    /// Opens `path` like [`FileDevice::open`] and sets up a ring of
-    /// `entries` submission entries (a power of two, e.g. 128).
-    pub fn open(
-        path: impl AsRef<Path>,
-        config: &DeviceConfig,
+    /// Opens `path` as `config` says and sets up a ring of `entries`
+    /// submission entries; see [`super::DeviceBuilder::open_uring`].
+    pub(crate) fn open_with(
+        path: &Path,
+        config: &DeviceBuilder,
         entries: u32,
     ) -> Result<Self, MirrorError> {
-        let path = path.as_ref();
         let (file, name, block_size, blocks, durability) =
-            FileDevice::open(path, config)?.into_parts();
+            FileDevice::open_with(path, config)?.into_parts();
         let ring = IoUring::new(entries.max(2)).map_err(|source| MirrorError::Open {
             path: path.into(),
             source: io::Error::new(
@@ -249,6 +248,10 @@ impl BlockDevice for UringDevice {
         };
         self.iov.clear();
         result
+    }
+
+    fn identity(&self) -> Option<(u64, u64)> {
+        super::device::file_identity(&self.file)
     }
 
     fn stats(&self) -> DeviceStats {

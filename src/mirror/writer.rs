@@ -5,13 +5,17 @@ use std::io;
 use std::string::{String, ToString};
 use std::vec::Vec;
 
+use uuid::Uuid;
+
 use super::block::{self, AlignedBuf, BlockState, Corruption};
 use super::device::{BlockDevice, BlockWrite, DeviceStats};
 use super::merkle::{leaf, MerkleTree, LOST_LEAF};
+use super::superblock::Layout;
 use super::MirrorError;
 use crate::cost::{PhaseClock, PhaseTimes, WritePhase};
 
-/// A device's position in the mirror (0-based, as given to [`Mirror::assemble`]).
+/// A device's role in the mirror: its position when the mirror was created
+/// (recorded in its superblock; assembly puts devices back in this order).
 pub type DeviceId = usize;
 
 /// Where warnings go (they are always kept for [`Mirror::take_events`] too).
@@ -22,15 +26,6 @@ pub enum WarningSink {
     Stderr,
     /// Nowhere but the event list.
     Silent,
-}
-
-/// How a mirror behaves.
-#[derive(Debug, Clone, Default)]
-pub struct MirrorConfig {
-    /// Where warnings (a device failed, a block was repaired) go.
-    pub warnings: WarningSink,
-    /// Record the time of each write [`WritePhase`] (two clock reads per phase).
-    pub account_phases: bool,
 }
 
 /// A member's standing.
@@ -197,19 +192,19 @@ pub enum Health {
 
 /// The expected state of one block: the last acknowledged write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Meta {
+pub(crate) struct Meta {
     /// Sequence number (0 = never written, LOST = no good copy survived).
-    pub(super) seq: u64,
+    pub(crate) seq: u64,
     /// crc32c of that write's block.
-    pub(super) crc: u32,
+    pub(crate) crc: u32,
 }
 
 impl Meta {
     /// Marks a block of which no good copy survived.
-    pub(super) const LOST: u64 = u64::MAX;
-    pub(super) const UNWRITTEN: Meta = Meta { seq: 0, crc: 0 };
+    pub(crate) const LOST: u64 = u64::MAX;
+    pub(crate) const UNWRITTEN: Meta = Meta { seq: 0, crc: 0 };
 
-    pub(super) fn leaf(self) -> u64 {
+    pub(crate) fn leaf(self) -> u64 {
         if self.seq == Self::LOST {
             LOST_LEAF
         } else {
@@ -219,45 +214,103 @@ impl Meta {
 }
 
 /// The digest of a verified on-device block.
-pub(super) fn state_leaf(st: BlockState) -> u64 {
+pub(crate) fn state_leaf(st: BlockState) -> u64 {
     match st {
         BlockState::Unwritten => Meta::UNWRITTEN.leaf(),
         BlockState::Written { seq, crc, .. } => leaf(seq, crc),
     }
 }
 
-/// One device of the mirror. Both fields are written and read only by the
+/// One device of the mirror. Every field is written and read only by the
 /// mirror's own `&mut self` methods (single writer, no sharing).
-pub(super) struct Member {
+pub(crate) struct Member {
     /// The device.
-    pub(super) dev: Box<dyn BlockDevice>,
+    pub(crate) dev: Box<dyn BlockDevice>,
     /// In sync, or failed (set by `fail_member`, cleared by a resync).
-    pub(super) state: MemberState,
+    pub(crate) state: MemberState,
+    /// The device UUID its superblock carries (set at create or replace).
+    pub(crate) uuid: Uuid,
 }
 
 /// A mirror of N ≥ 2 block devices; see the [module docs](super).
+///
+/// # Examples
+///
+/// ```
+/// use noderep::mirror::{BlockDevice, FileDevice, Mirror};
+/// # fn main() -> Result<(), noderep::mirror::MirrorError> {
+/// # let dir = std::env::temp_dir().join(format!("noderep-mirror-ty-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir).expect("temp dir");
+/// let cfg = FileDevice::builder().blocks(64);
+/// let open = |name: &str| -> Result<Box<dyn BlockDevice>, _> {
+///     Ok(Box::new(cfg.open(dir.join(name))?))
+/// };
+/// let mut mirror = Mirror::builder().create(vec![open("a")?, open("b")?])?;
+/// mirror.write(3, b"kept across restarts")?;
+/// let devices = mirror.close()?; // clean shutdown
+/// let (mut mirror, report) = Mirror::builder().assemble(devices)?;
+/// assert_eq!(report.regions_scanned, 0); // clean: nothing to resync
+/// let mut out = Vec::new();
+/// mirror.read(3, &mut out)?;
+/// assert_eq!(out, b"kept across restarts");
+/// # drop(mirror);
+/// # std::fs::remove_dir_all(&dir).ok();
+/// # Ok(())
+/// # }
+/// ```
 pub struct Mirror {
     // Every field is written and read only through `&mut self` / `&self`
     // methods of the mirror: one owner, no interior sharing.
-    /// The devices, in the order given (writes go to them in this order).
-    pub(super) members: Vec<Member>,
+    /// The devices, in role order (writes go to them in this order).
+    pub(crate) members: Vec<Member>,
     /// Bytes per block (the same on every device).
-    pub(super) block_size: usize,
-    /// Blocks in the mirror: the smallest device's block count.
-    pub(super) capacity: u64,
+    pub(crate) block_size: usize,
+    /// Blocks in the mirror (logical addresses `0..capacity`).
+    pub(crate) capacity: u64,
+    /// Where metadata and data live on every member.
+    pub(crate) layout: Layout,
+    /// The array's UUID.
+    pub(crate) array: Uuid,
+    /// Superblock generation last written.
+    pub(crate) events: u64,
+    /// Every sequence number handed out is below this (persisted in the
+    /// superblock before a number at or above the old limit is used).
+    pub(crate) seq_limit: u64,
+    /// Write-intent bits as they are on the in-sync devices: set (on disk
+    /// first) before a region is written, cleared lazily by `clean_pass`.
+    pub(crate) dirty: Vec<bool>,
+    /// The regions whose bit is set in `dirty` (no repeats).
+    pub(crate) dirty_list: Vec<u32>,
+    /// Clean-pass epoch in which each region was last written.
+    pub(crate) touched: Vec<u32>,
+    /// The regions stamped in the current epoch (no repeats).
+    pub(crate) recent: Vec<u32>,
+    /// Blocks acknowledged since the last pass (their table entries are due).
+    pub(crate) written: Vec<u64>,
+    /// The current clean-pass epoch.
+    pub(crate) epoch: u32,
+    /// `log2(region_blocks)`.
+    pub(crate) region_shift: u32,
+    /// Blocks written between passes.
+    pub(crate) clean_interval: u64,
+    /// False: every region stays dirty until `close` (no write-intent
+    /// bitmap; a crash means a full scan at the next assembly).
+    pub(crate) bitmap: bool,
+    /// Staging buffer of metadata writes (superblock, bitmap, table).
+    pub(crate) meta_buf: AlignedBuf,
     /// Expected state per block: written by acknowledged writes, repair and
     /// assembly; read by reads, scrub and resync.
-    pub(super) meta: Vec<Meta>,
+    pub(crate) meta: Vec<Meta>,
     /// Merkle tree over `meta` (leaves updated with it, parents lazily).
-    pub(super) tree: MerkleTree,
+    pub(crate) tree: MerkleTree,
     /// Next sequence number to hand out.
-    pub(super) next_seq: u64,
+    pub(crate) next_seq: u64,
     /// Staging buffer of the write path (one batch of blocks).
     stage: AlignedBuf,
     /// One-block buffer of the read path.
-    pub(super) scratch: AlignedBuf,
+    pub(crate) scratch: AlignedBuf,
     /// Chunk buffer of scans.
-    pub(super) chunk: AlignedBuf,
+    pub(crate) chunk: AlignedBuf,
     /// Write-path scratch: sorted addresses (duplicate check).
     sorted: Vec<u64>,
     /// Write-path scratch: the checksum of each staged block.
@@ -266,7 +319,7 @@ pub struct Mirror {
     /// first staged block, block count).
     runs: Vec<(u64, usize, usize)>,
     /// Events not yet taken by the user.
-    events: Vec<MirrorEvent>,
+    events_out: Vec<MirrorEvent>,
     /// Phase accounting of the write path (a no-op unless enabled).
     clock: PhaseClock,
     /// Where warnings are printed.
@@ -283,66 +336,63 @@ impl fmt::Debug for Mirror {
             .field("devices", &self.members.len())
             .field("block_size", &self.block_size)
             .field("capacity", &self.capacity)
+            .field("array", &self.array)
+            .field("events", &self.events)
+            .field("dirty_regions", &self.dirty_list.len())
             .field("health", &self.health())
             .finish()
     }
 }
 
 impl Mirror {
-    /// Builds the mirror skeleton (no I/O): checks and sizes.
-    pub(super) fn skeleton(
-        devices: Vec<Box<dyn BlockDevice>>,
-        config: &MirrorConfig,
-    ) -> Result<Self, MirrorError> {
-        if devices.len() < 2 {
-            return Err(MirrorError::TooFewDevices {
-                given: devices.len(),
-            });
-        }
-        let block_size = devices[0].block_size();
-        super::device::check_block_size(block_size)?;
-        for (i, d) in devices.iter().enumerate() {
-            if d.block_size() != block_size {
-                return Err(MirrorError::BlockSizeMismatch {
-                    device: i,
-                    name: d.name().to_string(),
-                    found: d.block_size(),
-                    expected: block_size,
-                });
-            }
-        }
-        let capacity = devices.iter().map(|d| d.blocks()).min().unwrap_or(0);
-        let meta = std::vec![Meta::UNWRITTEN; capacity as usize];
+    /// Builds the mirror around `members` (no I/O): expected state all
+    /// unwritten, every region clean.
+    pub(crate) fn skeleton(
+        members: Vec<Member>,
+        layout: Layout,
+        array: Uuid,
+        opts: &super::assemble::Options,
+    ) -> Self {
+        let capacity = layout.capacity;
+        let regions = layout.regions() as usize;
         let leaves = std::vec![Meta::UNWRITTEN.leaf(); capacity as usize];
-        Ok(Self {
-            members: devices
-                .into_iter()
-                .map(|dev| Member {
-                    dev,
-                    state: MemberState::InSync,
-                })
-                .collect(),
-            block_size,
+        Self {
+            members,
+            block_size: layout.block_size,
             capacity,
-            meta,
+            layout,
+            array,
+            events: 0,
+            seq_limit: 1,
+            dirty: std::vec![false; regions],
+            dirty_list: Vec::new(),
+            touched: std::vec![0; regions],
+            recent: Vec::new(),
+            written: Vec::new(),
+            epoch: 1,
+            region_shift: layout.region_blocks.trailing_zeros(),
+            clean_interval: opts.clean_interval.max(1),
+            bitmap: opts.bitmap,
+            meta_buf: AlignedBuf::zeroed(0),
+            meta: std::vec![Meta::UNWRITTEN; capacity as usize],
             tree: MerkleTree::from_leaves(&leaves),
             next_seq: 1,
-            stage: AlignedBuf::zeroed(block_size),
-            scratch: AlignedBuf::zeroed(block_size),
+            stage: AlignedBuf::zeroed(layout.block_size),
+            scratch: AlignedBuf::zeroed(layout.block_size),
             chunk: AlignedBuf::zeroed(0),
             sorted: Vec::new(),
             crcs: Vec::new(),
             runs: Vec::new(),
-            events: Vec::new(),
-            clock: if config.account_phases {
+            events_out: Vec::new(),
+            clock: if opts.account_phases {
                 PhaseClock::enabled()
             } else {
                 PhaseClock::disabled()
             },
-            warnings: config.warnings,
+            warnings: opts.warnings,
             read_cursor: 0,
             last_failure: String::from("none recorded"),
-        })
+        }
     }
 
     /// Bytes per block on the devices.
@@ -366,18 +416,30 @@ impl Mirror {
     }
 
     /// A device's standing.
+    ///
+    /// # Errors
+    ///
+    /// [`MirrorError::NoSuchDevice`] for an unknown device.
     pub fn member_state(&self, device: DeviceId) -> Result<&MemberState, MirrorError> {
         self.check_device(device)?;
         Ok(&self.members[device].state)
     }
 
     /// A device's name.
+    ///
+    /// # Errors
+    ///
+    /// [`MirrorError::NoSuchDevice`] for an unknown device.
     pub fn device_name(&self, device: DeviceId) -> Result<&str, MirrorError> {
         self.check_device(device)?;
         Ok(self.members[device].dev.name())
     }
 
     /// A device's operation counters.
+    ///
+    /// # Errors
+    ///
+    /// [`MirrorError::NoSuchDevice`] for an unknown device.
     pub fn device_stats(&self, device: DeviceId) -> Result<DeviceStats, MirrorError> {
         self.check_device(device)?;
         Ok(self.members[device].dev.stats())
@@ -404,7 +466,7 @@ impl Mirror {
 
     /// Events since the last call (failures, repairs, resyncs).
     pub fn take_events(&mut self) -> Vec<MirrorEvent> {
-        std::mem::take(&mut self.events)
+        std::mem::take(&mut self.events_out)
     }
 
     /// Time per write phase so far (zero unless `account_phases` is on).
@@ -417,14 +479,83 @@ impl Mirror {
         self.clock.reset();
     }
 
-    /// Takes the mirror apart, returning its devices (e.g. to assemble them
-    /// again, as after a restart).
+    /// A builder: the one way to create a mirror or assemble one again.
+    pub fn builder() -> super::MirrorBuilder {
+        super::MirrorBuilder::new()
+    }
+
+    /// Shuts the mirror down cleanly and returns its devices in role order:
+    /// every block written is recorded in the sequence table, every
+    /// write-intent bit is cleared (when every member is in sync) and the
+    /// superblocks are marked clean, so the next assembly reads nothing but
+    /// metadata.
+    ///
+    /// # Errors
+    ///
+    /// [`MirrorError::NoHealthyDevice`] if no device took the final
+    /// superblock update (the devices are dropped; reassemble them once
+    /// they are back: nothing acknowledged is lost).
+    pub fn close(mut self) -> Result<Vec<Box<dyn BlockDevice>>, MirrorError> {
+        self.pass(true);
+        let clean = self.members.iter().all(|m| m.state == MemberState::InSync);
+        self.commit_sb(clean)?;
+        Ok(self.members.into_iter().map(|m| m.dev).collect())
+    }
+
+    /// Takes the mirror apart *without* a clean shutdown, as a crash would
+    /// leave it, returning its devices in role order. The next assembly
+    /// compares the copies of the regions still marked dirty. Use
+    /// [`Mirror::close`] for an orderly shutdown.
     pub fn into_devices(self) -> Vec<Box<dyn BlockDevice>> {
         self.members.into_iter().map(|m| m.dev).collect()
     }
 
+    /// Records every write so far in the persistent sequence table now
+    /// (rather than at the next automatic pass) and clears the write-intent
+    /// bits of idle regions. After it returns, a rollback or zeroing of all
+    /// copies of any block written before the call is detected after a
+    /// restart. Device failures are handled as on the write path.
+    pub fn checkpoint(&mut self) {
+        self.pass(false);
+    }
+
+    /// The superblock generation (event count): it grows with every
+    /// superblock update. Keep it somewhere else too and pass it to
+    /// [`super::MirrorBuilder::min_events`] to detect a rollback of every
+    /// device (superblocks included) to an older image.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// The array's UUID (the same in every member's superblock).
+    pub fn array_uuid(&self) -> uuid::Uuid {
+        self.array
+    }
+
+    /// The physical block on each device where logical block 0 is stored
+    /// (blocks before it hold the superblocks, bitmap and sequence table).
+    pub fn data_start(&self) -> u64 {
+        self.layout.data_start
+    }
+
+    /// Data blocks per write-intent region.
+    pub fn region_blocks(&self) -> u64 {
+        self.layout.region_blocks
+    }
+
+    /// Regions whose write-intent bit is set now (what a crash at this
+    /// moment would make the next assembly compare).
+    pub fn dirty_regions(&self) -> usize {
+        self.dirty_list.len()
+    }
+
     /// Takes a device out of the mirror by hand (for example before
-    /// replacing it).
+    /// replacing it); the change is recorded in the other members'
+    /// superblocks.
+    ///
+    /// # Errors
+    ///
+    /// [`MirrorError::NoSuchDevice`] for an unknown device.
     pub fn fail_device(&mut self, device: DeviceId, reason: &str) -> Result<(), MirrorError> {
         self.check_device(device)?;
         if self.members[device].state == MemberState::InSync {
@@ -433,7 +564,7 @@ impl Mirror {
         Ok(())
     }
 
-    pub(super) fn check_device(&self, device: DeviceId) -> Result<(), MirrorError> {
+    pub(crate) fn check_device(&self, device: DeviceId) -> Result<(), MirrorError> {
         if device >= self.members.len() {
             return Err(MirrorError::NoSuchDevice {
                 device,
@@ -443,7 +574,7 @@ impl Mirror {
         Ok(())
     }
 
-    pub(super) fn check_lba(&self, lba: u64) -> Result<(), MirrorError> {
+    pub(crate) fn check_lba(&self, lba: u64) -> Result<(), MirrorError> {
         if lba >= self.capacity {
             return Err(MirrorError::OutOfRange {
                 lba,
@@ -453,20 +584,20 @@ impl Mirror {
         Ok(())
     }
 
-    pub(super) fn in_sync(&self) -> Vec<DeviceId> {
+    pub(crate) fn in_sync(&self) -> Vec<DeviceId> {
         (0..self.members.len())
             .filter(|&d| self.members[d].state == MemberState::InSync)
             .collect()
     }
 
-    pub(super) fn no_healthy(&self) -> MirrorError {
+    pub(crate) fn no_healthy(&self) -> MirrorError {
         MirrorError::NoHealthyDevice {
             devices: self.members.len(),
             last: self.last_failure.clone(),
         }
     }
 
-    pub(super) fn emit(&mut self, event: MirrorEvent) {
+    pub(crate) fn emit(&mut self, event: MirrorEvent) {
         if self.warnings == WarningSink::Stderr {
             match &event {
                 MirrorEvent::DeviceFailed { .. } => {
@@ -475,11 +606,18 @@ impl Mirror {
                 _ => std::eprintln!("noderep mirror: {event}"),
             }
         }
-        self.events.push(event);
+        self.events_out.push(event);
     }
 
-    /// Takes `device` out of the mirror with a warning.
-    pub(super) fn fail_member(&mut self, device: DeviceId, during: &'static str, error: String) {
+    /// Takes `device` out of the mirror with a warning and records that in
+    /// the survivors' superblocks.
+    pub(crate) fn fail_member(&mut self, device: DeviceId, during: &'static str, error: String) {
+        self.mark_failed(device, during, error);
+        let _ = self.commit_sb(false);
+    }
+
+    /// Takes `device` out of the mirror with a warning (no metadata I/O).
+    pub(crate) fn mark_failed(&mut self, device: DeviceId, during: &'static str, error: String) {
         let m = &mut self.members[device];
         m.state = MemberState::Failed {
             reason: std::format!("{during}: {error}"),
@@ -498,19 +636,19 @@ impl Mirror {
     }
 
     /// Sets the expected state of `lba`.
-    pub(super) fn set_meta(&mut self, lba: u64, meta: Meta) {
+    pub(crate) fn set_meta(&mut self, lba: u64, meta: Meta) {
         self.meta[lba as usize] = meta;
         self.tree.set_leaf(lba, meta.leaf());
     }
 
     /// Reads `lba` from `device` into `scratch` and checks it against the
     /// expected state.
-    pub(super) fn examine(&mut self, device: DeviceId, lba: u64) -> Result<BlockState, Problem> {
+    pub(crate) fn examine(&mut self, device: DeviceId, lba: u64) -> Result<BlockState, Problem> {
         let bs = self.block_size;
         self.scratch.resize(bs);
         self.members[device]
             .dev
-            .read_blocks(lba, &mut self.scratch)
+            .read_blocks(self.layout.data_start + lba, &mut self.scratch)
             .map_err(|e| Problem::ReadError(e.to_string()))?;
         let st = block::verify(&self.scratch, lba).map_err(Problem::Corrupt)?;
         let meta = self.meta[lba as usize];
@@ -529,9 +667,9 @@ impl Mirror {
     }
 
     /// Writes the block in `scratch` to `device` at `lba`.
-    pub(super) fn write_scratch(&mut self, device: DeviceId, lba: u64) -> io::Result<()> {
+    pub(crate) fn write_scratch(&mut self, device: DeviceId, lba: u64) -> io::Result<()> {
         let w = [BlockWrite {
-            lba,
+            lba: self.layout.data_start + lba,
             data: &self.scratch,
         }];
         self.members[device]
@@ -541,7 +679,7 @@ impl Mirror {
 
     /// Rewrites the bad copies listed in `bad` from the good block in
     /// `scratch` (read from `from`); a device whose rewrite fails is taken out.
-    pub(super) fn repair_from_scratch(
+    pub(crate) fn repair_from_scratch(
         &mut self,
         lba: u64,
         from: DeviceId,
@@ -564,6 +702,10 @@ impl Mirror {
     }
 
     /// Writes one block; see [`Mirror::write_batch`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Mirror::write_batch`].
     pub fn write(&mut self, lba: u64, data: &[u8]) -> Result<WriteAck, MirrorError> {
         self.write_batch(&[(lba, data)])
     }
@@ -580,6 +722,16 @@ impl Mirror {
     ///
     /// Each `data` may be shorter than [`Mirror::payload_size`]; reads return
     /// exactly what was written. Addresses may not repeat within a batch.
+    ///
+    /// Before any data is written, the write-intent bits of the regions the
+    /// batch touches are set on disk (only for regions not dirty already).
+    ///
+    /// # Errors
+    ///
+    /// [`MirrorError::EmptyBatch`], [`MirrorError::OutOfRange`],
+    /// [`MirrorError::PayloadTooLarge`], [`MirrorError::DuplicateInBatch`]
+    /// for bad requests (nothing is written); [`MirrorError::NoHealthyDevice`]
+    /// when no device took the write (it is not acknowledged).
     pub fn write_batch(&mut self, writes: &[(u64, &[u8])]) -> Result<WriteAck, MirrorError> {
         self.clock.restart();
         // Bookkeeping: validate, number, stage.
@@ -606,8 +758,10 @@ impl Mirror {
         if let Some(w) = self.sorted.windows(2).find(|w| w[0] == w[1]) {
             return Err(MirrorError::DuplicateInBatch { lba: w[0] });
         }
-        let bs = self.block_size;
         let n = writes.len();
+        self.mark_regions(writes.iter().map(|w| w.0))?;
+        self.reserve_seqs(n as u64)?;
+        let bs = self.block_size;
         let first_seq = self.next_seq;
         self.next_seq += n as u64;
         self.stage.resize(n * bs);
@@ -635,11 +789,12 @@ impl Mirror {
 
         // Submission and completion, device after device.
         let stage = &self.stage;
+        let base = self.layout.data_start;
         let list: Vec<BlockWrite<'_>> = self
             .runs
             .iter()
             .map(|&(lba, i, count)| BlockWrite {
-                lba,
+                lba: base + lba,
                 data: &stage[i * bs..(i + count) * bs],
             })
             .collect();
@@ -656,9 +811,17 @@ impl Mirror {
             self.clock.mark(WritePhase::Completion);
         }
         drop(list);
-        for (d, e) in failures {
-            self.fail_member(d, "a write", e);
+        let failed = !failures.is_empty();
+        if failed {
+            // Committed to the survivors' superblocks before the ack.
+            self.fail_members(failures, "a write");
         }
+        let copies = if failed {
+            // A superblock update may have taken out more devices.
+            copies.min(self.in_sync().len())
+        } else {
+            copies
+        };
         if copies == 0 {
             return Err(self.no_healthy());
         }
@@ -668,6 +831,7 @@ impl Mirror {
                 crc: self.crcs[i],
             };
             self.set_meta(lba, meta);
+            self.written.push(lba);
         }
         let missing = self.members.len() - copies;
         let ack = WriteAck {
@@ -680,6 +844,7 @@ impl Mirror {
                 Redundancy::Degraded { missing }
             },
         };
+        self.after_batch();
         self.clock.mark(WritePhase::Completion);
         Ok(ack)
     }
@@ -688,8 +853,11 @@ impl Mirror {
     /// bytes last written; empty if never written), verifying the copy and
     /// repairing bad copies from a good one.
     ///
-    /// Errors: [`MirrorError::Unrecoverable`] when no device holds a good
-    /// copy (the message lists what was wrong with each), never bad data.
+    /// # Errors
+    ///
+    /// [`MirrorError::Unrecoverable`] when no device holds a good copy (the
+    /// message lists what was wrong with each), never bad data;
+    /// [`MirrorError::OutOfRange`]; [`MirrorError::NoHealthyDevice`].
     pub fn read(&mut self, lba: u64, out: &mut Vec<u8>) -> Result<ReadOutcome, MirrorError> {
         self.check_lba(lba)?;
         let mut order = self.in_sync();

@@ -123,6 +123,29 @@ impl<D> core::fmt::Debug for NrBuilder<D> {
     }
 }
 
+impl<D> NrBuilder<D> {
+    /// The same settings for another structure type (`nr::lanes` builds one
+    /// instance of its shard type per lane from the user's builder).
+    pub(crate) fn retyped<E>(self) -> NrBuilder<E> {
+        NrBuilder {
+            #[cfg(feature = "std")]
+            topology: self.topology,
+            policy: self.policy,
+            log_capacity: self.log_capacity,
+            threads_per_replica: self.threads_per_replica,
+            read_mostly: self.read_mostly,
+            max_replicas: self.max_replicas,
+            _structure: core::marker::PhantomData,
+        }
+    }
+
+    /// Whether [`max_replicas`](Self::max_replicas) was set (`nr::lanes`
+    /// refuses spare replicas: they start parked).
+    pub(crate) fn has_max_replicas(&self) -> bool {
+        self.max_replicas.is_some()
+    }
+}
+
 impl<D> Default for NrBuilder<D> {
     fn default() -> Self {
         Self::new()

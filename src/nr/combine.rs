@@ -351,8 +351,14 @@ where
     /// threads waiting for its lock (one of which takes it next). Every entry
     /// below the tail is published by its appender without waiting for
     /// anything, and every appender in line catches up its own replica on
-    /// each turn, so the first in line eventually fits.
-    fn reserve(&self, r: usize, guard: &CombinerGuard<'_>, n: usize) -> Result<usize, Stop> {
+    /// each turn, so the first in line eventually fits. (Also used by
+    /// `nr::lanes` to append the leaves of an all-lane write.)
+    pub(crate) fn reserve(
+        &self,
+        r: usize,
+        guard: &CombinerGuard<'_>,
+        n: usize,
+    ) -> Result<usize, Stop> {
         match self.log.try_reserve_keeping(n, self.log.waiting_need()) {
             Ok(start) => Ok(start),
             Err(_) => self.reserve_waiting(r, guard, n),

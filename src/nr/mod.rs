@@ -64,6 +64,7 @@ pub mod config;
 mod context;
 mod dispatch;
 mod error;
+pub mod lanes;
 pub(crate) mod log;
 #[cfg(loom)]
 #[doc(hidden)]

@@ -30,7 +30,7 @@
 
 use super::context::{Context, Outcome};
 use super::log::{Log, Record};
-use super::rwlock::DistRwLock;
+use super::rwlock::{DistRwLock, ReadGuard, WriteGuard};
 use super::Dispatch;
 use crate::sync::{
     wait_on, wake_all, AtomicBool, AtomicU32, AtomicUsize, Backoff, CachePadded, Ordering,
@@ -646,6 +646,34 @@ impl<D: Dispatch> Replica<D> {
         self.data.with(|d| {
             // SAFETY: the combiner lock and the write lock exclude every
             // other access.
+            f(unsafe { &*d })
+        })
+    }
+
+    /// Runs `f` on the replica's data while the caller holds this replica's
+    /// combiner lock (`_guard`) and the write side of its `rwlock`
+    /// (`_write`). Used by `nr::lanes`: an all-lane write on a single
+    /// replica applies to every lane's shard under all their locks at once.
+    pub(crate) fn with_data_mut<R>(
+        &self,
+        _guard: &CombinerGuard<'_>,
+        _write: &WriteGuard<'_>,
+        f: impl FnOnce(&mut D) -> R,
+    ) -> R {
+        self.data.with_mut(|d| {
+            // SAFETY: the caller holds the combiner lock (no other writer)
+            // and this replica's write lock (no reader).
+            f(unsafe { &mut *d })
+        })
+    }
+
+    /// Runs `f` on the replica's data while the caller holds a read guard of
+    /// this replica's `rwlock` (`_read`, taken with `try_read`). Used by
+    /// `nr::lanes`, whose all-lane reads hold the read side of every lane.
+    pub(crate) fn with_data_read<R>(&self, _read: &ReadGuard<'_>, f: impl FnOnce(&D) -> R) -> R {
+        self.data.with(|d| {
+            // SAFETY: the caller holds this replica's read lock, which
+            // excludes the combiner's writes.
             f(unsafe { &*d })
         })
     }

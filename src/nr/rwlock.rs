@@ -148,9 +148,11 @@ impl DistRwLock {
     }
 
     /// One attempt at the read side: `None` if a writer is (or may be)
-    /// inside, with our flag down again.
+    /// inside, with our flag down again. `flag` must belong to this lock.
+    /// (Also used by `nr::lanes`, whose all-lane reads hold several locks
+    /// and must never block while holding one.)
     #[inline(always)]
-    fn try_read<'a>(&'a self, flag: &'a AtomicBool) -> Option<ReadGuard<'a>> {
+    pub(crate) fn try_read<'a>(&'a self, flag: &'a AtomicBool) -> Option<ReadGuard<'a>> {
         // Acquire: pairs with the Release in `WriteGuard::drop`, so a
         // reader that sees the writer gone sees its writes.
         if self.writer.load(Ordering::Acquire) {

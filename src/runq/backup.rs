@@ -1,22 +1,40 @@
-//! The neighbour core's handle of a queue it backs up: it applies the
-//! replication stream to its replica, watches the owner's lease, and when the
-//! lease has expired takes the queue over.
+//! A backup core's handle of a queue it backs up: it applies the replication
+//! stream to its replica, watches the owner's lease, and when the lease has
+//! expired takes the queue over.
 //!
 //! A backup handle cannot change the queue; its one power is the takeover,
 //! which turns it into an [`OwnerHandle`] of the next epoch.
 //!
 //! # How it works
 //!
+//! A queue has `k` backups (fan-out: the owner pushes every record into each
+//! backup's own ring; in synchronous mode an operation is acknowledged once
+//! all `k` rings hold it, so every backup's replica has every acknowledged
+//! operation). All `k` backups watch the lease; when it expires they race for
+//! it and the lease CAS picks exactly one winner, whatever its rank: there is
+//! no wait by rank, so a takeover after a core *and* its first backup died is
+//! as quick as after one failure.
+//!
 //! The takeover, in order: (1) CAS the lease word it watched to
-//! `(epoch+1, itself)` — losing means the owner renewed; (2) close the ring
-//! with the new epoch (every later push of the old owner fails); (3) re-tag
-//! the inbox (every later take of the old owner fails); (4) drain the ring's
-//! last records; (5) claim, by CAS on each task word, the tasks the replica
-//! shows running (they are re-queued first: their runs died with the core) or
-//! queued; (6) scan the task table for tasks in transit to the queue and for
-//! intents of the old epoch (operations the old owner had not finished) and
-//! claim those too; (7) seed a new backup with a snapshot. Each claim is a CAS
-//! from a word of an *older* epoch, so a zombie's finalising CAS fails.
+//! `(epoch+1, itself)` — losing means the owner renewed or another backup
+//! won; (2) close every ring of the stream with the new epoch (every later
+//! push of the old owner fails); (3) re-tag the inbox (every later take of
+//! the old owner fails); (4) drain its ring's last records; (5) claim, by CAS
+//! on each task word, the tasks the replica shows running (they are re-queued
+//! first: their runs died with the core) or queued; (6) scan the task table
+//! and claim every word of the queue from an older epoch — in transit,
+//! queued, running or an unfinished intent — (the task word, not the replica,
+//! is the authority: a record a zombie left in one ring only is harmless) and
+//! reclaim the slots of spawns begun by dead cores; (7) seed `k` new backups
+//! with a snapshot. Each claim is a CAS from a word of an *older* epoch, so a
+//! zombie's finalising CAS fails.
+//!
+//! **Standby.** A backup whose ring was closed by another backup's takeover
+//! keeps its replica and keeps watching the lease until the new owner
+//! publishes its new stream (step 7). If the new owner dies before that (a
+//! failure inside the takeover), the standby takes the queue over in turn:
+//! with `k >= 2`, a core and `k - 1` of its backups may fail within one
+//! recovery window.
 
 use core::cell::Cell;
 use core::marker::PhantomData;
@@ -29,8 +47,10 @@ use super::fault_points::FaultPoint;
 use super::lease::{LeaseWatch, Takeover, Watch};
 use super::owner::{MaskGuard, OwnerHandle};
 use super::replica::Replica;
-use super::ring::{Ring, RingState};
-use super::task::{Cas, Phase, QueueId, TaskId, MASK24};
+use super::ring::Ring;
+#[cfg(noderep_mutant = "standby_detaches")]
+use super::ring::RingState;
+use super::task::{Cas, QueueId, TaskId, TaskPhase, TaskState, MASK24};
 use super::{lock, EventKind, RunqError, Shared};
 
 /// What a takeover did.
@@ -84,6 +104,8 @@ pub struct BackupHandle {
     sh: Arc<Shared>,
     q: QueueId,
     core: usize,
+    /// This backup's rank in the stream (0 = first backup).
+    rank: usize,
     ring: Arc<Ring>,
     generation: u64,
     replica: Replica,
@@ -108,6 +130,7 @@ impl BackupHandle {
         sh: Arc<Shared>,
         q: QueueId,
         core: usize,
+        rank: usize,
         ring: Arc<Ring>,
         generation: u64,
     ) -> Self {
@@ -115,6 +138,7 @@ impl BackupHandle {
             sh,
             q,
             core,
+            rank,
             ring,
             generation,
             replica: Replica::new(),
@@ -128,6 +152,11 @@ impl BackupHandle {
     /// The queue backed up.
     pub fn queue(&self) -> QueueId {
         self.q
+    }
+
+    /// This backup's rank among the queue's backups (0 = first).
+    pub fn rank(&self) -> usize {
+        self.rank
     }
 
     /// The stream generation this handle follows.
@@ -151,6 +180,10 @@ impl BackupHandle {
 
     /// Applies what the owner shipped, then watches the lease at time `now`
     /// (ns, [`super::RunQueues::now`]) and takes the queue over if it expired.
+    ///
+    /// # Errors
+    ///
+    /// [`RunqError::EpochExhausted`] if the queue cannot be taken over again.
     pub fn poll(&mut self, now: u64) -> Result<BackupEvent, RunqError> {
         if self.detached {
             return Ok(BackupEvent::Detached);
@@ -163,13 +196,24 @@ impl BackupHandle {
         });
         self.records += n as u64;
         // A core fenced from its own queue (it was only slow) keeps backing
-        // up: its replica is still the only one, and its takeover is fenced
+        // up: its replica may be the only one, and its takeover is fenced
         // by the lease CAS like anyone's. Owners move away from it at their
         // next tick, which detaches this handle.
-        if state != RingState::Open || !self.is_current() {
+        //
+        // A ring closed by another backup's takeover, while the stream is
+        // still current (the new owner has not published its new stream
+        // yet), leaves this handle on standby: it keeps watching the lease.
+        if !self.is_current() {
             self.detached = true;
             return Ok(BackupEvent::Detached);
         }
+        #[cfg(noderep_mutant = "standby_detaches")]
+        if state != RingState::Open {
+            // MUTANT: no standby: a closed ring detaches at once.
+            self.detached = true;
+            return Ok(BackupEvent::Detached);
+        }
+        let _ = state;
         let qs = &self.sh.queues[self.q as usize];
         match self
             .watch
@@ -189,26 +233,35 @@ impl BackupHandle {
         }
     }
 
-    /// Claims `t` for queue `q` in `epoch` if its word belongs to an older
-    /// epoch of `q` (or is in transit to `q`).
+    /// Is a word in state `s` the queue's to claim in `epoch`: in transit
+    /// to it, or queued, running or mid-operation in an older epoch of it?
+    fn claimable(&self, s: TaskState, epoch: u32) -> bool {
+        match s.phase {
+            TaskPhase::Transit => s.place == self.q,
+            TaskPhase::Queued | TaskPhase::Running => s.place == self.q && s.epoch < epoch,
+            p if p.is_intent() => s.place == self.q && s.epoch < epoch,
+            // MUTANT: the adopter also claims tasks that already finished
+            // here (they would run a second time).
+            #[cfg(noderep_mutant = "adopt_finished")]
+            TaskPhase::Done => s.place == self.q,
+            _ => false,
+        }
+    }
+
+    /// Claims `t` for queue `q` in `epoch` if its word is claimable.
     fn claim(&self, t: TaskId, epoch: u32) -> bool {
         loop {
             let Some(s) = self.sh.tasks.state(t) else {
                 return false;
             };
-            let ours = match s.phase {
-                Phase::Transit => s.place == self.q,
-                Phase::Queued | Phase::Running => s.place == self.q && s.epoch < epoch,
-                p if p.is_intent() => s.place == self.q && s.epoch < epoch,
-                _ => false,
-            };
+            let ours = self.claimable(s, epoch);
             if !ours {
                 return false;
             }
             if self
                 .sh
                 .tasks
-                .cas(t, s, s.with(Phase::Queued, self.q, epoch))
+                .cas(t, s, s.with(TaskPhase::Queued, self.q, epoch))
                 == Cas::Done
             {
                 return true;
@@ -237,18 +290,22 @@ impl BackupHandle {
             Takeover::Won { epoch } => epoch,
             Takeover::Changed { .. } => return Ok(BackupEvent::Idle),
         };
-        self.sh.fault(self.core, FaultPoint::AfterLeaseWon);
-        // (2) close the ring: the fence for the old owner's commits.
+        // (2) close every ring: the fence for the old owner's commits.
         {
             let _masked = MaskGuard::new();
             let s = lock(&qs.stream);
-            s.ring.close(epoch);
-            if !Arc::ptr_eq(&s.ring, &self.ring) {
+            for r in &s.rings {
+                r.close(epoch);
+            }
+            if !s.rings.iter().any(|r| Arc::ptr_eq(r, &self.ring)) {
                 self.ring.close(epoch);
             }
         }
         // (3) the inbox: the fence for the old owner's takes.
         qs.inbox.retag(epoch);
+        // The worst moment for the adopter to die: the old owner is fenced,
+        // nobody runs the queue yet (a standby backup takes over).
+        self.sh.fault(self.core, FaultPoint::AfterLeaseWon);
         // (4) the last records.
         let replica = &mut self.replica;
         let mut n = 0u64;
@@ -271,18 +328,20 @@ impl BackupHandle {
                 adopted.push(t);
             }
         }
-        // (6) tasks in transit to the queue and unfinished operations.
+        // (6) every other word of the queue from an older epoch (in transit,
+        // unfinished operations, and what the replica missed), and spawns
+        // begun by dead cores.
         let mut from_scan = 0;
         for slot in 0..self.sh.tasks.capacity() {
             let s = self.sh.tasks.state_of_slot(slot);
-            let candidate = s.place == self.q
-                && (s.phase == Phase::Transit || (s.phase.is_intent() && s.epoch < epoch));
-            if candidate {
-                let t = TaskId::new(slot as u32, s.generation);
-                if self.claim(t, epoch) {
-                    adopted.push(t);
-                    from_scan += 1;
+            let t = TaskId::new(slot as u32, s.generation);
+            if s.phase == TaskPhase::Spawning {
+                if !self.sh.alive(s.place as usize) {
+                    self.sh.reclaim_spawn(t, s);
                 }
+            } else if self.claimable(s, epoch) && self.claim(t, epoch) {
+                adopted.push(t);
+                from_scan += 1;
             }
         }
         // Relaxed: statistics (the async loss estimate of this failure).
@@ -296,8 +355,8 @@ impl BackupHandle {
             self.q,
             self.core,
             epoch,
-            self.ring.clone(),
-            None,
+            alloc::vec![self.ring.clone()],
+            Vec::new(),
             adopted,
         );
         owner.seed_backup();

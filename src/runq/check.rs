@@ -30,6 +30,25 @@ use super::task::TaskId;
 use super::{Event, EventKind};
 
 /// Per-task ledger of acknowledgements, runs, commits and kills.
+///
+/// # Examples
+///
+/// ```
+/// use noderep::runq::check::Ledger;
+/// use noderep::runq::{Exit, Pick, RunQueues};
+///
+/// let rq = RunQueues::builder().cores(2).build()?;
+/// let ledger = Ledger::new(rq.config().task_capacity, 1);
+/// let t = rq.spawner(0)?.spawn_with(0, |t| ledger.register(0, t))?;
+/// ledger.acked(0);
+/// let mut owner = rq.owner(0)?;
+/// assert_eq!(owner.pick()?, Pick::Task(t));
+/// ledger.started(t);
+/// owner.complete_then(t, Exit::Done, || ledger.committed(t))?;
+/// let report = ledger.report();
+/// assert_eq!((report.completed, report.lost, report.violations()), (1, 0, 0));
+/// # Ok::<(), noderep::runq::RunqError>(())
+/// ```
 pub struct Ledger {
     /// Per task-table slot: `generation << 40 | (logical + 1)`.
     by_slot: Box<[AtomicU64]>,

@@ -30,7 +30,7 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use super::fault_points::FaultPoint;
+pub use super::fault_points::FaultPoint;
 
 /// The payload a crashed thread unwinds with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,7 +97,9 @@ impl FaultTable {
     pub fn arm(&self, core: usize, point: FaultPoint, after: u32, action: FaultAction) {
         let act = match action {
             FaultAction::Crash => 0,
-            FaultAction::Stall(d) => (d.as_millis() as u64).clamp(1, u64::from(u32::MAX)),
+            FaultAction::Stall(d) => u64::try_from(d.as_millis())
+                .unwrap_or(u64::MAX)
+                .clamp(1, u64::from(u32::MAX)),
         };
         let w = (point as u64) << 56 | (u64::from(after.clamp(1, (1 << 24) - 1))) << 32 | act;
         if let Some(a) = self.armed.get(core) {
@@ -196,6 +198,10 @@ impl FaultTable {
 
 /// Runs `f`, turning a [`Crashed`] unwind into `Err(Crashed)`; other panics
 /// propagate.
+///
+/// # Errors
+///
+/// The [`Crashed`] payload of a crash fault that fired inside `f`.
 pub fn catch_crash<R>(f: impl FnOnce() -> R) -> Result<R, Crashed> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => Ok(r),
@@ -293,6 +299,11 @@ pub struct Freezer {
 
 impl Freezer {
     /// Registers the calling thread (call it on the thread to be frozen).
+    ///
+    /// # Errors
+    ///
+    /// [`FreezeError::Install`] if the signal handler cannot be installed,
+    /// [`FreezeError::TooManyThreads`] past [`MAX_FROZEN_THREADS`].
     pub fn register_current() -> Result<Self, FreezeError> {
         install()?;
         // Relaxed: a unique counter.
@@ -307,6 +318,11 @@ impl Freezer {
     }
 
     /// Stops the thread where it is; returns once it is parked.
+    ///
+    /// # Errors
+    ///
+    /// [`FreezeError::Signal`] if the thread is gone, [`FreezeError::Timeout`]
+    /// if it does not park within a second.
     pub fn freeze(&self) -> Result<(), FreezeError> {
         // Release: the handler's Acquire load sees the request.
         FREEZE[self.slot].store(true, Ordering::Release);
@@ -321,6 +337,10 @@ impl Freezer {
     }
 
     /// Lets the thread run again; returns once it has left the handler.
+    ///
+    /// # Errors
+    ///
+    /// [`FreezeError::Timeout`] if the thread does not resume within a second.
     pub fn thaw(&self) -> Result<(), FreezeError> {
         // Release: pairs with the handler's Acquire load.
         FREEZE[self.slot].store(false, Ordering::Release);

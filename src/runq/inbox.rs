@@ -63,8 +63,8 @@ impl Inbox {
         }
     }
 
-    /// Delivers `task`.
-    pub(crate) fn push(&self, task: TaskId) {
+    /// Delivers `task`; returns the epoch tag it was delivered under.
+    pub(crate) fn push(&self, task: TaskId) -> u64 {
         let node = Box::into_raw(Box::new(Node {
             task: task.to_raw(),
             next: 0,
@@ -87,10 +87,23 @@ impl Inbox {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return,
+                Ok(_) => return h & !PTR_MASK,
                 Err(a) => h = a,
             }
         }
+    }
+
+    /// The current epoch tag, read by a read-modify-write (that changes
+    /// nothing) so that it is ordered against a takeover's `retag`: a sender
+    /// that finalised a delivery and then reads the tag it delivered under
+    /// knows the takeover's later table scan sees its task word; if it reads
+    /// a new tag, its delivery may have gone to the dead owner and it
+    /// delivers again (duplicates are harmless: the task word decides).
+    pub(crate) fn tag_now(&self) -> u64 {
+        // AcqRel: Release makes the caller's task-word CAS visible to a
+        // `retag` that reads from this RMW (and so to the scan after it);
+        // Acquire reads a `retag` that came first.
+        self.head.fetch_add(0, Ordering::AcqRel) & !PTR_MASK
     }
 
     /// Detaches every delivered task if the inbox still belongs to `epoch`.

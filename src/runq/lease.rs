@@ -67,7 +67,7 @@ impl LeaseWord {
 
 /// What a renewal found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Renewal {
+pub(crate) enum Renewal {
     /// The lease is extended; the caller still owns the queue.
     Renewed,
     /// Another core owns the queue in a later epoch: the caller is fenced.
@@ -79,7 +79,7 @@ pub enum Renewal {
 
 /// What a takeover attempt found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Takeover {
+pub(crate) enum Takeover {
     /// The caller now owns the queue in `epoch`.
     Won {
         /// The new epoch.
@@ -89,6 +89,7 @@ pub enum Takeover {
     /// else took over): keep watching.
     Changed {
         /// The word as it is now.
+        #[allow(dead_code)]
         now: LeaseWord,
     },
 }
@@ -176,9 +177,23 @@ impl Lease {
             owner: taker,
             beat: 0,
         };
+        #[cfg(noderep_mutant = "takeover_blind_store")]
+        {
+            // MUTANT: check the word, then store the takeover: two backups
+            // that watched the same word can both "win" the same epoch.
+            let w = self.load();
+            if w != watched {
+                return Takeover::Changed { now: w };
+            }
+            // Release: publishes the takeover (the mutant's only ordering).
+            self.word.store(next.pack(), Ordering::Release);
+            Takeover::Won { epoch }
+        }
         // AcqRel: Release publishes the new epoch (the fencing token) to the old
         // owner's renewal CAS, which then fails; Acquire orders the takeover
-        // after the last renewal it replaces.
+        // after the last renewal it replaces (and after a spawner's
+        // `touch_is_owner`, so the takeover's table scan sees its word).
+        #[cfg(not(noderep_mutant = "takeover_blind_store"))]
         match self.word.compare_exchange(
             watched.pack(),
             next.pack(),
@@ -190,6 +205,16 @@ impl Lease {
                 now: LeaseWord::unpack(actual),
             },
         }
+    }
+
+    /// Does `core` still own the queue? Asked with a read-modify-write (that
+    /// changes nothing) so that it is ordered against a takeover's CAS: see
+    /// `Spawner::spawn_with` for the case analysis.
+    pub(crate) fn touch_is_owner(&self, core: u16) -> bool {
+        // AcqRel: Release makes the caller's earlier task-word write visible
+        // to a takeover CAS that reads from this RMW (the takeover's Acquire);
+        // Acquire reads a takeover that came first.
+        LeaseWord::unpack(self.word.fetch_add(0, Ordering::AcqRel)).owner == core
     }
 }
 

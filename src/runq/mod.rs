@@ -1,52 +1,71 @@
-//! Per-core run queues replicated on a neighbour core, with epochs, leases and
-//! tombstones: a scheduler substrate that survives the loss of a core with no
-//! task lost, duplicated or resurrected.
+//! Per-core run queues replicated on `k` other cores, with epochs, leases and
+//! tombstones: a scheduler substrate that survives the loss of a core (and of
+//! `k - 1` of its backups in the same recovery window) with no task lost,
+//! duplicated or resurrected.
 //!
-//! Each core owns one run queue ([`OwnerHandle`]); a neighbour core
-//! ([`BackupHandle`], ring order within a node, then across nodes) keeps a
-//! replica of it. When a core stops renewing its lease, the neighbour raises
-//! the queue's epoch, adopts the queue from its replica, runs its tasks, and
-//! from then on every operation of the old epoch is refused. A core that was
-//! only frozen wakes up as a fenced zombie and can do no harm. Other cores
-//! spawn, wake and kill tasks through a [`Spawner`].
+//! Each core owns one run queue ([`OwnerHandle`]); `k` backup cores
+//! ([`BackupHandle`]; `k` set by [`RunqBuilder::backups`], default 1; ring
+//! order within a node, then across nodes) keep a replica of it. When a core
+//! stops renewing its lease, a backup raises the queue's epoch, adopts the
+//! queue, runs its tasks, and from then on every operation of the old epoch
+//! is refused. A core that was only frozen wakes up as a fenced zombie and
+//! can do no harm. Cores spawn, wake and kill tasks through a [`Spawner`].
+//! Build a scheduler with [`RunQueues::builder`].
 //!
 //! # How it works
 //!
-//! * **Task words** ([`task`]): one atomic word per task names its one place
-//!   (`Transit`, `Queued{q, e}`, `Running{q, e}`, `Blocked`, `Done`,
-//!   `Removed`, or an owner's *intent*). Every change of place is a CAS on it,
-//!   generation included, so a reused slot is never mistaken for an old task.
+//! * **Task words**: one atomic word per task names its one place
+//!   ([`TaskPhase`]: `Transit`, `Queued{q, e}`, `Running{q, e}`, `Blocked`,
+//!   `Done`, `Removed`, `Spawning`, or an owner's *intent*). Every change of
+//!   place is a CAS on it, generation included, so a reused slot is never
+//!   mistaken for an old task. The word, not any replica, is the authority.
 //! * **Operations** carry `(epoch, seq)` ([`Stamp`]) and run in three steps:
 //!   CAS the task word to an intent stamped with the owner's epoch; *commit*
-//!   (push the record into the backup's ring — synchronous mode — or check the
-//!   ring is still open and buffer the record — asynchronous mode); CAS the
-//!   intent to its final phase.
-//! * **Fencing** happens where state changes: the lease word ([`lease`]) is
-//!   renewed and taken over by CAS; the takeover closes the replication ring
-//!   ([`ring`]) with the new epoch in its tail word, re-tags the inbox
-//!   ([`inbox`]) and *claims* each adopted task's word. A zombie's commit then
-//!   fails at the ring, its finalising CAS fails at the task word, and it is
-//!   told [`RunqError::Fenced`].
-//! * **Tombstones** ([`replica`]): completions and removals are kept in the
+//!   (push the record into every backup's ring — synchronous mode — or check
+//!   the rings are still open and buffer the record — asynchronous mode); CAS
+//!   the intent to its final phase.
+//! * **Fencing** happens where state changes: the lease word ([`LeaseWord`])
+//!   is renewed and taken over by CAS; the takeover closes every replication
+//!   ring with the new epoch in its tail word, re-tags the inbox and *claims*
+//!   each adopted task's word. A zombie's commit then fails at a ring, its
+//!   finalising CAS fails at the task word, and it is told
+//!   [`RunqError::Fenced`].
+//! * **k backups (fan-out)**: the owner pushes each record to all `k` rings;
+//!   all `k` backups watch the lease and race for it when it expires (the
+//!   CAS picks one; no wait by rank, so losing the first backup too does not
+//!   slow the takeover). A backup whose ring another backup's takeover closed
+//!   stays on *standby* until the new owner publishes its new stream, and
+//!   takes over in turn if the new owner dies first.
+//! * **Tombstones** ([`Replica`]): completions and removals are kept in each
 //!   replica as `(task, epoch, seq)` entries that outrank any older enqueue;
-//!   they are collected once the backup has passed them (`Collect` records).
-//! * **Re-backup**: the adopter seeds a new backup with a snapshot, and an
+//!   they are collected once every backup has passed them.
+//! * **Re-backup**: the adopter seeds `k` new backups with a snapshot, and an
 //!   owner whose backup died does the same (raising its own epoch so the old
-//!   backup can no longer take over), so a second failure is survived too.
-//! * **Faults** ([`fault`]): crashes at named points inside operations,
-//!   freezes by a real signal that parks the thread, slow-downs beyond the
-//!   lease. **Invariants** ([`check`]) are checked by a lock-free ledger.
+//!   backups can no longer take over), so later failures are survived too.
+//! * **Spawns** are fenced like operations: a spawn first takes its slot in
+//!   phase `Spawning`, stamped with the spawner's core; if that core dies
+//!   mid-spawn, its takeover's table scan (or a later allocation) reclaims
+//!   the slot, so a crashed spawner leaks nothing.
+//! * **Configuration** is checked against what the arithmetic can represent
+//!   (durations up to an hour, ring and table sizes within their bit fields)
+//!   and what the machine can hold (at most half its memory); allocations use
+//!   `try_reserve`: a bad value is an error saying what to change.
+//! * **Faults** (`fault`, feature `fault-injection`): crashes at named points
+//!   inside operations, freezes by a real signal that parks the thread,
+//!   slow-downs beyond the lease. **Invariants** (`check`, same feature) are
+//!   checked by a lock-free ledger. Without the feature, none of this is
+//!   compiled: no fault points, no signal masking around locks.
 //!
 //! # Trade-offs
 //!
-//! Synchronous replication costs one CAS on a shared cache line per operation
-//! and stalls the owner when the backup stops draining; asynchronous
-//! replication acknowledges at once and ships in batches, losing about λ·L
-//! operations per failure (λ the write rate, L the replication lag). In both
-//! modes the task words prevent duplicates and resurrections: what async mode
-//! can lose is only tasks whose enqueue had not been shipped. A failure of the
-//! adopter between its takeover and the seeding of the new backup (a double
-//! failure inside one takeover) is not survived.
+//! Synchronous replication costs one CAS on a shared cache line per
+//! operation and backup (`k` of them) and stalls the owner when a backup
+//! stops draining; asynchronous replication acknowledges at once and ships
+//! in batches, losing about λ·L operations per failure (λ the write rate, L
+//! the replication lag) — but no task: the takeover's table scan finds every
+//! task whose word names the queue. With `k = 1`, a failure of the adopter
+//! inside its takeover (or of a core and its only backup together) is not
+//! survived; `k = 2` survives it.
 //!
 //! # References
 //!
@@ -57,27 +76,30 @@
 //! The task-word protocol and the takeover as state tables:
 //! `docs/ARCHITECTURE.md` in the repository.
 
+#[cfg(feature = "fault-injection")]
 pub mod check;
-#[cfg(not(loom))]
+#[cfg(all(feature = "fault-injection", not(loom)))]
 pub mod fault;
-pub mod inbox;
-pub mod lease;
-pub mod replica;
-pub mod ring;
-pub mod task;
-#[cfg(all(test, not(loom)))]
+mod inbox;
+mod lease;
+mod replica;
+mod ring;
+mod task;
+#[cfg(all(test, not(loom), feature = "fault-injection"))]
 mod tests;
 
 mod backup;
+mod builder;
 mod owner;
 mod worker;
 
 pub use backup::{BackupEvent, BackupHandle, TakeoverReport};
-pub use lease::{LeaseWord, Renewal, Takeover};
+pub use builder::RunqBuilder;
+pub use lease::LeaseWord;
 pub use owner::{Exit, OwnerHandle, Pick, Tick};
-pub use replica::{Apply, Replica, Replicated};
-pub use ring::{Record, RecordKind, Stamp};
-pub use task::{Phase, QueueId, TaskId, TaskState, MAX_QUEUES};
+pub use replica::{Replica, Replicated};
+pub use ring::Stamp;
+pub use task::{QueueId, TaskId, TaskPhase, TaskState, MAX_QUEUES};
 pub use worker::{CoreWorker, Step};
 
 use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, CachePadded, Mutex, Ordering};
@@ -90,6 +112,9 @@ use inbox::Inbox;
 use lease::Lease;
 use ring::Ring;
 use task::TaskTable;
+
+/// Most backups a queue can have ([`RunqBuilder::backups`]).
+pub const MAX_BACKUPS: usize = 4;
 
 /// Everything that can go wrong in the run-queue module.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -104,14 +129,21 @@ pub enum RunqError {
         /// The epoch that fenced it (0 if not known yet).
         now_epoch: u32,
     },
-    /// Synchronous replication could not get a free slot in the backup's ring.
-    #[error("the backup of queue {queue} is not draining its replication ring: retry after the next tick (a dead backup is replaced once its own lease expires), or use a larger ring_capacity")]
+    /// The spawner's core was taken over (it is considered dead): its spawns
+    /// are refused and a spawn it had begun was reclaimed.
+    #[error("core {core} was taken over, so its spawner is fenced: spawn from a live core's spawner (RunQueues::spawner)")]
+    SpawnerFenced {
+        /// The spawner's core.
+        core: usize,
+    },
+    /// Synchronous replication could not get a free slot in a backup's ring.
+    #[error("a backup of queue {queue} has not drained its replication ring: drain this core's own backup handles (CoreWorker does) and retry; a dead backup is replaced once its own lease expires; a larger ring_capacity makes this rarer")]
     BackupStalled {
         /// The queue.
         queue: QueueId,
     },
     /// No free task slot.
-    #[error("the task table is full ({capacity} slots): complete or remove tasks, or raise Config::task_capacity")]
+    #[error("the task table is full ({capacity} slots): complete or remove tasks, or raise RunqBuilder::task_capacity")]
     TableFull {
         /// Number of slots.
         capacity: usize,
@@ -125,6 +157,14 @@ pub enum RunqError {
     /// A configuration value is out of range.
     #[error("bad run-queue configuration: {0}")]
     BadConfig(String),
+    /// Memory for a table or ring could not be allocated.
+    #[error("cannot allocate {bytes} bytes for the {what}: lower RunqBuilder::ring_capacity / task_capacity / backups")]
+    OutOfMemory {
+        /// What was being allocated.
+        what: &'static str,
+        /// How many bytes.
+        bytes: usize,
+    },
     /// A queue id that does not exist.
     #[error("there is no queue {queue} (this scheduler has {queues} queues, numbered from 0)")]
     NoSuchQueue {
@@ -155,17 +195,17 @@ pub enum RunqError {
         /// The queue.
         queue: QueueId,
         /// Where it is instead.
-        phase: Phase,
+        phase: TaskPhase,
     },
 }
 
-/// How operations reach the backup.
+/// How operations reach the backups.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Replication {
     /// No backup at all: the baseline an unreplicated scheduler would be
     /// (a failure loses the queue). Operations are still fenced.
     None,
-    /// Acknowledged only once the record is in the backup's ring: an
+    /// Acknowledged only once the record is in every backup's ring: an
     /// acknowledged operation is never lost.
     Sync,
     /// Acknowledged at once and shipped in batches of `batch` records, or when
@@ -178,11 +218,16 @@ pub enum Replication {
     },
 }
 
-/// Run-queue configuration.
+/// Run-queue configuration, as validated by [`RunqBuilder::build`] (read it
+/// back with [`RunQueues::config`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Config {
     /// Replication mode.
     pub replication: Replication,
+    /// Backups per queue (`k`): a queue survives its owner and `k - 1` of its
+    /// backups failing within one recovery window.
+    pub backups: usize,
     /// How long an owner's lease lasts without renewal.
     pub lease: Duration,
     /// Extra wait before a takeover, covering clock skew between cores.
@@ -197,6 +242,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             replication: Replication::Sync,
+            backups: 1,
             lease: Duration::from_millis(20),
             skew_margin: Duration::from_millis(5),
             // Under loom the logic is unchanged; only the sizes shrink so the
@@ -207,32 +253,90 @@ impl Default for Config {
     }
 }
 
+/// Longest lease, skew margin or async lag accepted: an hour. Far beyond any
+/// scheduler's need, and small enough that `lease + skew_margin` in
+/// nanoseconds never overflows a `u64`.
+pub const MAX_DURATION: Duration = Duration::from_secs(3600);
+/// Largest ring: 2^24 slots (256 MiB per ring).
+pub const MAX_RING_CAPACITY: usize = 1 << 24;
+/// Largest task table: 2^32 - 1 slots (task ids hold 32-bit slots).
+pub const MAX_TASK_CAPACITY: usize = u32::MAX as usize;
+
 impl Config {
-    fn validate(&self) -> Result<(), RunqError> {
-        if !self.ring_capacity.is_power_of_two() || self.ring_capacity < 4 {
-            return Err(RunqError::BadConfig(format!(
-                "ring_capacity must be a power of two >= 4 (got {})",
+    /// Checks every value against what the arithmetic can represent and what
+    /// the machine can hold, for `cores` queues.
+    fn validate(&self, cores: usize) -> Result<(), RunqError> {
+        let bad = |m: String| Err(RunqError::BadConfig(m));
+        if !self.ring_capacity.is_power_of_two()
+            || !(4..=MAX_RING_CAPACITY).contains(&self.ring_capacity)
+        {
+            return bad(format!(
+                "ring_capacity must be a power of two in 4..=2^24 (got {}): pick e.g. 16384",
                 self.ring_capacity
-            )));
+            ));
         }
-        if self.task_capacity == 0 || self.task_capacity > u32::MAX as usize {
-            return Err(RunqError::BadConfig(format!(
-                "task_capacity must be in 1..=2^32-1 (got {})",
+        if !(1..=MAX_TASK_CAPACITY).contains(&self.task_capacity) {
+            return bad(format!(
+                "task_capacity must be in 1..=2^32-1 (got {}): pick e.g. 65536",
                 self.task_capacity
-            )));
+            ));
         }
-        if self.lease.is_zero() || self.lease > Duration::from_secs(60) {
-            return Err(RunqError::BadConfig(format!(
-                "lease must be in (0, 60 s] (got {:?})",
+        if self.lease.is_zero() || self.lease > MAX_DURATION {
+            return bad(format!(
+                "lease must be in (0, 1 h] (got {:?}): pick e.g. 20 ms",
                 self.lease
-            )));
+            ));
         }
-        if let Replication::Async { batch, .. } = self.replication {
+        if self.skew_margin > MAX_DURATION {
+            return bad(format!(
+                "skew_margin must be at most 1 h (got {:?}): pick e.g. 5 ms",
+                self.skew_margin
+            ));
+        }
+        if let Replication::Async { batch, max_lag } = self.replication {
             if batch == 0 || batch > self.ring_capacity {
-                return Err(RunqError::BadConfig(format!(
+                return bad(format!(
                     "async batch must be in 1..=ring_capacity ({}) (got {batch})",
                     self.ring_capacity
-                )));
+                ));
+            }
+            if max_lag > MAX_DURATION {
+                return bad(format!(
+                    "async max_lag must be at most 1 h (got {max_lag:?}): pick e.g. 2 ms"
+                ));
+            }
+        }
+        if cores < 2 {
+            return bad(format!(
+                "a replicated run queue needs at least 2 cores (got {cores}): a queue's backup lives on another core"
+            ));
+        }
+        if cores > MAX_QUEUES {
+            return bad(format!(
+                "at most {MAX_QUEUES} cores are supported (got {cores})"
+            ));
+        }
+        if self.backups == 0 || self.backups > MAX_BACKUPS || self.backups >= cores {
+            return bad(format!(
+                "backups must be in 1..={} (at most {MAX_BACKUPS}, and fewer than the {cores} cores) (got {})",
+                MAX_BACKUPS.min(cores - 1),
+                self.backups
+            ));
+        }
+        // What the machine can hold: the task table (8 B a slot) and, per
+        // queue, k rings (16 B a slot), twice over (a stream being replaced
+        // lives next to its successor for a moment).
+        let rings = cores.saturating_mul(self.backups).saturating_mul(2);
+        let need = self
+            .task_capacity
+            .saturating_mul(8)
+            .saturating_add(rings.saturating_mul(self.ring_capacity.saturating_mul(16)));
+        if let Some(have) = physical_memory() {
+            if need > have / 2 {
+                return bad(format!(
+                    "task_capacity {} and ring_capacity {} x {rings} rings need {need} bytes, more than half of this machine's {have} bytes of memory: lower them",
+                    self.task_capacity, self.ring_capacity
+                ));
             }
         }
         Ok(())
@@ -240,8 +344,27 @@ impl Config {
 
     /// Nanoseconds a watcher waits without seeing a renewal before a takeover.
     pub fn expiry_ns(&self) -> u64 {
-        (self.lease + self.skew_margin).as_nanos() as u64
+        // Saturating: validation bounds both by an hour, so this never saturates.
+        u64::try_from(self.lease.saturating_add(self.skew_margin).as_nanos()).unwrap_or(u64::MAX)
     }
+}
+
+/// Physical memory in bytes, if the platform says.
+fn physical_memory() -> Option<usize> {
+    #[cfg(all(unix, not(loom)))]
+    {
+        // SAFETY: sysconf has no preconditions and only reads system values.
+        let (pages, size) = unsafe {
+            (
+                libc::sysconf(libc::_SC_PHYS_PAGES),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        if pages > 0 && size > 0 {
+            return Some((pages as usize).saturating_mul(size as usize));
+        }
+    }
+    None
 }
 
 /// Something that happened, for timelines and reports.
@@ -256,7 +379,7 @@ pub struct Event {
 /// The kinds of [`Event`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventKind {
-    /// A neighbour saw a lease unrenewed for lease + margin.
+    /// A backup saw a lease unrenewed for lease + margin.
     LeaseExpired {
         /// The queue.
         queue: QueueId,
@@ -267,7 +390,7 @@ pub enum EventKind {
         /// How long the watcher saw no renewal.
         silent_ns: u64,
     },
-    /// A neighbour took a queue over.
+    /// A backup took a queue over.
     TakeOver(TakeoverReport),
     /// An operation of an old epoch was refused.
     Fenced {
@@ -280,25 +403,45 @@ pub enum EventKind {
         /// The refused operation.
         op: &'static str,
     },
-    /// A queue got a new backup (seeded with a snapshot).
+    /// A queue got new backups (seeded with a snapshot).
     Rebackup {
         /// The queue.
         queue: QueueId,
         /// Its owner.
         owner: usize,
-        /// The new backup core.
-        backup: usize,
+        /// The new backup cores, in rank order.
+        backups: Vec<usize>,
         /// The epoch the new stream carries.
         epoch: u32,
         /// Snapshot lines sent.
         snapshot: usize,
     },
+    /// A spawn begun by a dead core was reclaimed (its slot freed).
+    SpawnReclaimed {
+        /// The slot's task.
+        task: TaskId,
+        /// The dead spawner's core.
+        spawner: usize,
+    },
 }
 
-/// The current replication stream of a queue.
+/// Replication counters of a queue or of the whole scheduler.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplicationStats {
+    /// Operations acknowledged by owners.
+    pub acked: u64,
+    /// Operations that reached the backups (sync: at commit; async: at
+    /// shipment, once every backup's ring has them).
+    pub shipped: u64,
+    /// Sum over shipped operations of (ship time - acknowledgement time), ns.
+    pub lag_ns: u64,
+}
+
+/// The current replication stream of a queue: one ring per backup.
 pub(crate) struct Stream {
-    pub(crate) ring: Arc<Ring>,
-    pub(crate) backup: Option<usize>,
+    pub(crate) rings: Vec<Arc<Ring>>,
+    /// The backup core of each ring, in rank order.
+    pub(crate) backups: Vec<usize>,
     pub(crate) generation: u64,
 }
 
@@ -307,7 +450,7 @@ pub(crate) struct Stream {
 pub(crate) struct QueueStats {
     /// Operations acknowledged by owners.
     pub(crate) acked: AtomicU64,
-    /// Operations shipped to a ring (sync: at commit; async: at shipment).
+    /// Operations shipped to every ring (sync: at commit; async: at shipment).
     pub(crate) shipped: AtomicU64,
     /// Sum of ship time - ack time over shipped records, in ns.
     pub(crate) lag_ns: AtomicU64,
@@ -338,11 +481,12 @@ pub(crate) struct Shared {
     pub(crate) candidates: Vec<Vec<usize>>,
     pub(crate) fenced_ops: AtomicU64,
     pub(crate) takeovers: AtomicU64,
+    pub(crate) reclaimed: AtomicU64,
     #[allow(dead_code)]
     pub(crate) events: Mutex<Vec<Event>>,
     #[cfg(not(loom))]
     pub(crate) origin: std::time::Instant,
-    #[cfg(not(loom))]
+    #[cfg(all(feature = "fault-injection", not(loom)))]
     pub(crate) faults: fault::FaultTable,
 }
 
@@ -351,7 +495,7 @@ impl Shared {
     pub(crate) fn now(&self) -> u64 {
         #[cfg(not(loom))]
         {
-            self.origin.elapsed().as_nanos() as u64
+            u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
         }
         #[cfg(loom)]
         {
@@ -359,44 +503,64 @@ impl Shared {
         }
     }
 
-    /// Is `core` alive: does it still own its home queue?
+    /// Is `core` alive: does it still own its home queue? (Once a core's home
+    /// queue is taken over it never owns it again: a core is never a backup
+    /// of its own queue.)
     pub(crate) fn alive(&self, core: usize) -> bool {
         self.queues[core].lease.load().owner as usize == core
     }
 
-    /// The first live backup candidate of `core`.
-    pub(crate) fn next_live(&self, core: usize) -> Option<usize> {
+    /// The first `k` live backup candidates of `core`, in preference order.
+    pub(crate) fn live_backups(&self, core: usize, k: usize) -> Vec<usize> {
         self.candidates[core]
             .iter()
             .copied()
-            .find(|&c| self.alive(c))
+            .filter(|&c| self.alive(c))
+            .take(k)
+            .collect()
     }
 
     pub(crate) fn log(&self, kind: EventKind) {
         #[cfg(not(loom))]
         {
             let at_ns = self.now();
-            fault::masked(|| {
-                if let Ok(mut ev) = self.events.lock() {
-                    ev.push(Event { at_ns, kind });
-                }
-            });
+            let _masked = owner::MaskGuard::new();
+            if let Ok(mut ev) = self.events.lock() {
+                ev.push(Event { at_ns, kind });
+            }
         }
         #[cfg(loom)]
         drop(kind);
     }
 
-    /// A fault point (no-op under loom).
-    #[inline]
+    /// A fault point: compiled to nothing without the `fault-injection`
+    /// feature (and under loom).
+    #[inline(always)]
     pub(crate) fn fault(&self, _core: usize, _point: fault_points::FaultPoint) {
-        #[cfg(not(loom))]
+        #[cfg(all(feature = "fault-injection", not(loom)))]
         self.faults.hit(_core, _point, || self.now());
+    }
+
+    /// Reclaims `t` (seen as `s`, a `Spawning` word whose spawner core is
+    /// dead); logs and counts it.
+    pub(crate) fn reclaim_spawn(&self, t: TaskId, s: TaskState) -> bool {
+        if self.tasks.reclaim_spawning(t, s).is_some() {
+            // Relaxed: a statistics counter.
+            self.reclaimed.fetch_add(1, Ordering::Relaxed);
+            self.log(EventKind::SpawnReclaimed {
+                task: t,
+                spawner: s.place as usize,
+            });
+            true
+        } else {
+            false
+        }
     }
 }
 
 /// Named places where a crash or slow-down can be injected.
-pub mod fault_points {
-    /// A named fault point.
+pub(crate) mod fault_points {
+    /// A named fault point inside the protocol.
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
     #[repr(u8)]
     pub enum FaultPoint {
@@ -408,45 +572,71 @@ pub mod fault_points {
         AfterCommit = 3,
         /// In a tick, before renewing the lease.
         Tick = 4,
-        /// In a takeover, right after winning the lease (the adopter's own
-        /// double failure; not survived, see the module docs).
+        /// In a takeover, after winning the lease and fencing the old owner
+        /// (rings closed, inbox re-tagged), before adopting anything: the
+        /// adopter's own failure inside the takeover, survived with `k >= 2`
+        /// backups (a standby backup takes over), not with `k = 1`.
         AfterLeaseWon = 5,
         /// Between a migration's delivery and its final CAS.
         MigrateDelivered = 6,
+        /// In a spawn, after the slot was taken (the word says `Spawning`).
+        SpawnAllocated = 7,
+        /// In a spawn, after the delivery to the inbox, before the final CAS.
+        SpawnDelivered = 8,
     }
 
     impl FaultPoint {
         /// Every point, for random fault plans.
-        pub const ALL: [FaultPoint; 6] = [
+        #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+        pub const ALL: [FaultPoint; 8] = [
             FaultPoint::OpStart,
             FaultPoint::AfterIntent,
             FaultPoint::AfterCommit,
             FaultPoint::Tick,
             FaultPoint::AfterLeaseWon,
             FaultPoint::MigrateDelivered,
+            FaultPoint::SpawnAllocated,
+            FaultPoint::SpawnDelivered,
         ];
 
-        /// The points a single failure may hit and be survived.
-        pub const SURVIVABLE: [FaultPoint; 5] = [
+        /// The points a single failure may hit and be survived with one backup.
+        #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+        pub const SURVIVABLE: [FaultPoint; 7] = [
             FaultPoint::OpStart,
             FaultPoint::AfterIntent,
             FaultPoint::AfterCommit,
             FaultPoint::Tick,
             FaultPoint::MigrateDelivered,
+            FaultPoint::SpawnAllocated,
+            FaultPoint::SpawnDelivered,
         ];
 
-        #[cfg_attr(loom, allow(dead_code))]
+        #[cfg_attr(any(loom, not(feature = "fault-injection")), allow(dead_code))]
         pub(crate) fn from_u8(v: u8) -> Option<Self> {
             Self::ALL.iter().copied().find(|p| *p as u8 == v)
         }
     }
 }
 
-/// A scheduler: one run queue per core, each replicated on a neighbour.
+/// A scheduler: one run queue per core, each replicated on `k` other cores.
 ///
-/// Cheap to clone (an `Arc`). Hand out one [`OwnerHandle`] per core with
-/// [`RunQueues::owner`]; backups attach with [`RunQueues::attach_backups`]
-/// (or use [`CoreWorker`], which does both).
+/// Cheap to clone (an `Arc`). Build it with [`RunQueues::builder`]; hand out
+/// one [`OwnerHandle`] per core with [`RunQueues::owner`]; backups attach
+/// with [`RunQueues::attach_backups`] (or use [`CoreWorker`], which does
+/// both).
+///
+/// # Examples
+///
+/// ```
+/// use noderep::runq::{Exit, Pick, RunQueues};
+///
+/// let rq = RunQueues::builder().cores(2).build()?;
+/// let mut owner = rq.owner(0)?;
+/// let task = rq.spawner(1)?.spawn(0)?;
+/// assert_eq!(owner.pick()?, Pick::Task(task));
+/// owner.complete(task, Exit::Done)?;
+/// # Ok::<(), noderep::runq::RunqError>(())
+/// ```
 #[derive(Clone)]
 pub struct RunQueues {
     pub(crate) sh: Arc<Shared>,
@@ -462,38 +652,22 @@ impl core::fmt::Debug for RunQueues {
 }
 
 impl RunQueues {
-    /// One queue per core of `topology`; backups in ring order within a node,
-    /// then across nodes.
-    #[cfg(not(loom))]
-    pub fn new(topology: &crate::topology::Topology, config: Config) -> Result<Self, RunqError> {
-        let nodes: Vec<Vec<usize>> = topology
-            .nodes()
-            .iter()
-            .map(|n| n.cores.iter().map(|c| c.id).collect())
-            .collect();
-        Self::with_layout(&nodes, config)
+    /// A builder (the one way to construct a scheduler).
+    pub fn builder() -> RunqBuilder {
+        RunqBuilder::new()
     }
 
-    /// `cores` queues on one (simulated) node.
-    pub fn with_cores(cores: usize, config: Config) -> Result<Self, RunqError> {
+    /// `cores` queues on one node (tests).
+    #[cfg(test)]
+    pub(crate) fn with_cores(cores: usize, config: Config) -> Result<Self, RunqError> {
         Self::with_layout(&[(0..cores).collect()], config)
     }
 
     /// Queues for cores laid out as `nodes[i]` = the core ids of node `i`
     /// (core ids must be `0..n`, each once).
-    pub fn with_layout(nodes: &[Vec<usize>], config: Config) -> Result<Self, RunqError> {
-        config.validate()?;
+    pub(crate) fn with_layout(nodes: &[Vec<usize>], config: Config) -> Result<Self, RunqError> {
         let n: usize = nodes.iter().map(Vec::len).sum();
-        if n < 2 {
-            return Err(RunqError::BadConfig(format!(
-                "a replicated run queue needs at least 2 cores (got {n}): a queue's backup lives on another core"
-            )));
-        }
-        if n > MAX_QUEUES {
-            return Err(RunqError::BadConfig(format!(
-                "at most {MAX_QUEUES} cores are supported (got {n})"
-            )));
-        }
+        config.validate(n)?;
         let mut seen = alloc::vec![false; n];
         for &c in nodes.iter().flatten() {
             if c >= n || seen[c] {
@@ -517,39 +691,50 @@ impl RunQueues {
                 candidates[c] = cand;
             }
         }
-        let queues: Vec<CachePadded<QueueShared>> = (0..n)
-            .map(|c| {
-                let backup = match config.replication {
-                    Replication::None => None,
-                    _ => candidates[c].first().copied(),
-                };
-                CachePadded::new(QueueShared {
-                    lease: Lease::new(c as u16),
-                    inbox: Inbox::new(1),
-                    stream: Mutex::new(Stream {
-                        ring: Arc::new(Ring::new(1, config.ring_capacity)),
-                        backup,
-                        generation: 1,
-                    }),
-                    stream_gen: AtomicU64::new(1),
-                    steal: AtomicU64::new(0),
-                    len_hint: AtomicUsize::new(0),
-                    home_claimed: AtomicBool::new(false),
-                    stats: QueueStats::default(),
-                })
-            })
-            .collect();
+        let k = match config.replication {
+            Replication::None => 0,
+            _ => config.backups,
+        };
+        let mut queues: Vec<CachePadded<QueueShared>> = Vec::new();
+        queues
+            .try_reserve_exact(n)
+            .map_err(|_| RunqError::OutOfMemory {
+                what: "queue table",
+                bytes: n.saturating_mul(core::mem::size_of::<CachePadded<QueueShared>>()),
+            })?;
+        for (c, cand) in candidates.iter().enumerate() {
+            let backups: Vec<usize> = cand.iter().copied().take(k).collect();
+            let mut rings = Vec::with_capacity(backups.len());
+            for _ in &backups {
+                rings.push(Arc::new(Ring::new(1, config.ring_capacity)?));
+            }
+            queues.push(CachePadded::new(QueueShared {
+                lease: Lease::new(c as u16),
+                inbox: Inbox::new(1),
+                stream: Mutex::new(Stream {
+                    rings,
+                    backups,
+                    generation: 1,
+                }),
+                stream_gen: AtomicU64::new(1),
+                steal: AtomicU64::new(0),
+                len_hint: AtomicUsize::new(0),
+                home_claimed: AtomicBool::new(false),
+                stats: QueueStats::default(),
+            }));
+        }
         let sh = Shared {
-            tasks: TaskTable::new(config.task_capacity),
+            tasks: TaskTable::new(config.task_capacity)?,
             config,
             queues: queues.into_boxed_slice(),
             candidates,
             fenced_ops: AtomicU64::new(0),
             takeovers: AtomicU64::new(0),
+            reclaimed: AtomicU64::new(0),
             events: Mutex::new(Vec::new()),
             #[cfg(not(loom))]
             origin: std::time::Instant::now(),
-            #[cfg(not(loom))]
+            #[cfg(all(feature = "fault-injection", not(loom)))]
             faults: fault::FaultTable::new(n),
         };
         Ok(Self { sh: Arc::new(sh) })
@@ -582,6 +767,11 @@ impl RunQueues {
     }
 
     /// The owner handle of `core`'s home queue (once per core).
+    ///
+    /// # Errors
+    ///
+    /// [`RunqError::NoSuchQueue`] for a core that does not exist,
+    /// [`RunqError::AlreadyClaimed`] the second time for one core.
     pub fn owner(&self, core: usize) -> Result<OwnerHandle, RunqError> {
         self.check_queue(core)?;
         // AcqRel: exactly one caller wins the flag.
@@ -591,25 +781,29 @@ impl RunQueues {
         {
             return Err(RunqError::AlreadyClaimed { core });
         }
-        let ring = self.sh.queues[core]
-            .stream
-            .lock()
-            .map(|s| (s.ring.clone(), s.backup, s.generation))
-            .map_err(|_| RunqError::BadConfig("stream lock poisoned".into()))?;
+        let (rings, backups) = {
+            let _masked = owner::MaskGuard::new();
+            let s = lock(&self.sh.queues[core].stream);
+            (s.rings.clone(), s.backups.clone())
+        };
         Ok(OwnerHandle::new(
             self.sh.clone(),
             core as QueueId,
             core,
             1,
-            ring.0,
-            ring.1,
+            rings,
+            backups,
             Vec::new(),
         ))
     }
 
-    /// Adds to `backups` a handle for every queue whose current backup is
-    /// `core` and that `backups` does not already follow; drops handles whose
-    /// stream moved on. Returns how many were added.
+    /// Adds to `backups` a handle for every queue that has `core` among its
+    /// current backups and that `backups` does not already follow; drops
+    /// handles whose stream moved on. Returns how many were added.
+    ///
+    /// # Errors
+    ///
+    /// [`RunqError::NoSuchQueue`] for a core that does not exist.
     pub fn attach_backups(
         &self,
         core: usize,
@@ -630,13 +824,21 @@ impl RunQueues {
             let got = {
                 let _masked = owner::MaskGuard::new();
                 let s = lock(&self.sh.queues[q].stream);
-                (s.backup == Some(core) && s.generation == generation).then(|| s.ring.clone())
+                if s.generation == generation {
+                    s.backups
+                        .iter()
+                        .position(|&b| b == core)
+                        .map(|rank| (rank, s.rings[rank].clone()))
+                } else {
+                    None
+                }
             };
-            if let Some(ring) = got {
+            if let Some((rank, ring)) = got {
                 backups.push(BackupHandle::new(
                     self.sh.clone(),
                     q as QueueId,
                     core,
+                    rank,
                     ring,
                     generation,
                 ));
@@ -646,11 +848,19 @@ impl RunQueues {
         Ok(added)
     }
 
-    /// A handle for spawning, waking and killing tasks from any core.
-    pub fn spawner(&self) -> Spawner {
-        Spawner {
+    /// A handle for spawning, waking and killing tasks, for code running on
+    /// `core`. Its spawns are fenced like the core's queue operations: if
+    /// `core` dies mid-spawn, the slot it had taken is reclaimed.
+    ///
+    /// # Errors
+    ///
+    /// [`RunqError::NoSuchQueue`] for a core that does not exist.
+    pub fn spawner(&self, core: usize) -> Result<Spawner, RunqError> {
+        self.check_queue(core)?;
+        Ok(Spawner {
             sh: self.sh.clone(),
-        }
+            core,
+        })
     }
 
     /// The state of a task (`None` once its slot was reused).
@@ -659,9 +869,24 @@ impl RunQueues {
     }
 
     /// The lease word of queue `q`.
+    ///
+    /// # Errors
+    ///
+    /// [`RunqError::NoSuchQueue`] for a queue that does not exist.
     pub fn lease(&self, q: QueueId) -> Result<LeaseWord, RunqError> {
         self.check_queue(q as usize)?;
         Ok(self.sh.queues[q as usize].lease.load())
+    }
+
+    /// The current backup cores of queue `q`, in rank order.
+    ///
+    /// # Errors
+    ///
+    /// [`RunqError::NoSuchQueue`] for a queue that does not exist.
+    pub fn backups_of(&self, q: QueueId) -> Result<Vec<usize>, RunqError> {
+        self.check_queue(q as usize)?;
+        let _masked = owner::MaskGuard::new();
+        Ok(lock(&self.sh.queues[q as usize].stream).backups.clone())
     }
 
     /// Is `core` still the owner of its home queue?
@@ -681,11 +906,18 @@ impl RunQueues {
         self.sh.takeovers.load(Ordering::Relaxed)
     }
 
+    /// Spawns of dead cores whose slots were reclaimed so far.
+    pub fn reclaimed_spawns(&self) -> u64 {
+        // Relaxed: a statistics counter.
+        self.sh.reclaimed.load(Ordering::Relaxed)
+    }
+
     /// Takes the events logged so far.
     pub fn take_events(&self) -> Vec<Event> {
         #[cfg(not(loom))]
         {
-            fault::masked(|| core::mem::take(&mut *lock(&self.sh.events)))
+            let _masked = owner::MaskGuard::new();
+            core::mem::take(&mut *lock(&self.sh.events))
         }
         #[cfg(loom)]
         {
@@ -693,29 +925,32 @@ impl RunQueues {
         }
     }
 
-    /// `(acked, shipped, lag_ns_sum)` summed over queues: operations
-    /// acknowledged, operations that reached a backup, and their total lag.
-    pub fn replication_stats(&self) -> (u64, u64, u64) {
-        let mut t = (0, 0, 0);
+    /// Replication counters summed over queues.
+    pub fn replication_stats(&self) -> ReplicationStats {
+        let mut t = ReplicationStats::default();
         for q in self.sh.queues.iter() {
             // Relaxed: statistics counters.
-            t.0 += q.stats.acked.load(Ordering::Relaxed);
-            t.1 += q.stats.shipped.load(Ordering::Relaxed);
-            t.2 += q.stats.lag_ns.load(Ordering::Relaxed);
+            t.acked += q.stats.acked.load(Ordering::Relaxed);
+            t.shipped += q.stats.shipped.load(Ordering::Relaxed);
+            t.lag_ns += q.stats.lag_ns.load(Ordering::Relaxed);
         }
         t
     }
 
-    /// `(acked, shipped, lag_ns_sum)` of queue `q` since its last takeover.
-    pub fn queue_stats(&self, q: QueueId) -> Result<(u64, u64, u64), RunqError> {
+    /// Replication counters of queue `q` since its last takeover.
+    ///
+    /// # Errors
+    ///
+    /// [`RunqError::NoSuchQueue`] for a queue that does not exist.
+    pub fn queue_stats(&self, q: QueueId) -> Result<ReplicationStats, RunqError> {
         self.check_queue(q as usize)?;
         let st = &self.sh.queues[q as usize].stats;
         // Relaxed: statistics.
-        Ok((
-            st.acked.load(Ordering::Relaxed),
-            st.shipped.load(Ordering::Relaxed),
-            st.lag_ns.load(Ordering::Relaxed),
-        ))
+        Ok(ReplicationStats {
+            acked: st.acked.load(Ordering::Relaxed),
+            shipped: st.shipped.load(Ordering::Relaxed),
+            lag_ns: st.lag_ns.load(Ordering::Relaxed),
+        })
     }
 
     /// Every slot whose word is not reusable: `(id, state)` (for audits).
@@ -728,8 +963,8 @@ impl RunQueues {
             .collect()
     }
 
-    /// The fault injector of this scheduler.
-    #[cfg(not(loom))]
+    /// The fault injector of this scheduler (feature `fault-injection`).
+    #[cfg(all(feature = "fault-injection", not(loom)))]
     pub fn faults(&self) -> &fault::FaultTable {
         &self.sh.faults
     }
@@ -750,7 +985,7 @@ pub enum Wake {
     /// The task was blocked and is now in transit to its home queue.
     Woken,
     /// The task was not blocked (it is in this phase): nothing done.
-    NotBlocked(Phase),
+    NotBlocked(TaskPhase),
     /// The task is over (its slot was reused).
     Gone,
 }
@@ -769,26 +1004,57 @@ pub enum Kill {
     AlreadyGone,
 }
 
-/// Spawns, wakes and kills tasks from any core.
+/// Spawns, wakes and kills tasks; bound to the core it runs on (a spawn is
+/// fenced, and its slot reclaimed, if that core dies mid-spawn).
+///
+/// # Examples
+///
+/// ```
+/// use noderep::runq::{Kill, RunQueues};
+///
+/// let rq = RunQueues::builder().cores(2).build()?;
+/// let sp = rq.spawner(0)?;
+/// let t = sp.spawn(1)?;
+/// assert_eq!(sp.kill(t), Kill::Killed);
+/// # Ok::<(), noderep::runq::RunqError>(())
+/// ```
 #[derive(Clone)]
 pub struct Spawner {
     sh: Arc<Shared>,
+    core: usize,
 }
 
 impl core::fmt::Debug for Spawner {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("Spawner")
+        f.debug_struct("Spawner").field("core", &self.core).finish()
     }
 }
 
 impl Spawner {
     /// Spawns a task on queue `q`; it is acknowledged (in transit) on return.
+    ///
+    /// # Errors
+    ///
+    /// As [`Spawner::spawn_with`].
     pub fn spawn(&self, q: QueueId) -> Result<TaskId, RunqError> {
         self.spawn_with(q, |_| {})
     }
 
     /// As [`Spawner::spawn`], calling `before_delivery` with the new id before
     /// the task can reach any core (to register it in a ledger).
+    ///
+    /// The spawn runs in three steps: take a slot in phase `Spawning` (stamped
+    /// with this spawner's core), deliver the id to `q`'s inbox (its owner
+    /// defers a `Spawning` delivery), then CAS `Spawning` to `Transit`. If
+    /// the core dies in between, its takeover (or a later allocation) CASes
+    /// the slot to `Removed`: nothing leaks, and the final CAS of a zombie
+    /// spawner fails.
+    ///
+    /// # Errors
+    ///
+    /// [`RunqError::NoSuchQueue`] for a queue that does not exist,
+    /// [`RunqError::TableFull`] when no slot is free,
+    /// [`RunqError::SpawnerFenced`] if this spawner's core was taken over.
     pub fn spawn_with(
         &self,
         q: QueueId,
@@ -800,10 +1066,48 @@ impl Spawner {
                 queues: self.sh.queues.len(),
             });
         }
-        let t = self.sh.tasks.allocate(Phase::Transit, q)?;
+        let me = self.core as QueueId;
+        if !self.sh.alive(self.core) {
+            return Err(RunqError::SpawnerFenced { core: self.core });
+        }
+        let sh = &self.sh;
+        let t = sh
+            .tasks
+            .allocate(TaskPhase::Spawning, me, |c| !sh.alive(c as usize))?;
+        let spawning = TaskState::new(t.generation(), TaskPhase::Spawning, me, 0);
+        // Fence check after the word is written, by a read-modify-write of
+        // the lease word: the RMWs on that word (ours, renewals, the takeover
+        // CAS) are totally ordered. (1) Ours comes first: the takeover's
+        // Acquire CAS reads from a value at or after our Release RMW, so its
+        // table scan sees our `Spawning` word and reclaims it if we die. (2)
+        // The takeover comes first: we read the new owner here and give the
+        // slot back ourselves. There is no third case (a plain load here and
+        // a plain load in the scan could each miss the other's write).
+        if !sh.queues[self.core].lease.touch_is_owner(self.core as u16) {
+            let _ = sh.tasks.reclaim_spawning(t, spawning);
+            return Err(RunqError::SpawnerFenced { core: self.core });
+        }
+        sh.fault(self.core, fault_points::FaultPoint::SpawnAllocated);
         before_delivery(t);
-        self.sh.queues[q as usize].inbox.push(t);
-        Ok(t)
+        let inbox = &sh.queues[q as usize].inbox;
+        let tag = inbox.push(t);
+        sh.fault(self.core, fault_points::FaultPoint::SpawnDelivered);
+        match sh
+            .tasks
+            .cas(t, spawning, spawning.with(TaskPhase::Transit, q, 0))
+        {
+            task::Cas::Done => {
+                // The owner that took the delivery may have deferred it (the
+                // word said `Spawning`) and died since: if the inbox changed
+                // hands, deliver again (see `Inbox::tag_now`).
+                if inbox.tag_now() != tag {
+                    inbox.push(t);
+                }
+                Ok(t)
+            }
+            // Reclaimed: our core was taken over while we spawned.
+            task::Cas::Saw(_) => Err(RunqError::SpawnerFenced { core: self.core }),
+        }
     }
 
     /// Wakes a blocked task: it goes back to its home queue.
@@ -812,10 +1116,15 @@ impl Spawner {
             let Some(s) = self.sh.tasks.state(t) else {
                 return Wake::Gone;
             };
-            if s.phase != Phase::Blocked {
+            if s.phase != TaskPhase::Blocked {
                 return Wake::NotBlocked(s.phase);
             }
-            if self.sh.tasks.cas(t, s, s.with(Phase::Transit, s.place, 0)) == task::Cas::Done {
+            if self
+                .sh
+                .tasks
+                .cas(t, s, s.with(TaskPhase::Transit, s.place, 0))
+                == task::Cas::Done
+            {
                 self.sh.queues[s.place as usize].inbox.push(t);
                 return Wake::Woken;
             }
@@ -829,28 +1138,28 @@ impl Spawner {
                 return Kill::AlreadyGone;
             };
             match s.phase {
-                Phase::Queued | Phase::Blocked | Phase::Transit => {
+                TaskPhase::Queued | TaskPhase::Blocked | TaskPhase::Transit => {
                     #[cfg(noderep_mutant = "kill_check_then_store")]
                     {
                         // MUTANT: "check, then act": a blind store of Removed
                         // after the check above, racing the owner's CASes.
                         self.sh
                             .tasks
-                            .store_for_mutant(t, s.with(Phase::Removed, s.place, s.epoch));
+                            .store_for_mutant(t, s.with(TaskPhase::Removed, s.place, s.epoch));
                         return Kill::Killed;
                     }
                     #[cfg(not(noderep_mutant = "kill_check_then_store"))]
                     if self
                         .sh
                         .tasks
-                        .cas(t, s, s.with(Phase::Removed, s.place, s.epoch))
+                        .cas(t, s, s.with(TaskPhase::Removed, s.place, s.epoch))
                         == task::Cas::Done
                     {
                         return Kill::Killed;
                     }
                 }
-                Phase::Running => return Kill::Running,
-                Phase::Done | Phase::Removed | Phase::Free => return Kill::AlreadyGone,
+                TaskPhase::Running => return Kill::Running,
+                TaskPhase::Done | TaskPhase::Removed | TaskPhase::Free => return Kill::AlreadyGone,
                 _ => return Kill::Busy,
             }
         }

@@ -17,8 +17,11 @@ use alloc::vec::Vec;
 use super::fault_points::FaultPoint;
 use super::inbox::Take;
 use super::ring::{Push, Record, RecordKind, Ring, Stamp};
-use super::task::{Cas, Phase, QueueId, TaskId, TaskState};
-use super::{lock, EventKind, Replication, RunqError, Shared, Stream};
+use super::task::{Cas, QueueId, TaskId, TaskPhase, TaskState};
+use super::{lock, EventKind, Replication, RunqError, Shared, Stream, MAX_BACKUPS};
+
+/// Ring positions just past one record, per backup ring.
+type Ends = [u64; MAX_BACKUPS];
 
 /// What `pick` found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,26 +61,47 @@ enum Fail {
 }
 
 /// The owner's handle of one run queue (one per queue and epoch).
+///
+/// # Examples
+///
+/// ```
+/// use noderep::runq::{Exit, Pick, RunQueues};
+///
+/// let rq = RunQueues::builder().cores(2).build()?;
+/// let mut owner = rq.owner(0)?;
+/// let t = rq.spawner(0)?.spawn(0)?;
+/// assert_eq!(owner.pick()?, Pick::Task(t));
+/// owner.complete(t, Exit::Block)?; // it sleeps until woken
+/// assert_eq!(owner.pick()?, Pick::Empty);
+/// owner.tick(rq.now())?; // renews the lease
+/// # Ok::<(), noderep::runq::RunqError>(())
+/// ```
 pub struct OwnerHandle {
     sh: Arc<Shared>,
     q: QueueId,
     core: usize,
     epoch: u32,
     seq: u64,
-    ring: Arc<Ring>,
-    backup: Option<usize>,
+    /// One replication ring per backup, in rank order (fan-out: every
+    /// record goes to every ring).
+    rings: Vec<Arc<Ring>>,
+    backups: Vec<usize>,
     /// Queued tasks in order, with the stamp of their enqueue.
     local: VecDeque<(TaskId, Stamp)>,
     /// Running tasks and the stamp of their pick.
     running: BTreeMap<TaskId, Stamp>,
     /// Deliveries whose migration has not been finalised yet.
     deferred: Vec<TaskId>,
-    /// Async mode: records acknowledged but not shipped, and their ack times.
+    /// Async mode: records acknowledged but not shipped to every ring, their
+    /// ack times, their positions in each ring, and how many of them each
+    /// ring has.
     batch: Vec<Record>,
     batch_at: Vec<u64>,
-    /// Tombstones pushed, with the ring position after them, awaiting the
+    batch_ends: Vec<Ends>,
+    sent: [usize; MAX_BACKUPS],
+    /// Tombstones pushed, with the ring positions after them, awaiting every
     /// backup's drain before they can be collected.
-    tombs: VecDeque<(u64, Stamp)>,
+    tombs: VecDeque<(Ends, Stamp)>,
     last_renew: u64,
     fenced: Option<u32>,
     _not_sync: PhantomData<Cell<()>>,
@@ -102,8 +126,8 @@ impl OwnerHandle {
         q: QueueId,
         core: usize,
         epoch: u32,
-        ring: Arc<Ring>,
-        backup: Option<usize>,
+        rings: Vec<Arc<Ring>>,
+        backups: Vec<usize>,
         adopted: Vec<TaskId>,
     ) -> Self {
         let mut h = Self {
@@ -112,13 +136,15 @@ impl OwnerHandle {
             core,
             epoch,
             seq: 0,
-            ring,
-            backup,
+            rings,
+            backups,
             local: VecDeque::new(),
             running: BTreeMap::new(),
             deferred: Vec::new(),
             batch: Vec::new(),
             batch_at: Vec::new(),
+            batch_ends: Vec::new(),
+            sent: [0; MAX_BACKUPS],
             tombs: VecDeque::new(),
             last_renew: 0,
             fenced: None,
@@ -172,9 +198,10 @@ impl OwnerHandle {
         self.running.keys().copied().collect()
     }
 
-    /// The current backup core (`None` when no other core is alive).
-    pub fn backup(&self) -> Option<usize> {
-        self.backup
+    /// The current backup cores, in rank order (empty when no other core is
+    /// alive, or unreplicated).
+    pub fn backups(&self) -> &[usize] {
+        &self.backups
     }
 
     fn stamp(&mut self) -> Stamp {
@@ -228,14 +255,26 @@ impl OwnerHandle {
         )
     }
 
+    /// Is every ring still open for this epoch? (The fence check of an
+    /// operation that ships nothing now.)
+    fn rings_open(&self) -> bool {
+        self.rings.iter().all(|r| r.is_open_for(self.epoch))
+    }
+
     /// Makes `rec` durable according to the replication mode: the point at
     /// which the operation is acknowledged. Fails only if fenced or stalled.
     fn commit(&mut self, rec: Record) -> Result<(), RunqError> {
         let stats = &self.sh.queues[self.q as usize].stats;
-        if self.backup.is_none() || self.sh.config.replication == Replication::None {
-            // Unreplicated, or no live core left to back this queue up: run unreplicated, but
-            // still refuse the operation if the ring says we were fenced.
-            if !self.ring.is_open_for(self.epoch) {
+        if self.rings.is_empty() || self.sh.config.replication == Replication::None {
+            // Unreplicated, or no live core left to back this queue up: run
+            // unreplicated, but still refuse the operation if fenced. (With
+            // no ring, the lease word is the fence.)
+            let fenced = if self.rings.is_empty() {
+                self.sh.queues[self.q as usize].lease.load().epoch != self.epoch
+            } else {
+                !self.rings_open()
+            };
+            if fenced {
                 return Err(self.fence("commit"));
             }
             // Relaxed: statistics.
@@ -246,38 +285,56 @@ impl OwnerHandle {
         match self.sh.config.replication {
             // (`None` took the unreplicated path above.)
             Replication::Sync | Replication::None => {
+                // Fan-out: the record goes into every backup's ring, in rank
+                // order; the operation is acknowledged once all have it. A
+                // takeover closes every ring, so a zombie fails at the first
+                // closed one; records it left in earlier rings are harmless
+                // (the task word, not the replica, decides: see backup.rs).
+                // First wait (a little) until every ring has room, so that a
+                // stalled backup does not leave the record in some rings
+                // only, to be pushed there again at the retry.
                 let mut backoff = Backoff::new();
                 let mut waited = StallClock::new();
-                loop {
-                    match self.ring.push(&[rec], self.epoch) {
-                        Push::Pushed { end } => {
-                            if Self::is_tomb(rec.kind) {
-                                self.tombs.push_back((end, rec.stamp));
-                            }
-                            // Relaxed: statistics.
-                            stats.acked.fetch_add(1, Ordering::Relaxed);
-                            stats.shipped.fetch_add(1, Ordering::Relaxed);
-                            return Ok(());
-                        }
+                while !self.rings.iter().all(|r| r.has_room(1)) {
+                    // Give up with `BackupStalled` after a little while: the
+                    // caller drains its *own* backups before retrying
+                    // (`CoreWorker` does). Waiting longer here could
+                    // deadlock: cores that back each other up in a cycle
+                    // would all wait on one another.
+                    if waited.exceeded(STALL_WAIT.min(self.sh.config.lease / 2)) {
+                        return Err(RunqError::BackupStalled { queue: self.q });
+                    }
+                    backoff.snooze();
+                }
+                let mut ends: Ends = [0; MAX_BACKUPS];
+                // (Indexing, not iterating: `self.fence` needs `&mut self`.)
+                #[allow(clippy::needless_range_loop)]
+                for i in 0..self.rings.len() {
+                    match self.rings[i].push(&[rec], self.epoch) {
+                        Push::Pushed { end } => ends[i] = end,
                         Push::Closed => return Err(self.fence("commit")),
-                        Push::Full => {
-                            // Wait for the backup to drain, up to half a lease.
-                            if waited.exceeded(self.sh.config.lease / 2) {
-                                return Err(RunqError::BackupStalled { queue: self.q });
-                            }
-                            backoff.snooze();
-                        }
+                        // Only this owner pushes, so the room seen above is
+                        // still there (kept for robustness).
+                        Push::Full => return Err(RunqError::BackupStalled { queue: self.q }),
                     }
                 }
+                if Self::is_tomb(rec.kind) {
+                    self.tombs.push_back((ends, rec.stamp));
+                }
+                // Relaxed: statistics.
+                stats.acked.fetch_add(1, Ordering::Relaxed);
+                stats.shipped.fetch_add(1, Ordering::Relaxed);
+                Ok(())
             }
             Replication::Async { batch, .. } => {
                 // The validation step: the commit point of an asynchronous
-                // operation is this load; a takeover closes the ring first.
-                if !self.ring.is_open_for(self.epoch) {
+                // operation is this load; a takeover closes the rings first.
+                if !self.rings_open() {
                     return Err(self.fence("commit"));
                 }
                 self.batch.push(rec);
                 self.batch_at.push(self.sh.now());
+                self.batch_ends.push([0; MAX_BACKUPS]);
                 // Relaxed: statistics.
                 stats.acked.fetch_add(1, Ordering::Relaxed);
                 if self.batch.len() >= batch {
@@ -290,47 +347,65 @@ impl OwnerHandle {
         }
     }
 
-    /// Async mode: pushes the buffered records to the backup's ring.
+    /// Async mode: pushes the buffered records to every backup's ring; a
+    /// record leaves the buffer once every ring has it.
     fn ship(&mut self) -> Result<(), RunqError> {
         if self.batch.is_empty() {
             return Ok(());
         }
         let cap = self.sh.config.ring_capacity;
-        let mut sent = 0;
-        while sent < self.batch.len() {
-            let chunk = &self.batch[sent..(sent + cap / 2).min(self.batch.len())];
-            match self.ring.push(chunk, self.epoch) {
-                Push::Pushed { end } => {
-                    let start = end - chunk.len() as u64;
-                    for (i, r) in chunk.iter().enumerate() {
-                        if Self::is_tomb(r.kind) {
-                            self.tombs.push_back((start + i as u64 + 1, r.stamp));
+        for i in 0..self.rings.len() {
+            while self.sent[i] < self.batch.len() {
+                let from = self.sent[i];
+                let to = (from + cap / 2).min(self.batch.len());
+                match self.rings[i].push(&self.batch[from..to], self.epoch) {
+                    Push::Pushed { end } => {
+                        let start = end - (to - from) as u64;
+                        for (j, e) in self.batch_ends[from..to].iter_mut().enumerate() {
+                            e[i] = start + j as u64 + 1;
                         }
+                        self.sent[i] = to;
                     }
-                    sent += chunk.len();
-                }
-                Push::Full => break,
-                Push::Closed => {
-                    // Fenced: these records never reach the backup (this is
-                    // the asynchronous mode's loss); drop them.
-                    self.batch.clear();
-                    self.batch_at.clear();
-                    return Err(self.fence("ship"));
+                    Push::Full => break,
+                    Push::Closed => {
+                        // Fenced: these records never reach the backups (this
+                        // is the asynchronous mode's loss); drop them.
+                        self.batch.clear();
+                        self.batch_at.clear();
+                        self.batch_ends.clear();
+                        self.sent = [0; MAX_BACKUPS];
+                        return Err(self.fence("ship"));
+                    }
                 }
             }
         }
-        if sent > 0 {
+        let done = self.sent[..self.rings.len()]
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(0);
+        if done > 0 {
             let now = self.sh.now();
-            let lag: u64 = self.batch_at[..sent]
+            let lag: u64 = self.batch_at[..done]
                 .iter()
                 .map(|&a| now.saturating_sub(a))
                 .sum();
+            for j in 0..done {
+                if Self::is_tomb(self.batch[j].kind) {
+                    self.tombs
+                        .push_back((self.batch_ends[j], self.batch[j].stamp));
+                }
+            }
             let stats = &self.sh.queues[self.q as usize].stats;
             // Relaxed: statistics.
-            stats.shipped.fetch_add(sent as u64, Ordering::Relaxed);
+            stats.shipped.fetch_add(done as u64, Ordering::Relaxed);
             stats.lag_ns.fetch_add(lag, Ordering::Relaxed);
-            self.batch.drain(..sent);
-            self.batch_at.drain(..sent);
+            self.batch.drain(..done);
+            self.batch_at.drain(..done);
+            self.batch_ends.drain(..done);
+            for s in &mut self.sent[..self.rings.len()] {
+                *s -= done;
+            }
         }
         Ok(())
     }
@@ -340,7 +415,7 @@ impl OwnerHandle {
         &mut self,
         t: TaskId,
         from: TaskState,
-        intent: Phase,
+        intent: TaskPhase,
         kind: RecordKind,
         to: TaskState,
         op: &'static str,
@@ -386,6 +461,12 @@ impl OwnerHandle {
 
     /// Accepts the tasks delivered to this queue's inbox (spawns, wake-ups,
     /// migrations in). Returns how many joined the queue.
+    ///
+    /// # Errors
+    ///
+    /// [`RunqError::Fenced`] once the queue was taken over (drop the handle,
+    /// or [`OwnerHandle::surrender`] it); [`RunqError::BackupStalled`] when a
+    /// backup does not drain its ring in synchronous mode (retry later).
     pub fn accept(&mut self) -> Result<usize, RunqError> {
         self.refuse_if_fenced("accept")?;
         let mut delivered = core::mem::take(&mut self.deferred);
@@ -403,26 +484,36 @@ impl OwnerHandle {
                 continue;
             };
             match s.phase {
-                Phase::Transit if s.place == self.q => {
-                    let to = s.with(Phase::Queued, self.q, self.epoch);
-                    match self.transition(t, s, Phase::Accepting, RecordKind::Enqueue, to, "accept")
-                    {
+                TaskPhase::Transit if s.place == self.q => {
+                    let to = s.with(TaskPhase::Queued, self.q, self.epoch);
+                    match self.transition(
+                        t,
+                        s,
+                        TaskPhase::Accepting,
+                        RecordKind::Enqueue,
+                        to,
+                        "accept",
+                    ) {
                         Ok(st) => {
                             self.local.push_back((t, st));
                             accepted += 1;
                         }
                         Err(Fail::Moved(_)) => {}
                         Err(Fail::Err(e)) => {
-                            // Tasks not yet accepted stay in transit; a taker's
-                            // scan claims them.
+                            // Tasks not yet accepted (this one included: its
+                            // intent was undone) stay in transit and are
+                            // retried at the next accept; if we were fenced, a
+                            // taker's scan claims them.
+                            self.deferred.push(t);
                             self.deferred.extend(rest);
                             self.publish_len();
                             return Err(e);
                         }
                     }
                 }
-                // A migration to us that its sender has not finalised yet.
-                Phase::Migrating => self.deferred.push(t),
+                // A migration (or spawn) to us that its sender has not
+                // finalised yet.
+                TaskPhase::Migrating | TaskPhase::Spawning => self.deferred.push(t),
                 _ => {}
             }
         }
@@ -431,21 +522,25 @@ impl OwnerHandle {
     }
 
     /// Accepts deliveries, serves a pending steal, then picks the next task.
+    ///
+    /// # Errors
+    ///
+    /// As [`OwnerHandle::accept`].
     pub fn pick(&mut self) -> Result<Pick, RunqError> {
         self.refuse_if_fenced("pick")?;
         self.serve_steal()?;
         self.accept()?;
         while let Some((t, st)) = self.local.pop_front() {
-            let from = TaskState::new(t.generation(), Phase::Queued, self.q, st.epoch);
-            let to = from.with(Phase::Running, self.q, self.epoch);
-            match self.transition(t, from, Phase::Picking, RecordKind::Pick, to, "pick") {
+            let from = TaskState::new(t.generation(), TaskPhase::Queued, self.q, st.epoch);
+            let to = from.with(TaskPhase::Running, self.q, self.epoch);
+            match self.transition(t, from, TaskPhase::Picking, RecordKind::Pick, to, "pick") {
                 Ok(stamp) => {
                     self.running.insert(t, stamp);
                     self.publish_len();
                     return Ok(Pick::Task(t));
                 }
                 Err(Fail::Moved(s)) => {
-                    if s.generation == t.generation() && s.phase == Phase::Removed {
+                    if s.generation == t.generation() && s.phase == TaskPhase::Removed {
                         // Killed while queued: replicate the tombstone.
                         let stamp = self.stamp();
                         self.commit(Record {
@@ -467,6 +562,11 @@ impl OwnerHandle {
     }
 
     /// Ends the run of `t` (returned by `pick`) as `exit`.
+    ///
+    /// # Errors
+    ///
+    /// [`RunqError::NotRunning`] for a task this handle is not running; else
+    /// as [`OwnerHandle::accept`].
     pub fn complete(&mut self, t: TaskId, exit: Exit) -> Result<(), RunqError> {
         self.complete_then(t, exit, || {})
     }
@@ -474,6 +574,10 @@ impl OwnerHandle {
     /// As [`OwnerHandle::complete`], calling `on_commit` right after the
     /// completion became final and before anything can fail (so a ledger
     /// stays exact even if the core crashes just after).
+    ///
+    /// # Errors
+    ///
+    /// As [`OwnerHandle::complete`].
     pub fn complete_then(
         &mut self,
         t: TaskId,
@@ -487,22 +591,22 @@ impl OwnerHandle {
                 queue: self.q,
             });
         };
-        let from = TaskState::new(t.generation(), Phase::Running, self.q, picked.epoch);
+        let from = TaskState::new(t.generation(), TaskPhase::Running, self.q, picked.epoch);
         let (intent, kind, to) = match exit {
             Exit::Done => (
-                Phase::Finishing,
+                TaskPhase::Finishing,
                 RecordKind::Complete,
-                from.with(Phase::Done, self.q, self.epoch),
+                from.with(TaskPhase::Done, self.q, self.epoch),
             ),
             Exit::Block => (
-                Phase::Blocking,
+                TaskPhase::Blocking,
                 RecordKind::Block,
-                from.with(Phase::Blocked, self.q, 0),
+                from.with(TaskPhase::Blocked, self.q, 0),
             ),
             Exit::Yield => (
-                Phase::Yielding,
+                TaskPhase::Yielding,
                 RecordKind::Enqueue,
-                from.with(Phase::Queued, self.q, self.epoch),
+                from.with(TaskPhase::Queued, self.q, self.epoch),
             ),
         };
         match self.transition(t, from, intent, kind, to, "complete") {
@@ -529,7 +633,7 @@ impl OwnerHandle {
 
     fn take_queued(&mut self, t: TaskId) -> Result<Stamp, RunqError> {
         let Some(i) = self.local.iter().position(|e| e.0 == t) else {
-            let phase = self.sh.tasks.state(t).map_or(Phase::Free, |s| s.phase);
+            let phase = self.sh.tasks.state(t).map_or(TaskPhase::Free, |s| s.phase);
             return Err(RunqError::NotQueued {
                 task: t,
                 queue: self.q,
@@ -542,12 +646,24 @@ impl OwnerHandle {
     }
 
     /// Removes a queued task (it exits before running); leaves a tombstone.
+    ///
+    /// # Errors
+    ///
+    /// [`RunqError::NotQueued`] for a task not queued here; else as
+    /// [`OwnerHandle::accept`].
     pub fn remove(&mut self, t: TaskId) -> Result<(), RunqError> {
         self.refuse_if_fenced("remove")?;
         let st = self.take_queued(t)?;
-        let from = TaskState::new(t.generation(), Phase::Queued, self.q, st.epoch);
-        let to = from.with(Phase::Removed, self.q, self.epoch);
-        match self.transition(t, from, Phase::Removing, RecordKind::Remove, to, "remove") {
+        let from = TaskState::new(t.generation(), TaskPhase::Queued, self.q, st.epoch);
+        let to = from.with(TaskPhase::Removed, self.q, self.epoch);
+        match self.transition(
+            t,
+            from,
+            TaskPhase::Removing,
+            RecordKind::Remove,
+            to,
+            "remove",
+        ) {
             Ok(_) => Ok(()),
             Err(Fail::Moved(s)) => Err(RunqError::NotQueued {
                 task: t,
@@ -565,6 +681,11 @@ impl OwnerHandle {
 
     /// Sends a queued task to queue `to` (load balancing); leaves a tombstone
     /// here. The task is in transit until `to`'s owner accepts it.
+    ///
+    /// # Errors
+    ///
+    /// [`RunqError::NoSuchQueue`] for a bad target (or this queue itself);
+    /// else as [`OwnerHandle::remove`].
     pub fn migrate(&mut self, t: TaskId, to: QueueId) -> Result<(), RunqError> {
         self.refuse_if_fenced("migrate")?;
         if to as usize >= self.sh.queues.len() || to == self.q {
@@ -578,8 +699,8 @@ impl OwnerHandle {
     }
 
     fn migrate_entry(&mut self, t: TaskId, st: Stamp, to: QueueId) -> Result<(), RunqError> {
-        let from = TaskState::new(t.generation(), Phase::Queued, self.q, st.epoch);
-        let mine = from.with(Phase::Migrating, self.q, self.epoch);
+        let from = TaskState::new(t.generation(), TaskPhase::Queued, self.q, st.epoch);
+        let mine = from.with(TaskPhase::Migrating, self.q, self.epoch);
         if let Cas::Saw(s) = self.sh.tasks.cas(t, from, mine) {
             return Err(RunqError::NotQueued {
                 task: t,
@@ -603,16 +724,32 @@ impl OwnerHandle {
         // Deliver first, then finalise: the receiver defers a delivery whose
         // word is still `Migrating`, and a taker of this queue claims it if we
         // die in between.
-        self.sh.queues[to as usize].inbox.push(t);
+        let inbox = &self.sh.queues[to as usize].inbox;
+        let tag = inbox.push(t);
         self.sh.fault(self.core, FaultPoint::MigrateDelivered);
-        match self.sh.tasks.cas(t, mine, from.with(Phase::Transit, to, 0)) {
-            Cas::Done => Ok(()),
+        match self
+            .sh
+            .tasks
+            .cas(t, mine, from.with(TaskPhase::Transit, to, 0))
+        {
+            Cas::Done => {
+                // The receiver may have deferred the delivery and died since:
+                // deliver again if its inbox changed hands (`Inbox::tag_now`).
+                if inbox.tag_now() != tag {
+                    inbox.push(t);
+                }
+                Ok(())
+            }
             Cas::Saw(_) => Err(self.fence("migrate")),
         }
     }
 
     /// Asks queue `victim`'s owner to send this queue about half its tasks.
     /// Returns `false` if another steal request is already pending there.
+    ///
+    /// # Errors
+    ///
+    /// [`RunqError::NoSuchQueue`] for a bad victim (or this queue itself).
     pub fn request_steal(&self, victim: QueueId) -> Result<bool, RunqError> {
         if victim as usize >= self.sh.queues.len() || victim == self.q {
             return Err(RunqError::NoSuchQueue {
@@ -670,6 +807,11 @@ impl OwnerHandle {
     /// Periodic work: renews the lease every quarter lease, ships the
     /// asynchronous batch when due, collects tombstones the backup has passed
     /// and replaces a dead backup. Call it often (every scheduling decision).
+    ///
+    /// # Errors
+    ///
+    /// [`RunqError::Fenced`] once the queue was taken over;
+    /// [`RunqError::EpochExhausted`] if a re-backup cannot raise the epoch.
     pub fn tick(&mut self, now: u64) -> Result<Tick, RunqError> {
         self.refuse_if_fenced("tick")?;
         if let Replication::Async { max_lag, .. } = self.sh.config.replication {
@@ -684,7 +826,7 @@ impl OwnerHandle {
             return Ok(Tick::Idle);
         }
         self.sh.fault(self.core, FaultPoint::Tick);
-        if let super::Renewal::Fenced { .. } = self.sh.queues[self.q as usize]
+        if let super::lease::Renewal::Fenced { .. } = self.sh.queues[self.q as usize]
             .lease
             .renew(self.epoch, self.core as u16)
         {
@@ -692,29 +834,44 @@ impl OwnerHandle {
         }
         self.last_renew = now.max(1);
         self.collect()?;
-        let dead = match (self.backup, self.sh.config.replication) {
-            (_, Replication::None) => false,
-            (Some(b), _) => !self.sh.alive(b),
-            (None, _) => self.sh.next_live(self.core).is_some(),
+        let replace = match self.sh.config.replication {
+            Replication::None => false,
+            _ => {
+                self.backups.iter().any(|&b| !self.sh.alive(b))
+                    || (self.backups.len() < self.sh.config.backups
+                        && self
+                            .sh
+                            .live_backups(self.core, self.sh.config.backups)
+                            .len()
+                            > self.backups.len())
+            }
         };
-        if dead {
+        if replace {
             self.rebackup()?;
         }
         Ok(Tick::Renewed)
     }
 
     /// Ships everything buffered now (async mode; no-op in sync mode).
+    ///
+    /// # Errors
+    ///
+    /// [`RunqError::Fenced`] once the queue was taken over.
     pub fn flush(&mut self) -> Result<(), RunqError> {
         self.refuse_if_fenced("flush")?;
         self.ship()
     }
 
-    /// Sends a `Collect` record for the tombstones the backup has drained.
+    /// Sends a `Collect` record for the tombstones every backup has drained.
     fn collect(&mut self) -> Result<(), RunqError> {
-        let drained = self.ring.drained();
+        let k = self.rings.len();
+        let mut drained: Ends = [0; MAX_BACKUPS];
+        for (d, r) in drained.iter_mut().zip(&self.rings) {
+            *d = r.drained();
+        }
         let mut w = None;
-        while let Some(&(end, st)) = self.tombs.front() {
-            if end > drained {
+        while let Some(&(ends, st)) = self.tombs.front() {
+            if (0..k).any(|i| ends[i] > drained[i]) {
                 break;
             }
             w = Some(st);
@@ -726,9 +883,12 @@ impl OwnerHandle {
                 kind: RecordKind::Collect,
                 stamp,
             };
-            match self.ring.push(&[rec], self.epoch) {
-                Push::Pushed { .. } | Push::Full => {}
-                Push::Closed => return Err(self.fence("collect")),
+            for i in 0..k {
+                match self.rings[i].push(&[rec], self.epoch) {
+                    // A full ring skips this collection; the next one covers it.
+                    Push::Pushed { .. } | Push::Full => {}
+                    Push::Closed => return Err(self.fence("collect")),
+                }
             }
         }
         Ok(())
@@ -748,8 +908,8 @@ impl OwnerHandle {
             return Err(RunqError::EpochExhausted { queue: self.q });
         }
         let new_epoch = match qs.lease.try_takeover(w, self.core as u16) {
-            super::Takeover::Won { epoch } => epoch,
-            super::Takeover::Changed { .. } => return Err(self.fence("rebackup")),
+            super::lease::Takeover::Won { epoch } => epoch,
+            super::lease::Takeover::Changed { .. } => return Err(self.fence("rebackup")),
         };
         self.epoch = new_epoch;
         self.seq = 0;
@@ -759,14 +919,15 @@ impl OwnerHandle {
     }
 
     /// Opens a new replication stream in the current epoch towards the first
-    /// live backup candidate, seeded with a snapshot of the queue, and closes
-    /// the previous stream.
+    /// `k` live backup candidates, each ring seeded with a snapshot of the
+    /// queue, and closes the previous stream. If memory for the rings cannot
+    /// be had, the queue runs unreplicated until the next tick retries.
     pub(crate) fn seed_backup(&mut self) {
         let sh = self.sh.clone();
         let qs = &sh.queues[self.q as usize];
-        let backup = match self.sh.config.replication {
-            Replication::None => None,
-            _ => self.sh.next_live(self.core),
+        let mut backups = match self.sh.config.replication {
+            Replication::None => Vec::new(),
+            _ => self.sh.live_backups(self.core, self.sh.config.backups),
         };
         let mut snap: Vec<Record> = Vec::with_capacity(self.local.len() + self.running.len() + 1);
         for (&t, &stamp) in &self.running {
@@ -789,30 +950,44 @@ impl OwnerHandle {
             kind: RecordKind::Collect,
             stamp: mark,
         });
-        let cap = (snap.len() * 2)
-            .next_power_of_two()
+        let cap = (snap.len().saturating_mul(2))
+            .checked_next_power_of_two()
+            .unwrap_or(usize::MAX)
             .max(self.sh.config.ring_capacity);
-        let ring = Arc::new(Ring::new(self.epoch, cap));
-        if backup.is_some() {
-            let pushed = ring.push(&snap, self.epoch);
-            debug_assert!(matches!(pushed, Push::Pushed { .. }));
+        let mut rings = Vec::with_capacity(backups.len());
+        for _ in &backups {
+            match Ring::new(self.epoch, cap) {
+                Ok(ring) => {
+                    let pushed = ring.push(&snap, self.epoch);
+                    debug_assert!(matches!(pushed, Push::Pushed { .. }));
+                    rings.push(Arc::new(ring));
+                }
+                Err(_) => break,
+            }
         }
+        backups.truncate(rings.len());
         {
             let _masked = MaskGuard::new();
             let mut s = lock(&qs.stream);
-            s.ring.close(self.epoch);
+            for r in &s.rings {
+                r.close(self.epoch);
+            }
             let generation = s.generation + 1;
             *s = Stream {
-                ring: ring.clone(),
-                backup,
+                rings: rings.clone(),
+                backups: backups.clone(),
                 generation,
             };
             // Release: a backup that sees the new generation (Acquire in
             // `attach_backups`) finds the new stream under the lock.
             qs.stream_gen.store(generation, Ordering::Release);
         }
-        self.ring = ring;
-        self.backup = backup;
+        // Close the rings this handle pushed to as well (a takeover's own
+        // ring may already have left the stream).
+        for r in &self.rings {
+            r.close(self.epoch);
+        }
+        self.rings = rings;
         // The snapshot covers what the batch held: count it as shipped.
         // Relaxed: statistics.
         qs.stats
@@ -820,16 +995,19 @@ impl OwnerHandle {
             .fetch_add(self.batch.len() as u64, Ordering::Relaxed);
         self.batch.clear();
         self.batch_at.clear();
+        self.batch_ends.clear();
+        self.sent = [0; MAX_BACKUPS];
         self.tombs.clear();
-        if let Some(b) = backup {
+        if !backups.is_empty() {
             self.sh.log(EventKind::Rebackup {
                 queue: self.q,
                 owner: self.core,
-                backup: b,
+                backups: backups.clone(),
                 epoch: self.epoch,
                 snapshot: snap.len() - 1,
             });
         }
+        self.backups = backups;
     }
 
     /// A fenced zombie hands the tasks only it knows about back to the
@@ -839,15 +1017,21 @@ impl OwnerHandle {
     /// whose runs are abandoned). Consumes the handle.
     pub fn surrender(mut self) -> usize {
         let mut n = 0;
-        let queued = self.local.drain(..).map(|(t, st)| (t, st, Phase::Queued));
-        let running = self.running.iter().map(|(&t, &st)| (t, st, Phase::Running));
-        let entries: Vec<(TaskId, Stamp, Phase)> = queued.chain(running).collect();
+        let queued = self
+            .local
+            .drain(..)
+            .map(|(t, st)| (t, st, TaskPhase::Queued));
+        let running = self
+            .running
+            .iter()
+            .map(|(&t, &st)| (t, st, TaskPhase::Running));
+        let entries: Vec<(TaskId, Stamp, TaskPhase)> = queued.chain(running).collect();
         for (t, st, phase) in entries {
             let from = TaskState::new(t.generation(), phase, self.q, st.epoch);
             if self
                 .sh
                 .tasks
-                .cas(t, from, from.with(Phase::Transit, self.q, 0))
+                .cas(t, from, from.with(TaskPhase::Transit, self.q, 0))
                 == Cas::Done
             {
                 self.sh.queues[self.q as usize].inbox.push(t);
@@ -857,6 +1041,10 @@ impl OwnerHandle {
         n
     }
 }
+
+/// Longest a synchronous commit waits for ring space before it reports
+/// `BackupStalled` (a few scheduler quanta of the backup's thread).
+const STALL_WAIT: core::time::Duration = core::time::Duration::from_micros(200);
 
 /// How long a synchronous commit has waited for ring space (a bounded spin
 /// count under loom, where there is no time).
@@ -892,16 +1080,19 @@ impl StallClock {
     }
 }
 
-/// Blocks the freeze signal while a cold-path lock is held (no-op under loom).
+/// Blocks the freeze signal while a cold-path lock is held. Only with the
+/// `fault-injection` feature (which freezes threads by signal); otherwise,
+/// and under loom, it is nothing.
 pub(crate) struct MaskGuard {
-    #[cfg(not(loom))]
+    #[cfg(all(feature = "fault-injection", not(loom)))]
     _inner: super::fault::SignalMask,
 }
 
 impl MaskGuard {
+    #[inline(always)]
     pub(crate) fn new() -> Self {
         Self {
-            #[cfg(not(loom))]
+            #[cfg(all(feature = "fault-injection", not(loom)))]
             _inner: super::fault::SignalMask::block(),
         }
     }

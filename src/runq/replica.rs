@@ -32,13 +32,34 @@
 //! tombstones and their collection).
 
 use alloc::vec::Vec;
-use core::hash::BuildHasherDefault;
-use std::collections::hash_map::DefaultHasher;
+use core::hash::{BuildHasherDefault, Hasher};
 use std::collections::HashMap;
 
-/// A hash map with a fixed hasher: deterministic (loom replays need that) and
-/// the keys are task ids the replica's owner chose, not attacker input.
-type Map = HashMap<TaskId, (Stamp, Replicated), BuildHasherDefault<DefaultHasher>>;
+/// A hash map with a fixed, cheap hasher: deterministic (loom replays need
+/// that), and the keys are task ids the replica's owner chose, not attacker
+/// input, so a keyed hash (SipHash) would only cost time on every record.
+type Map = HashMap<TaskId, (Stamp, Replicated), BuildHasherDefault<IdHasher>>;
+
+/// Multiplicative (Fibonacci) hashing of the 64-bit task id: one multiply,
+/// good high bits (which the map's control bytes use).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
 
 use super::ring::{Record, RecordKind, Stamp};
 use super::task::TaskId;
@@ -56,7 +77,7 @@ pub enum Replicated {
 
 /// What applying one record did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Apply {
+pub(crate) enum Apply {
     /// The record was newer and changed the replica.
     Applied,
     /// The task already had a newer (or equal) stamp: ignored.
@@ -79,12 +100,12 @@ pub struct Replica {
 
 impl Replica {
     /// An empty replica.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Applies one record (see the module docs for the rules).
-    pub fn apply(&mut self, r: Record) -> Apply {
+    pub(crate) fn apply(&mut self, r: Record) -> Apply {
         let state = match r.kind {
             RecordKind::Collect => {
                 if r.stamp > self.watermark {
@@ -103,14 +124,21 @@ impl Replica {
             }
         };
         let snapshot = matches!(r.kind, RecordKind::SnapQueued | RecordKind::SnapRunning);
+        // Rule W (watermark): a record at or below the collection watermark
+        // is refused; it stands in for the tombstones collected.
+        #[cfg(not(noderep_mutant = "watermark_ignored"))]
         if !snapshot && r.stamp <= self.watermark {
             return Apply::BelowWatermark;
         }
+        #[cfg(noderep_mutant = "watermark_ignored")]
+        let _ = snapshot; // MUTANT: rule W dropped.
         if r.stamp > self.last {
             self.last = r.stamp;
         }
         match self.entries.get(&r.task) {
-            Some(&(s, st)) if s >= r.stamp => {
+            // Rule L (last writer wins, by `(epoch, seq)`) and rule T (a
+            // tombstone outranks every older record of its task).
+            Some(&(s, st)) if Self::outranks(s, st, r.stamp, state) => {
                 if st == Replicated::Gone && state != Replicated::Gone {
                     Apply::Tombstoned
                 } else {
@@ -121,6 +149,33 @@ impl Replica {
                 self.entries.insert(r.task, (r.stamp, state));
                 Apply::Applied
             }
+        }
+    }
+
+    /// Does the entry `(held, held_state)` outrank a record `(stamp, state)`?
+    #[allow(unused_variables)]
+    fn outranks(held: Stamp, held_state: Replicated, stamp: Stamp, state: Replicated) -> bool {
+        #[cfg(noderep_mutant = "stamp_seq_only")]
+        {
+            // MUTANT: stamps compared by seq alone, ignoring the epoch (the
+            // new owner's seq restarts at 1).
+            return held.seq >= stamp.seq;
+        }
+        #[cfg(noderep_mutant = "tombstone_ignored")]
+        {
+            // MUTANT: rule T dropped: any enqueue/pick overrides a tombstone.
+            if held_state == Replicated::Gone && state != Replicated::Gone {
+                return false;
+            }
+        }
+        #[cfg(noderep_mutant = "replica_last_arrival_wins")]
+        {
+            // MUTANT: rule L dropped: whatever arrives last wins.
+            return false;
+        }
+        #[allow(unreachable_code)]
+        {
+            held >= stamp
         }
     }
 
@@ -193,6 +248,25 @@ mod tests {
         // A newer enqueue (a legitimate re-wake) does win.
         assert_eq!(rep.apply(r(1, RecordKind::Enqueue, 7)), Apply::Applied);
         assert_eq!(rep.queued().len(), 1);
+    }
+
+    #[test]
+    fn a_later_epoch_outranks_a_larger_seq_of_an_earlier_one() {
+        let mut rep = Replica::new();
+        let rec = |kind, epoch, seq| Record {
+            task: TaskId::new(1, 1),
+            kind,
+            stamp: Stamp { epoch, seq },
+        };
+        // The new owner's seq restarts at 1: its removal (2, 1) is newer than
+        // the old owner's enqueue (1, 9), whichever arrives first.
+        assert_eq!(rep.apply(rec(RecordKind::Remove, 2, 1)), Apply::Applied);
+        assert_eq!(rep.apply(rec(RecordKind::Enqueue, 1, 9)), Apply::Tombstoned);
+        assert!(rep.queued().is_empty());
+        let mut rep = Replica::new();
+        assert_eq!(rep.apply(rec(RecordKind::Enqueue, 1, 9)), Apply::Applied);
+        assert_eq!(rep.apply(rec(RecordKind::Pick, 2, 1)), Apply::Applied);
+        assert_eq!(rep.running(), vec![TaskId::new(1, 1)]);
     }
 
     #[test]

@@ -39,7 +39,7 @@ const POS_MASK: u64 = (1 << POS_BITS) - 1;
 /// What a record says happened to a task on the replicated queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
-pub enum RecordKind {
+pub(crate) enum RecordKind {
     /// The task was put on the queue (spawn, wake, migration in, yield).
     Enqueue = 0,
     /// The task was picked and runs.
@@ -88,13 +88,13 @@ pub struct Stamp {
 
 /// One replicated operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Record {
+pub(crate) struct Record {
     /// The task (ignored by [`RecordKind::Collect`]).
-    pub task: TaskId,
+    pub(crate) task: TaskId,
     /// What happened.
-    pub kind: RecordKind,
+    pub(crate) kind: RecordKind,
     /// When, in the queue's order.
-    pub stamp: Stamp,
+    pub(crate) stamp: Stamp,
 }
 
 impl Record {
@@ -153,23 +153,35 @@ pub(crate) enum RingState {
 pub(crate) struct Ring {
     tail: CachePadded<AtomicU64>,
     head: CachePadded<AtomicU64>,
+    /// The producer's last view of `head` (written and read by the owner
+    /// only, on its own cache line): `head` itself, which the backup writes,
+    /// is re-read only when this view says the ring is full, so an owner
+    /// does not miss on the backup's cache line at every push.
+    head_seen: CachePadded<AtomicU64>,
     slots: Box<[(AtomicU64, AtomicU64)]>,
     mask: u64,
 }
 
 impl Ring {
     /// An open ring for the owner of `epoch`, with `capacity` (a power of two) slots.
-    pub(crate) fn new(epoch: u32, capacity: usize) -> Self {
+    /// An allocation failure is an error, never an abort.
+    pub(crate) fn new(epoch: u32, capacity: usize) -> Result<Self, super::RunqError> {
         debug_assert!(capacity.is_power_of_two());
-        let slots: Vec<(AtomicU64, AtomicU64)> = (0..capacity)
-            .map(|_| (AtomicU64::new(0), AtomicU64::new(0)))
-            .collect();
-        Self {
+        let mut slots: Vec<(AtomicU64, AtomicU64)> = Vec::new();
+        slots
+            .try_reserve_exact(capacity)
+            .map_err(|_| super::RunqError::OutOfMemory {
+                what: "replication ring",
+                bytes: capacity.saturating_mul(16),
+            })?;
+        slots.extend((0..capacity).map(|_| (AtomicU64::new(0), AtomicU64::new(0))));
+        Ok(Self {
             tail: CachePadded::new(AtomicU64::new((u64::from(epoch) & MASK24) << POS_BITS)),
             head: CachePadded::new(AtomicU64::new(0)),
+            head_seen: CachePadded::new(AtomicU64::new(0)),
             slots: slots.into_boxed_slice(),
             mask: capacity as u64 - 1,
-        }
+        })
     }
 
     fn word_epoch(w: u64) -> u32 {
@@ -185,11 +197,8 @@ impl Ring {
             return Push::Closed;
         }
         let pos = t & POS_MASK;
-        // Acquire: pairs with the Release store of `head` in `drain`: the
-        // backup has finished reading the slots we are about to overwrite.
-        let head = self.head.load(Ordering::Acquire);
         let n = recs.len() as u64;
-        if pos + n - head > self.mask + 1 {
+        if !self.room_for(pos, n) {
             return Push::Full;
         }
         for (i, r) in recs.iter().enumerate() {
@@ -210,6 +219,32 @@ impl Ring {
             Ok(_) => Push::Pushed { end: pos + n },
             Err(_) => Push::Closed,
         }
+    }
+
+    /// Owner side: is there room for `n` more records? (Only the owner
+    /// pushes, so room seen here stays until it pushes.)
+    pub(crate) fn has_room(&self, n: u64) -> bool {
+        // Acquire: pairs with the Release CAS of `tail` in `push` / `close`.
+        let pos = self.tail.load(Ordering::Acquire) & POS_MASK;
+        self.room_for(pos, n)
+    }
+
+    /// Producer side: room for `n` records past `pos`? Uses the cached view
+    /// of `head` and re-reads `head` only when that view says no.
+    fn room_for(&self, pos: u64, n: u64) -> bool {
+        // Relaxed: written and read only by the producer (the owner thread).
+        let seen = self.head_seen.load(Ordering::Relaxed);
+        if pos + n - seen <= self.mask + 1 {
+            // The view is older than `head`, so the slots it frees were
+            // freed by a drain whose Release store we read earlier (below).
+            return true;
+        }
+        // Acquire: pairs with the Release store of `head` in `drain`: the
+        // backup has finished reading the slots we are about to overwrite.
+        let head = self.head.load(Ordering::Acquire);
+        // Relaxed: producer-private cache (see the field).
+        self.head_seen.store(head, Ordering::Relaxed);
+        pos + n - head <= self.mask + 1
     }
 
     /// True if the owner of `epoch` may still push (asynchronous mode's
@@ -291,7 +326,7 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_close_fences_pushes() {
-        let r = Ring::new(1, 4);
+        let r = Ring::new(1, 4).unwrap();
         assert_eq!(r.push(&[rec(1, 1), rec(2, 2)], 1), Push::Pushed { end: 2 });
         assert_eq!(r.push(&[rec(3, 3)], 2), Push::Closed, "wrong epoch");
         assert_eq!(r.push(&[rec(3, 3), rec(4, 4), rec(5, 5)], 1), Push::Full);

@@ -92,7 +92,7 @@ impl core::fmt::Display for TaskId {
 /// reserved the task but not yet committed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
-pub enum Phase {
+pub enum TaskPhase {
     /// The slot is unused (its generation is the last one handed out).
     Free = 0,
     /// Spawned, woken or migrated towards queue `place`; not yet accepted.
@@ -121,36 +121,42 @@ pub enum Phase {
     Blocking = 12,
     /// Intent: a running task yields (back to the tail of its queue).
     Yielding = 13,
+    /// Being spawned by the spawner bound to core `place` (not yet handed to
+    /// its queue). If that core is taken over (it died) before the spawn
+    /// finishes, the slot is reclaimed: by the takeover's table scan, or by a
+    /// later allocation that meets it.
+    Spawning = 14,
 }
 
-impl Phase {
-    fn from_bits(bits: u64) -> Phase {
+impl TaskPhase {
+    fn from_bits(bits: u64) -> TaskPhase {
         match bits {
-            0 => Phase::Free,
-            1 => Phase::Transit,
-            2 => Phase::Queued,
-            3 => Phase::Running,
-            4 => Phase::Blocked,
-            5 => Phase::Done,
-            6 => Phase::Removed,
-            7 => Phase::Accepting,
-            8 => Phase::Picking,
-            9 => Phase::Finishing,
-            10 => Phase::Removing,
-            11 => Phase::Migrating,
-            12 => Phase::Blocking,
-            _ => Phase::Yielding,
+            0 => TaskPhase::Free,
+            1 => TaskPhase::Transit,
+            2 => TaskPhase::Queued,
+            3 => TaskPhase::Running,
+            4 => TaskPhase::Blocked,
+            5 => TaskPhase::Done,
+            6 => TaskPhase::Removed,
+            7 => TaskPhase::Accepting,
+            8 => TaskPhase::Picking,
+            9 => TaskPhase::Finishing,
+            10 => TaskPhase::Removing,
+            11 => TaskPhase::Migrating,
+            12 => TaskPhase::Blocking,
+            13 => TaskPhase::Yielding,
+            _ => TaskPhase::Spawning,
         }
     }
 
     /// True for the intent phases (an uncommitted owner operation).
     pub fn is_intent(self) -> bool {
-        (self as u8) >= Phase::Accepting as u8
+        (TaskPhase::Accepting as u8..=TaskPhase::Yielding as u8).contains(&(self as u8))
     }
 
     /// True where the slot may be reused (the task is over).
     pub fn is_reusable(self) -> bool {
-        matches!(self, Phase::Free | Phase::Done | Phase::Removed)
+        matches!(self, TaskPhase::Free | TaskPhase::Done | TaskPhase::Removed)
     }
 }
 
@@ -160,8 +166,8 @@ pub struct TaskState {
     /// Generation of the slot's current (or last) task.
     pub generation: u32,
     /// Where the task is.
-    pub phase: Phase,
-    /// The queue the phase refers to (see [`Phase`]).
+    pub phase: TaskPhase,
+    /// The queue the phase refers to (see [`TaskPhase`]).
     pub place: QueueId,
     /// The owner epoch of `place` the phase was stamped with (0 where unused).
     pub epoch: u32,
@@ -169,7 +175,7 @@ pub struct TaskState {
 
 impl TaskState {
     /// A state in `phase` at `place`/`epoch` for generation `generation`.
-    pub(crate) fn new(generation: u32, phase: Phase, place: QueueId, epoch: u32) -> Self {
+    pub(crate) fn new(generation: u32, phase: TaskPhase, place: QueueId, epoch: u32) -> Self {
         Self {
             generation,
             phase,
@@ -190,14 +196,14 @@ impl TaskState {
     pub(crate) fn unpack(w: u64) -> Self {
         Self {
             generation: ((w >> 40) & MASK24) as u32,
-            phase: Phase::from_bits((w >> 36) & 0xf),
+            phase: TaskPhase::from_bits((w >> 36) & 0xf),
             place: ((w >> 24) & MASK12) as QueueId,
             epoch: (w & MASK24) as u32,
         }
     }
 
     /// The same task in another phase/place/epoch.
-    pub(crate) fn with(self, phase: Phase, place: QueueId, epoch: u32) -> Self {
+    pub(crate) fn with(self, phase: TaskPhase, place: QueueId, epoch: u32) -> Self {
         Self::new(self.generation, phase, place, epoch)
     }
 }
@@ -222,15 +228,23 @@ pub(crate) struct TaskTable {
 }
 
 impl TaskTable {
-    /// A table of `capacity` free slots.
-    pub(crate) fn new(capacity: usize) -> Self {
-        let words: Vec<AtomicU64> = (0..capacity)
-            .map(|_| AtomicU64::new(TaskState::new(0, Phase::Free, 0, 0).pack()))
-            .collect();
-        Self {
+    /// A table of `capacity` free slots; an allocation failure is an error
+    /// (never an abort).
+    pub(crate) fn new(capacity: usize) -> Result<Self, RunqError> {
+        let mut words: Vec<AtomicU64> = Vec::new();
+        words
+            .try_reserve_exact(capacity)
+            .map_err(|_| RunqError::OutOfMemory {
+                what: "task table",
+                bytes: capacity.saturating_mul(8),
+            })?;
+        words.extend(
+            (0..capacity).map(|_| AtomicU64::new(TaskState::new(0, TaskPhase::Free, 0, 0).pack())),
+        );
+        Ok(Self {
             words: words.into_boxed_slice(),
             cursor: CachePadded::new(AtomicUsize::new(0)),
-        }
+        })
     }
 
     /// Number of slots.
@@ -260,7 +274,7 @@ impl TaskTable {
     pub(crate) fn cas(&self, t: TaskId, from: TaskState, to: TaskState) -> Cas {
         let slot = t.slot() as usize;
         if slot >= self.words.len() {
-            return Cas::Saw(TaskState::new(0, Phase::Free, 0, 0));
+            return Cas::Saw(TaskState::new(0, TaskPhase::Free, 0, 0));
         }
         // AcqRel: the Release half publishes the transition (and the local
         // queue/record state that led to it) to whoever next reads this word:
@@ -282,7 +296,8 @@ impl TaskTable {
     /// would do); compiled only into the loom mutants that need it.
     #[cfg(any(
         noderep_mutant = "kill_check_then_store",
-        noderep_mutant = "finalize_blind"
+        noderep_mutant = "finalize_blind",
+        noderep_mutant = "reclaim_blind_store"
     ))]
     pub(crate) fn store_for_mutant(&self, t: TaskId, to: TaskState) {
         // Release: publishes like the CAS it replaces (minus the comparison).
@@ -290,14 +305,27 @@ impl TaskTable {
     }
 
     /// Takes a reusable slot and puts a new task in `phase` at `place`.
-    /// Scans at most the whole table once.
-    pub(crate) fn allocate(&self, phase: Phase, place: QueueId) -> Result<TaskId, RunqError> {
+    /// Scans at most the whole table once. A slot left `Spawning` by a
+    /// spawner whose core is dead (`spawner_dead(core)`) is reclaimed on the
+    /// way and reused.
+    pub(crate) fn allocate(
+        &self,
+        phase: TaskPhase,
+        place: QueueId,
+        spawner_dead: impl Fn(QueueId) -> bool,
+    ) -> Result<TaskId, RunqError> {
         let n = self.words.len();
         for _ in 0..n {
             // Relaxed: the cursor is only a hint for where to start looking;
             // the slot's own CAS below decides.
             let slot = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
-            let cur = self.state_of_slot(slot);
+            let mut cur = self.state_of_slot(slot);
+            if cur.phase == TaskPhase::Spawning && spawner_dead(cur.place) {
+                let old = TaskId::new(slot as u32, cur.generation);
+                if let Some(s) = self.reclaim_spawning(old, cur) {
+                    cur = s;
+                }
+            }
             if !cur.phase.is_reusable() {
                 continue;
             }
@@ -314,6 +342,27 @@ impl TaskTable {
         }
         Err(RunqError::TableFull { capacity: n })
     }
+
+    /// Reclaims `t`, seen as `seen` (a `Spawning` word of a dead spawner):
+    /// the spawn never returned, so nobody was told of the task and the slot
+    /// becomes `Removed`. Returns the new word, or `None` if the word moved
+    /// (the spawner finished after all: its task stands).
+    pub(crate) fn reclaim_spawning(&self, t: TaskId, seen: TaskState) -> Option<TaskState> {
+        let to = seen.with(TaskPhase::Removed, seen.place, 0);
+        #[cfg(noderep_mutant = "reclaim_blind_store")]
+        {
+            // MUTANT: "check, then act": the word was Spawning when looked at,
+            // so store Removed blindly, racing the spawner's final CAS.
+            let _ = seen;
+            self.store_for_mutant(t, to);
+            return Some(to);
+        }
+        #[cfg(not(noderep_mutant = "reclaim_blind_store"))]
+        match self.cas(t, seen, to) {
+            Cas::Done => Some(to),
+            Cas::Saw(_) => None,
+        }
+    }
 }
 
 #[cfg(all(test, not(loom)))]
@@ -322,7 +371,7 @@ mod tests {
 
     #[test]
     fn word_round_trips_every_field() {
-        let s = TaskState::new(0xabcdef, Phase::Migrating, 4095, 0x123456);
+        let s = TaskState::new(0xabcdef, TaskPhase::Migrating, 4095, 0x123456);
         assert_eq!(TaskState::unpack(s.pack()), s);
         let id = TaskId::new(77, 5);
         assert_eq!((id.slot(), id.generation()), (77, 5));
@@ -331,22 +380,22 @@ mod tests {
 
     #[test]
     fn reused_slot_gets_new_generation_and_old_id_is_refused() {
-        let t = TaskTable::new(1);
-        let a = t.allocate(Phase::Transit, 0).unwrap();
+        let t = TaskTable::new(1).unwrap();
+        let a = t.allocate(TaskPhase::Transit, 0, |_| false).unwrap();
         assert_eq!(
-            t.allocate(Phase::Transit, 0),
+            t.allocate(TaskPhase::Transit, 0, |_| false),
             Err(RunqError::TableFull { capacity: 1 })
         );
         let s = t.state(a).unwrap();
-        assert_eq!(t.cas(a, s, s.with(Phase::Done, 0, 0)), Cas::Done);
-        let b = t.allocate(Phase::Transit, 0).unwrap();
+        assert_eq!(t.cas(a, s, s.with(TaskPhase::Done, 0, 0)), Cas::Done);
+        let b = t.allocate(TaskPhase::Transit, 0, |_| false).unwrap();
         assert_eq!(a.slot(), b.slot());
         assert_ne!(a, b);
         assert_eq!(t.state(a), None, "the old id must not see the new task");
         // A CAS with the old generation fails even if phase/place match.
-        let stale = TaskState::new(a.generation(), Phase::Transit, 0, 0);
+        let stale = TaskState::new(a.generation(), TaskPhase::Transit, 0, 0);
         assert!(matches!(
-            t.cas(a, stale, stale.with(Phase::Queued, 0, 1)),
+            t.cas(a, stale, stale.with(TaskPhase::Queued, 0, 1)),
             Cas::Saw(_)
         ));
     }

@@ -1,8 +1,8 @@
 //! Unit tests of the run-queue protocol (deterministic: one thread, explicit
 //! clock), the fault injector, and the property and soak tests.
 
+use super::fault::FaultPoint;
 use super::fault::{catch_crash, FaultAction, Freezer};
-use super::fault_points::FaultPoint;
 use super::*;
 use std::time::Duration;
 
@@ -21,6 +21,11 @@ fn sched(cores: usize, replication: Replication) -> RunQueues {
     let rq = RunQueues::with_cores(cores, cfg).unwrap();
     rq.faults().set_park_on_crash(false);
     rq
+}
+
+/// A spawner on the last core (the tests below never fail it).
+fn spawner_of(rq: &RunQueues) -> Spawner {
+    rq.spawner(rq.queues() - 1).unwrap()
 }
 
 fn backup_of(rq: &RunQueues, core: usize, q: QueueId) -> BackupHandle {
@@ -84,7 +89,7 @@ fn bad_configuration_is_an_error_not_a_panic() {
         })
     ));
     assert!(matches!(
-        rq.spawner().spawn(9),
+        spawner_of(&rq).spawn(9),
         Err(RunqError::NoSuchQueue { .. })
     ));
 }
@@ -100,14 +105,14 @@ fn neighbours_follow_ring_order_within_a_node_then_across_nodes() {
 #[test]
 fn spawn_pick_complete_and_the_replica_agrees() {
     let rq = sched(2, Replication::Sync);
-    let sp = rq.spawner();
+    let sp = spawner_of(&rq);
     let mut o = rq.owner(0).unwrap();
     let mut b = backup_of(&rq, 1, 0);
     let ts: Vec<TaskId> = (0..3).map(|_| sp.spawn(0).unwrap()).collect();
-    assert_eq!(rq.task_state(ts[0]).unwrap().phase, Phase::Transit);
+    assert_eq!(rq.task_state(ts[0]).unwrap().phase, TaskPhase::Transit);
     let t = pick(&mut o);
     assert_eq!(t, ts[0], "FIFO");
-    assert_eq!(rq.task_state(t).unwrap().phase, Phase::Running);
+    assert_eq!(rq.task_state(t).unwrap().phase, TaskPhase::Running);
     assert!(matches!(
         o.complete(ts[1], Exit::Done),
         Err(RunqError::NotRunning { .. })
@@ -150,7 +155,7 @@ fn renewals_keep_the_neighbour_out() {
 #[test]
 fn takeover_adopts_queued_and_running_tasks_and_fences_the_zombie() {
     let rq = sched(3, Replication::Sync);
-    let sp = rq.spawner();
+    let sp = spawner_of(&rq);
     let mut o = rq.owner(0).unwrap();
     let mut b = backup_of(&rq, 1, 0);
     let ts: Vec<TaskId> = (0..3).map(|_| sp.spawn(0).unwrap()).collect();
@@ -190,7 +195,7 @@ fn takeover_adopts_queued_and_running_tasks_and_fences_the_zombie() {
     }
     assert_eq!(done, vec![running, ts[1], ts[2], late]);
     // The new owner seeded a new backup (core 2).
-    assert_eq!(o1.backup(), Some(2));
+    assert_eq!(o1.backups(), &[2]);
     let events = rq.take_events();
     assert!(check::check_owners(&events).is_empty());
     assert!(events
@@ -201,7 +206,7 @@ fn takeover_adopts_queued_and_running_tasks_and_fences_the_zombie() {
 #[test]
 fn a_second_failure_is_survived_through_the_new_backup() {
     let rq = sched(3, Replication::Sync);
-    let sp = rq.spawner();
+    let sp = spawner_of(&rq);
     let _o0 = rq.owner(0).unwrap();
     let mut o1 = rq.owner(1).unwrap();
     let mut b1 = backup_of(&rq, 1, 0);
@@ -229,7 +234,7 @@ fn a_second_failure_is_survived_through_the_new_backup() {
 #[test]
 fn an_owner_replaces_a_dead_backup_and_the_old_backup_cannot_take_over() {
     let rq = sched(3, Replication::Sync);
-    let sp = rq.spawner();
+    let sp = spawner_of(&rq);
     let mut o0 = rq.owner(0).unwrap();
     let _o1 = rq.owner(1).unwrap();
     let mut b1 = backup_of(&rq, 1, 0); // core 1 backs up queue 0
@@ -243,7 +248,7 @@ fn an_owner_replaces_a_dead_backup_and_the_old_backup_cannot_take_over() {
     let _ = took_over(b2.poll(30 * MS).unwrap());
     assert!(!rq.is_alive(1));
     o0.tick(30 * MS).unwrap();
-    assert_eq!(o0.backup(), Some(2), "re-backup to the next live core");
+    assert_eq!(o0.backups(), &[2], "re-backup to the next live core");
     assert_eq!(o0.epoch(), 2, "re-backup raises the epoch");
     // The stale backup handle detaches instead of taking over.
     assert!(matches!(b1.poll(90 * MS).unwrap(), BackupEvent::Detached));
@@ -263,7 +268,7 @@ fn an_owner_replaces_a_dead_backup_and_the_old_backup_cannot_take_over() {
 #[test]
 fn killed_tasks_never_run_and_leave_tombstones() {
     let rq = sched(2, Replication::Sync);
-    let sp = rq.spawner();
+    let sp = spawner_of(&rq);
     let mut o = rq.owner(0).unwrap();
     let mut b = backup_of(&rq, 1, 0);
     let a = sp.spawn(0).unwrap();
@@ -280,7 +285,7 @@ fn killed_tasks_never_run_and_leave_tombstones() {
     let (o1, rep) = took_over(b.poll(30 * MS).unwrap());
     assert_eq!(o1.queued(), vec![c]);
     assert_eq!(rep.requeued_running, 1);
-    assert_eq!(rq.task_state(a).unwrap().phase, Phase::Removed);
+    assert_eq!(rq.task_state(a).unwrap().phase, TaskPhase::Removed);
     // Killing in transit works too, and the owner drops the delivery.
     let d = sp.spawn(0).unwrap();
     assert_eq!(sp.kill(d), Kill::Killed);
@@ -292,7 +297,7 @@ fn killed_tasks_never_run_and_leave_tombstones() {
 #[test]
 fn tombstones_are_collected_once_the_backup_passed_them() {
     let rq = sched(2, Replication::Sync);
-    let sp = rq.spawner();
+    let sp = spawner_of(&rq);
     let mut o = rq.owner(0).unwrap();
     let mut b = backup_of(&rq, 1, 0);
     for _ in 0..3 {
@@ -313,15 +318,15 @@ fn tombstones_are_collected_once_the_backup_passed_them() {
 #[test]
 fn block_wake_yield_and_remove() {
     let rq = sched(2, Replication::Sync);
-    let sp = rq.spawner();
+    let sp = spawner_of(&rq);
     let mut o = rq.owner(0).unwrap();
     let a = sp.spawn(0).unwrap();
     let c = sp.spawn(0).unwrap();
     assert_eq!(pick(&mut o), a);
     o.complete(a, Exit::Block).unwrap();
-    assert_eq!(rq.task_state(a).unwrap().phase, Phase::Blocked);
+    assert_eq!(rq.task_state(a).unwrap().phase, TaskPhase::Blocked);
     assert_eq!(sp.wake(a), Wake::Woken);
-    assert_eq!(sp.wake(a), Wake::NotBlocked(Phase::Transit));
+    assert_eq!(sp.wake(a), Wake::NotBlocked(TaskPhase::Transit));
     assert_eq!(pick(&mut o), c);
     o.complete(c, Exit::Yield).unwrap();
     // The woken task was accepted by that pick, before the yield re-queued c.
@@ -334,7 +339,7 @@ fn block_wake_yield_and_remove() {
 #[test]
 fn steal_migrates_half_through_transit() {
     let rq = sched(2, Replication::Sync);
-    let sp = rq.spawner();
+    let sp = spawner_of(&rq);
     let mut o0 = rq.owner(0).unwrap();
     let mut o1 = rq.owner(1).unwrap();
     for _ in 0..6 {
@@ -357,7 +362,7 @@ fn steal_migrates_half_through_transit() {
 }
 
 #[test]
-fn async_mode_loses_only_unshipped_enqueues_and_a_zombie_gives_them_back() {
+fn async_mode_loses_unshipped_operations_but_the_task_words_recover_the_tasks() {
     let rq = sched(
         2,
         Replication::Async {
@@ -365,7 +370,7 @@ fn async_mode_loses_only_unshipped_enqueues_and_a_zombie_gives_them_back() {
             max_lag: Duration::from_secs(1),
         },
     );
-    let sp = rq.spawner();
+    let sp = spawner_of(&rq);
     let mut o = rq.owner(0).unwrap();
     let mut b = backup_of(&rq, 1, 0);
     let ts: Vec<TaskId> = (0..3).map(|_| sp.spawn(0).unwrap()).collect();
@@ -379,11 +384,12 @@ fn async_mode_loses_only_unshipped_enqueues_and_a_zombie_gives_them_back() {
         rep.lost_ops, 3,
         "three acknowledged enqueues were never shipped"
     );
-    assert_eq!(rep.adopted, 0);
-    assert_eq!(o1.pick().unwrap(), Pick::Empty);
-    // The thawed zombie is refused, then hands back what only it knew.
+    // The replica never heard of them, but their task words say "queued on
+    // queue 0 in epoch 1": the takeover's table scan adopts them.
+    assert_eq!((rep.adopted, rep.from_scan), (3, 3));
+    // The thawed zombie is refused and has nothing left to hand back.
     assert!(matches!(o.pick(), Err(RunqError::Fenced { .. })));
-    assert_eq!(o.surrender(), 3);
+    assert_eq!(o.surrender(), 0);
     let mut got = Vec::new();
     while let Pick::Task(t) = o1.pick().unwrap() {
         o1.complete(t, Exit::Done).unwrap();
@@ -401,7 +407,7 @@ fn async_mode_ships_in_batches() {
             max_lag: Duration::from_millis(2),
         },
     );
-    let sp = rq.spawner();
+    let sp = spawner_of(&rq);
     let mut o = rq.owner(0).unwrap();
     let mut b = backup_of(&rq, 1, 0);
     for _ in 0..3 {
@@ -414,8 +420,8 @@ fn async_mode_ships_in_batches() {
     b.poll(0).unwrap();
     assert_eq!(b.replica().queued().len(), 2);
     assert_eq!(b.replica().running().len(), 1);
-    let (acked, shipped, _) = rq.replication_stats();
-    assert_eq!((acked, shipped), (4, 4));
+    let st = rq.replication_stats();
+    assert_eq!((st.acked, st.shipped), (4, 4));
 }
 
 #[test]
@@ -426,7 +432,7 @@ fn a_crash_inside_an_operation_is_recovered_without_loss_or_duplicate() {
         FaultPoint::MigrateDelivered,
     ] {
         let rq = sched(3, Replication::Sync);
-        let sp = rq.spawner();
+        let sp = spawner_of(&rq);
         let mut o0 = rq.owner(0).unwrap();
         let mut b = backup_of(&rq, 1, 0);
         let ts: Vec<TaskId> = (0..4).map(|_| sp.spawn(0).unwrap()).collect();
@@ -471,7 +477,7 @@ fn a_stall_beyond_the_lease_makes_a_zombie() {
         ..Config::default()
     };
     let rq = RunQueues::with_cores(2, cfg).unwrap();
-    let sp = rq.spawner();
+    let sp = spawner_of(&rq);
     let t = sp.spawn(0).unwrap();
     let rq2 = rq.clone();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -537,4 +543,196 @@ fn freeze_parks_a_thread_by_signal_until_thawed() {
     // Release: pairs with the Acquire load in the spinning thread.
     stop.store(true, Ordering::Release);
     h.join().unwrap();
+}
+
+#[test]
+fn configuration_beyond_arithmetic_or_memory_is_an_error_saying_what_to_change() {
+    let b = || RunQueues::builder().cores(2);
+    let msg = |r: Result<RunQueues, RunqError>| match r {
+        Err(RunqError::BadConfig(m)) => m,
+        other => panic!("expected BadConfig, got {other:?}"),
+    };
+    assert!(msg(b().skew_margin(Duration::MAX).build()).contains("skew_margin"));
+    assert!(msg(b().lease(Duration::MAX).build()).contains("lease"));
+    assert!(msg(b().lease(Duration::ZERO).build()).contains("lease"));
+    assert!(msg(b().ring_capacity(1 << 40).build()).contains("ring_capacity"));
+    assert!(msg(b().ring_capacity(6).build()).contains("ring_capacity"));
+    assert!(msg(b().task_capacity(usize::MAX).build()).contains("task_capacity"));
+    assert!(msg(b().task_capacity(0).build()).contains("task_capacity"));
+    // The documented maximum passes the range check, but not the memory
+    // check on a machine with less than 64 GiB (32 GiB of task words).
+    let big = b().task_capacity(MAX_TASK_CAPACITY).build();
+    if let Err(e) = &big {
+        assert!(e.to_string().contains("lower them"), "{e}");
+    }
+    drop(big);
+    assert!(msg(b().backups(0).build()).contains("backups"));
+    assert!(msg(b().backups(2).build()).contains("backups"), "k < cores");
+    assert!(msg(RunQueues::builder()
+        .cores(9)
+        .backups(MAX_BACKUPS + 1)
+        .build())
+    .contains("backups"));
+    assert!(msg(b()
+        .replication(Replication::Async {
+            batch: 4,
+            max_lag: Duration::MAX
+        })
+        .build())
+    .contains("max_lag"));
+    assert!(msg(RunQueues::builder().build()).contains("no cores"));
+    assert!(msg(RunQueues::builder().cores(usize::MAX).build()).contains("cores"));
+    // The largest accepted durations do not overflow the expiry arithmetic.
+    let rq = b()
+        .lease(MAX_DURATION)
+        .skew_margin(MAX_DURATION)
+        .build()
+        .unwrap();
+    assert_eq!(rq.config().expiry_ns(), 2 * 3600 * 1_000_000_000);
+}
+
+fn sched_k(cores: usize, k: usize) -> RunQueues {
+    let cfg = Config {
+        backups: k,
+        ring_capacity: 64,
+        task_capacity: 256,
+        ..Config::default()
+    };
+    let rq = RunQueues::with_cores(cores, cfg).unwrap();
+    rq.faults().set_park_on_crash(false);
+    rq
+}
+
+#[test]
+fn with_two_backups_a_core_and_its_first_backup_may_fail_together() {
+    let rq = sched_k(4, 2);
+    assert_eq!(rq.backups_of(0).unwrap(), vec![1, 2]);
+    let sp = spawner_of(&rq);
+    let mut o0 = rq.owner(0).unwrap();
+    let mut b2 = backup_of(&rq, 2, 0); // the second backup of queue 0
+    assert_eq!(b2.rank(), 1);
+    let ts: Vec<TaskId> = (0..5).map(|_| sp.spawn(0).unwrap()).collect();
+    let running = pick(&mut o0);
+    let next = pick(&mut o0);
+    o0.complete(next, Exit::Done).unwrap();
+    o0.tick(0).unwrap();
+    b2.poll(0).unwrap();
+    // Core 0 crashes inside an operation and core 1 (its first backup) dies
+    // with it: neither ever runs again. The second backup takes over in
+    // lease + margin.
+    rq.faults()
+        .arm(0, FaultPoint::AfterCommit, 1, FaultAction::Crash);
+    assert!(catch_crash(|| o0.pick()).is_err());
+    assert!(!matches!(
+        b2.poll(24 * MS).unwrap(),
+        BackupEvent::TookOver { .. }
+    ));
+    let (mut o2, rep) = took_over(b2.poll(26 * MS).unwrap());
+    assert_eq!((rep.by, rep.epoch), (2, 2));
+    assert_eq!(rep.requeued_running, 2, "the run and the crashed pick");
+    let mut done = vec![next];
+    while let Pick::Task(t) = o2.pick().unwrap() {
+        o2.complete(t, Exit::Done).unwrap();
+        done.push(t);
+    }
+    done.sort();
+    assert_eq!(done, ts, "every task exactly once");
+    assert!(done.contains(&running));
+    // The new owner's backups are live cores only (core 1 never renewed, but
+    // its lease has not been taken over yet, so it may still be listed; a
+    // tick replaces it once it is).
+    assert!(!o2.backups().contains(&2));
+}
+
+#[test]
+fn a_standby_backup_takes_over_when_the_adopter_dies_inside_its_takeover() {
+    let rq = sched_k(4, 2);
+    let sp = spawner_of(&rq);
+    let _o0 = rq.owner(0).unwrap();
+    let mut b1 = backup_of(&rq, 1, 0);
+    let mut b2 = backup_of(&rq, 2, 0);
+    let ts: Vec<TaskId> = (0..3).map(|_| sp.spawn(0).unwrap()).collect();
+    b1.poll(0).unwrap();
+    b2.poll(0).unwrap();
+    // Core 0 stops; core 1 wins the lease and crashes right after.
+    rq.faults()
+        .arm(1, FaultPoint::AfterLeaseWon, 1, FaultAction::Crash);
+    assert!(catch_crash(|| b1.poll(30 * MS)).is_err());
+    assert_eq!(rq.lease(0).unwrap().owner, 1);
+    // Core 2 stays on standby and takes the queue over from the dead adopter.
+    assert!(matches!(b2.poll(31 * MS).unwrap(), BackupEvent::Idle));
+    let (mut o2, rep) = took_over(b2.poll(60 * MS).unwrap());
+    assert_eq!((rep.from, rep.by, rep.epoch), (1, 2, 3));
+    let mut done = Vec::new();
+    while let Pick::Task(t) = o2.pick().unwrap() {
+        o2.complete(t, Exit::Done).unwrap();
+        done.push(t);
+    }
+    assert_eq!(done, ts);
+}
+
+#[test]
+fn a_spawner_crash_mid_spawn_leaks_no_slot() {
+    for point in [FaultPoint::SpawnAllocated, FaultPoint::SpawnDelivered] {
+        let cfg = Config {
+            ring_capacity: 64,
+            task_capacity: 4,
+            ..Config::default()
+        };
+        let rq = RunQueues::with_cores(3, cfg).unwrap();
+        rq.faults().set_park_on_crash(false);
+        let _o0 = rq.owner(0).unwrap();
+        let mut o2 = rq.owner(2).unwrap();
+        let mut b1 = backup_of(&rq, 1, 0);
+        b1.poll(0).unwrap();
+        // Core 0 spawns onto queue 2 and crashes mid-spawn.
+        rq.faults().arm(0, point, 1, FaultAction::Crash);
+        let r = catch_crash(|| rq.spawner(0).unwrap().spawn(2));
+        assert!(r.is_err(), "{point:?}");
+        let stuck = rq.live_tasks();
+        assert_eq!(stuck.len(), 1);
+        assert_eq!(stuck[0].1.phase, TaskPhase::Spawning);
+        // Queue 2's owner defers (or never sees) the unfinished spawn.
+        assert_eq!(o2.pick().unwrap(), Pick::Empty);
+        // Core 0's lease expires: its takeover reclaims the slot.
+        let _ = took_over(b1.poll(30 * MS).unwrap());
+        assert_eq!(rq.reclaimed_spawns(), 1, "{point:?}");
+        assert!(rq.live_tasks().is_empty(), "{point:?}: the slot leaked");
+        assert_eq!(o2.pick().unwrap(), Pick::Empty, "never delivered");
+        // The dead core's spawner is fenced; all 4 slots are usable again.
+        assert!(matches!(
+            rq.spawner(0).unwrap().spawn(2),
+            Err(RunqError::SpawnerFenced { core: 0 })
+        ));
+        let sp = rq.spawner(2).unwrap();
+        for _ in 0..4 {
+            sp.spawn(2).unwrap();
+        }
+    }
+}
+
+#[test]
+fn an_allocation_reclaims_a_dead_spawners_slot_the_takeover_missed() {
+    let cfg = Config {
+        ring_capacity: 64,
+        task_capacity: 2,
+        ..Config::default()
+    };
+    let rq = RunQueues::with_cores(2, cfg).unwrap();
+    rq.faults().set_park_on_crash(false);
+    let mut b1 = backup_of(&rq, 1, 0);
+    b1.poll(0).unwrap();
+    let _ = took_over(b1.poll(30 * MS).unwrap());
+    // A zombie's spawn word written after the takeover's scan (what a spawn
+    // racing the takeover can leave when its core then dies for good).
+    let t = rq
+        .sh
+        .tasks
+        .allocate(TaskPhase::Spawning, 0, |_| false)
+        .unwrap();
+    assert_eq!(rq.task_state(t).unwrap().phase, TaskPhase::Spawning);
+    let sp = rq.spawner(1).unwrap();
+    sp.spawn(1).unwrap();
+    sp.spawn(1).unwrap(); // only possible by reclaiming the dead spawn's slot
+    assert_eq!(rq.task_state(t), None, "the slot was reused");
 }

@@ -28,6 +28,25 @@ pub enum Step {
 }
 
 /// The scheduler state of one core.
+///
+/// # Examples
+///
+/// ```
+/// use noderep::runq::{CoreWorker, Exit, RunQueues, Step};
+///
+/// let rq = RunQueues::builder().cores(2).build()?;
+/// let mut w0 = CoreWorker::new(&rq, 0)?;
+/// let _w1 = CoreWorker::new(&rq, 1)?; // backs queue 0 up
+/// let t = rq.spawner(0)?.spawn(0)?;
+/// match w0.step(rq.now())? {
+///     Step::Run { queue, task } => {
+///         assert_eq!(task, t);
+///         w0.finish(queue, task, Exit::Done, || {})?;
+///     }
+///     other => panic!("expected a task, got {other:?}"),
+/// }
+/// # Ok::<(), noderep::runq::RunqError>(())
+/// ```
 #[derive(Debug)]
 pub struct CoreWorker {
     rq: RunQueues,
@@ -43,6 +62,10 @@ pub struct CoreWorker {
 
 impl CoreWorker {
     /// Takes `core`'s owner handle and attaches its backups.
+    ///
+    /// # Errors
+    ///
+    /// As [`RunQueues::owner`].
     pub fn new(rq: &RunQueues, core: usize) -> Result<Self, RunqError> {
         let owner = rq.owner(core)?;
         let mut w = Self {
@@ -105,6 +128,11 @@ impl CoreWorker {
     /// Housekeeping only: lease ticks of the owned queues, backups attached
     /// and polled, takeovers. Call it from the timer tick, also while a task
     /// runs. Returns how many queues this core owns afterwards.
+    ///
+    /// # Errors
+    ///
+    /// [`RunqError::EpochExhausted`] from a takeover or re-backup (fencing
+    /// and stalls are handled here, not returned).
     pub fn housekeep(&mut self, now: u64) -> Result<usize, RunqError> {
         for o in &mut self.owners {
             match o.tick(now) {
@@ -139,6 +167,10 @@ impl CoreWorker {
     }
 
     /// Housekeeping, then the next task to run.
+    ///
+    /// # Errors
+    ///
+    /// As [`CoreWorker::housekeep`].
     pub fn step(&mut self, now: u64) -> Result<Step, RunqError> {
         if self.housekeep(now)? == 0 {
             return Ok(if self.backups.is_empty() {
@@ -187,6 +219,13 @@ impl CoreWorker {
 
     /// Ends the run of `task` from `queue`; `on_commit` runs once the
     /// completion is final (see [`OwnerHandle::complete_then`]).
+    ///
+    /// # Errors
+    ///
+    /// [`RunqError::Fenced`] if this core no longer owns `queue`;
+    /// [`RunqError::BackupStalled`] if a backup's ring stayed full for twice
+    /// lease + margin (the task is still running here: call again); else as
+    /// [`OwnerHandle::complete`].
     pub fn finish(
         &mut self,
         queue: QueueId,
@@ -194,13 +233,41 @@ impl CoreWorker {
         exit: Exit,
         on_commit: impl FnOnce(),
     ) -> Result<(), RunqError> {
-        match self.owners.iter_mut().find(|o| o.queue() == queue) {
-            Some(o) => o.complete_then(task, exit, on_commit),
-            None => Err(RunqError::Fenced {
-                queue,
-                epoch: 0,
-                now_epoch: 0,
-            }),
+        let mut on_commit = Some(on_commit);
+        let mut backoff = crate::sync::Backoff::new();
+        // A dead backup is replaced within about lease + margin (its own
+        // queue is taken over, then this core's tick re-backs-up); wait for
+        // twice that at most, then report the stall (the task stays running
+        // here: call again).
+        let start = self.rq.now();
+        let limit = self.rq.config().expiry_ns().saturating_mul(2);
+        loop {
+            let Some(o) = self.owners.iter_mut().find(|o| o.queue() == queue) else {
+                return Err(RunqError::Fenced {
+                    queue,
+                    epoch: 0,
+                    now_epoch: 0,
+                });
+            };
+            let r = o.complete_then(task, exit, || {
+                if let Some(f) = on_commit.take() {
+                    f();
+                }
+            });
+            match r {
+                // A backup's ring is full: drain the rings this core backs up
+                // (the cycle of cores backing each other up must not wait on
+                // itself), then retry.
+                Err(e @ RunqError::BackupStalled { .. }) => {
+                    let now = self.rq.now();
+                    if now.saturating_sub(start) > limit {
+                        return Err(e);
+                    }
+                    self.housekeep(now)?;
+                    backoff.snooze();
+                }
+                r => return r,
+            }
         }
     }
 }

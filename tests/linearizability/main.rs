@@ -23,5 +23,6 @@
 mod common;
 
 mod checker;
+mod lane_runs;
 mod models;
 mod noderep_runs;

@@ -5,8 +5,8 @@
 //! debug mode).
 
 use super::super::check::{check_owners, Ledger};
+use super::super::fault::FaultPoint;
 use super::super::fault::{catch_crash, FaultAction, Freezer};
-use super::super::fault_points::FaultPoint;
 use super::super::*;
 use crate::sync::{Arc, AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -53,11 +53,34 @@ fn worker(
 }
 
 fn settled(rq: &RunQueues) -> bool {
+    let live = (0..CORES).filter(|&c| rq.is_alive(c)).count();
     (0..CORES).all(|q| {
         let owner = rq.lease(q as QueueId).unwrap().owner as usize;
-        let backup = lock(&rq.sh.queues[q].stream).backup;
-        rq.is_alive(owner) && backup.is_some_and(|b| b != owner && rq.is_alive(b))
+        let backups = lock(&rq.sh.queues[q].stream).backups.clone();
+        rq.is_alive(owner)
+            && backups.len() >= rq.config().backups.min(live - 1)
+            && backups.iter().all(|&b| b != owner && rq.is_alive(b))
     })
+}
+
+/// Spawns logical task `n` on queue `q` from a live core's spawner (a
+/// spawner whose core died is fenced: try the next).
+fn spawn_live(rq: &RunQueues, ledger: &Ledger, n: usize, q: QueueId) -> bool {
+    for c in 0..CORES {
+        if !rq.is_alive(c) {
+            continue;
+        }
+        match rq
+            .spawner(c)
+            .unwrap()
+            .spawn_with(q, |t| ledger.register(n, t))
+        {
+            Ok(_) => return true,
+            Err(RunqError::SpawnerFenced { .. }) => continue,
+            Err(e) => panic!("spawn: {e}"),
+        }
+    }
+    false
 }
 
 #[test]
@@ -67,6 +90,7 @@ fn soak_thousands_of_tasks_with_crashes_and_freezes() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3000);
     let cfg = Config {
+        backups: 2,
         // Generous: the machine may be loaded (a starved thread that misses
         // its lease is fenced, which is safe but spends the failure budget).
         lease: Duration::from_millis(100),
@@ -93,18 +117,27 @@ fn soak_thousands_of_tasks_with_crashes_and_freezes() {
     let mut freezers: Vec<(usize, Freezer)> = (0..CORES).map(|_| rx.recv().unwrap()).collect();
     freezers.sort_by_key(|f| f.0);
     let freezers: Vec<Freezer> = freezers.into_iter().map(|f| f.1).collect();
-    // The fault plan: crash, freeze, crash, freeze, spaced so each failure is
-    // recovered (takeover and re-backup) before the next one.
-    let plan: [(usize, Option<FaultPoint>); 4] = [
-        (1, Some(FaultPoint::AfterCommit)),
-        (3, None),
-        (4, Some(FaultPoint::AfterIntent)),
-        (0, None),
+    // The fault plan: a crash inside an operation, a freeze by signal, a
+    // double fault (a core and its first backup crash together, survived
+    // with k = 2), spaced so each failure is recovered (takeover and
+    // re-backup) before the next one. Every planned fault must fire: one
+    // that cannot (its crash point not reached, or the machine so loaded
+    // that the system never settled) is retried with a fresh plan, and the
+    // test fails if it still does not.
+    #[derive(Clone, Copy, Debug)]
+    enum Fault {
+        Crash(FaultPoint),
+        Freeze,
+        Double,
+    }
+    let plan = [
+        (1, Fault::Crash(FaultPoint::AfterCommit)),
+        (3, Fault::Freeze),
+        (4, Fault::Double),
     ];
-    let sp = rq.spawner();
     let per_phase = tasks / (plan.len() + 2);
     let mut spawned = 0;
-    let mut injected = 0;
+    let mut fired: Vec<String> = Vec::new();
     let spawn_some = |k: usize, spawned: &mut usize| {
         for _ in 0..k {
             if *spawned >= tasks {
@@ -112,77 +145,95 @@ fn soak_thousands_of_tasks_with_crashes_and_freezes() {
             }
             let n = *spawned;
             let q = (n % CORES) as QueueId;
-            sp.spawn_with(q, |t| ledger.register(n, t)).unwrap();
-            ledger.acked(n);
-            *spawned += 1;
+            if spawn_live(&rq, &ledger, n, q) {
+                ledger.acked(n);
+                *spawned += 1;
+            }
             if n % 64 == 0 {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
     };
-    for &(planned, crash) in &plan {
+    for &(planned, fault) in &plan {
         spawn_some(per_phase, &mut spawned);
-        // Inject only once the previous failure is recovered: every queue
-        // owned by a live core and backed up by another live core.
-        let settle = Instant::now();
-        while !settled(&rq) && settle.elapsed() < Duration::from_secs(5) {
-            spawn_some(2, &mut spawned);
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        // The planned core, or the next live one (a loaded machine can fence a
-        // core spuriously: safe, but that core cannot fail again). Keep two
-        // live cores at least, and inject only into a settled system.
-        let live = (0..CORES).filter(|&c| rq.is_alive(c)).count();
-        if live < 3 || !settled(&rq) {
-            continue;
-        }
-        let core = (0..CORES)
-            .map(|k| (planned + k) % CORES)
-            .find(|&c| rq.is_alive(c) && !rq.faults().has_crashed(c))
-            .expect("a live core");
-        let takeovers = rq.takeovers();
-        match crash {
-            Some(point) => rq.faults().arm(core, point, 3, FaultAction::Crash),
-            None => {
-                freezers[core].freeze().unwrap();
-                std::thread::sleep(Duration::from_millis(400)); // > 2 leases
-                freezers[core].thaw().unwrap();
+        let mut done = false;
+        for attempt in 0..3 {
+            // Inject only once the previous failure is recovered: every queue
+            // owned by a live core and backed up by live cores.
+            let settle = Instant::now();
+            while !settled(&rq) && settle.elapsed() < Duration::from_secs(5) {
+                spawn_some(2, &mut spawned);
+                std::thread::sleep(Duration::from_millis(2));
             }
-        }
-        // Wait for the failure to be recovered (bounded).
-        let start = Instant::now();
-        while rq.takeovers() == takeovers && start.elapsed() < Duration::from_secs(5) {
-            // Keep work flowing so an armed crash point is reached.
-            spawn_some(4, &mut spawned);
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        if crash.is_some() && !rq.faults().has_crashed(core) {
-            // The crash point was not reached in time: no failure injected.
-            rq.faults().disarm(core);
-            continue;
-        }
-        if rq.takeovers() == takeovers {
-            for e in rq.take_events() {
-                if !matches!(e.kind, EventKind::Fenced { .. }) {
-                    eprintln!("{e:?}");
+            if !settled(&rq) {
+                eprintln!("soak: {fault:?} attempt {attempt}: the system did not settle");
+                continue;
+            }
+            // The planned core, or the next live one (a loaded machine can
+            // fence a core spuriously: safe, but that core cannot fail again).
+            let Some(core) = (0..CORES)
+                .map(|k| (planned + k) % CORES)
+                .find(|&c| rq.is_alive(c) && !rq.faults().has_crashed(c))
+            else {
+                break;
+            };
+            let takeovers = rq.takeovers();
+            let mut victims = vec![core];
+            match fault {
+                Fault::Crash(point) => rq.faults().arm(core, point, 3, FaultAction::Crash),
+                Fault::Freeze => {
+                    freezers[core].freeze().unwrap();
+                    std::thread::sleep(Duration::from_millis(400)); // > 2 leases
+                    freezers[core].thaw().unwrap();
+                }
+                Fault::Double => {
+                    let first = rq.backups_of(core as QueueId).unwrap()[0];
+                    victims.push(first);
+                    rq.faults()
+                        .arm(core, FaultPoint::AfterCommit, 1, FaultAction::Crash);
+                    rq.faults()
+                        .arm(first, FaultPoint::OpStart, 1, FaultAction::Crash);
                 }
             }
-            for q in 0..CORES {
-                eprintln!(
-                    "q{q}: {:?} backup {:?}",
-                    rq.lease(q as QueueId),
-                    lock(&rq.sh.queues[q].stream).backup
+            // Wait for the failure to be recovered (bounded).
+            let start = Instant::now();
+            while rq.takeovers() < takeovers + victims.len() as u64
+                && start.elapsed() < Duration::from_secs(5)
+            {
+                // Keep work flowing so an armed crash point is reached.
+                spawn_some(4, &mut spawned);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let crashed = victims.iter().all(|&v| rq.faults().has_crashed(v));
+            if !matches!(fault, Fault::Freeze) && !crashed {
+                // A crash point was not reached in time: no failure injected;
+                // retry with a fresh plan.
+                for &v in &victims {
+                    rq.faults().disarm(v);
+                }
+                eprintln!("soak: {fault:?} on {victims:?} did not fire (attempt {attempt})");
+                continue;
+            }
+            if rq.takeovers() == takeovers {
+                for e in rq.take_events() {
+                    if !matches!(e.kind, EventKind::Fenced { .. }) {
+                        eprintln!("{e:?}");
+                    }
+                }
+                panic!(
+                    "failure of {victims:?} ({fault:?}) was never taken over (settled: {}, fired: {})",
+                    settled(&rq),
+                    rq.faults().fired()
                 );
             }
-            panic!(
-                "failure of core {core} ({crash:?}) was never taken over (crashed: {}, settled: {}, fired: {})",
-                rq.faults().has_crashed(core),
-                settled(&rq),
-                rq.faults().fired()
-            );
+            fired.push(format!("{fault:?} on {victims:?}"));
+            done = true;
+            std::thread::sleep(Duration::from_millis(30)); // re-backups settle
+            break;
         }
-        injected += 1;
-        std::thread::sleep(Duration::from_millis(30)); // re-backups settle
+        if !done {
+            eprintln!("soak: planned fault {fault:?} never fired");
+        }
     }
     spawn_some(tasks, &mut spawned);
     let start = Instant::now();
@@ -208,7 +259,7 @@ fn soak_thousands_of_tasks_with_crashes_and_freezes() {
             eprintln!(
                 "q{q}: {:?} backup {:?}",
                 rq.lease(q as QueueId),
-                lock(&rq.sh.queues[q].stream).backup
+                lock(&rq.sh.queues[q].stream).backups
             );
         }
         let mut phases = std::collections::BTreeMap::new();
@@ -225,13 +276,17 @@ fn soak_thousands_of_tasks_with_crashes_and_freezes() {
         );
     }
     eprintln!(
-        "soak: {tasks} tasks, {injected} failures injected, {} takeovers, {} fenced ops",
+        "soak: {tasks} tasks, faults planned {} fired {} ({}), {} takeovers, {} fenced ops",
+        plan.len(),
+        fired.len(),
+        fired.join(", "),
         rq.takeovers(),
         rq.fenced_ops()
     );
-    assert!(
-        injected >= 2,
-        "only {injected} failures could be injected (machine too loaded?)"
+    assert_eq!(
+        fired.len(),
+        plan.len(),
+        "planned faults that never fired (machine too loaded?): fired only {fired:?}"
     );
     assert_eq!(rep.tasks, tasks as u64);
     assert_eq!(
@@ -245,7 +300,7 @@ fn soak_thousands_of_tasks_with_crashes_and_freezes() {
     let stranded: Vec<_> = rq
         .live_tasks()
         .into_iter()
-        .filter(|(_, s)| s.phase != Phase::Blocked)
+        .filter(|(_, s)| s.phase != TaskPhase::Blocked)
         .collect();
     assert!(
         stranded.is_empty(),
