@@ -267,11 +267,24 @@ async fn campaign(n: u64) {
     );
     // Final reads, from every host, of every key.
     for id in c.live() {
-        let h = c.host(id).unwrap();
         for key in 0..KEYS {
-            let call = now_ns(origin);
-            let v = h.read(key).await.expect("a read after healing");
-            let returned = now_ns(origin);
+            // A read has no effect, so a failed one (the cluster still
+            // settling after the last fault) is simply tried again.
+            let mut tries = 0;
+            let (call, v, returned) = loop {
+                let h = c.host(id).unwrap();
+                let call = now_ns(origin);
+                match h.read(key).await {
+                    Ok(v) => break (call, v, now_ns(origin)),
+                    Err(e) if tries < 20 => {
+                        tries += 1;
+                        eprintln!("final read of key {key} on host {id}: {e}; retrying");
+                        c.revive().await;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Err(e) => panic!("no read after healing: {e}"),
+                }
+            };
             events.lock().unwrap().push(Event {
                 key,
                 client: CLIENTS + id as usize,
@@ -285,8 +298,13 @@ async fn campaign(n: u64) {
     // All replicas of all hosts agree.
     let mut maps = Vec::new();
     for id in c.live() {
+        let mut tries = 0;
+        while let Err(e) = c.host(id).unwrap().barrier().await {
+            tries += 1;
+            assert!(tries < 20, "no barrier after healing: {e}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let h = c.host(id).unwrap();
-        h.barrier().await.unwrap();
         maps.extend(h.machine().inspect(|_, d| d.clone()).unwrap());
     }
     assert!(maps.windows(2).all(|w| w[0] == w[1]), "replicas diverge");
