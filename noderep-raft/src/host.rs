@@ -659,6 +659,7 @@ impl<M: Machine> Inner<M> {
     }
 
     async fn query(self: &Arc<Self>, query: &str, mode: ReadMode) -> Result<ReadAnswer, HostError> {
+        self.machine.check_query(query).map_err(HostError::Codec)?;
         match mode {
             ReadMode::Linearizable => {
                 self.barrier().await?;

@@ -66,6 +66,9 @@ pub trait Machine: Send + Sync + 'static {
     /// Checks that `op` decodes as a write of this machine (before it is
     /// proposed, so that garbage never reaches the log).
     fn check_write(&self, op: &str) -> Result<(), String>;
+    /// Checks that `query` decodes as a read of this machine (before any
+    /// read-index round is spent on it).
+    fn check_query(&self, query: &str) -> Result<(), String>;
     /// Runs a read (JSON query) on the local state.
     fn query(&self, query: &str) -> Result<String, String>;
     /// The whole state, as JSON text.
@@ -195,6 +198,12 @@ impl<D: Replicated> Machine for NrMachine<D> {
             .map_err(|e| e.to_string())
     }
 
+    fn check_query(&self, query: &str) -> Result<(), String> {
+        serde_json::from_str::<D::Query>(query)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
     fn query(&self, query: &str) -> Result<String, String> {
         let q: D::Query = serde_json::from_str(query).map_err(|e| e.to_string())?;
         let resp = self.read_local(D::as_read(&q)).map_err(|e| e.to_string())?;
@@ -296,6 +305,12 @@ impl Machine for PlainKv {
 
     fn check_write(&self, op: &str) -> Result<(), String> {
         serde_json::from_str::<KvWrite>(op)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    fn check_query(&self, query: &str) -> Result<(), String> {
+        serde_json::from_str::<u64>(query)
             .map(drop)
             .map_err(|e| e.to_string())
     }
