@@ -94,7 +94,10 @@ fn scenario(replicas: usize) {
             let items = noderep::nr::loom_api::peek(&nr, r, |d| d.items.clone());
             let mut sorted = items.clone();
             sorted.dedup();
-            assert_eq!(sorted, items, "replica {r} applied a write twice: {items:?}");
+            assert_eq!(
+                sorted, items,
+                "replica {r} applied a write twice: {items:?}"
+            );
         }
     }
 }
