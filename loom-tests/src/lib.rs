@@ -21,6 +21,9 @@ mod support {
     pub struct Seq {
         /// Values in the order their writes were applied.
         pub items: Vec<u64>,
+        /// How many times `Op::Panic` ran on this replica (it must run at
+        /// most once: nothing is applied after a panic).
+        pub panics: usize,
     }
 
     /// Write operations of [`Seq`].
@@ -51,7 +54,10 @@ mod support {
                     self.items.push(v);
                     self.items.clone()
                 }
-                Op::Panic => panic!("{PANIC_MSG}"),
+                Op::Panic => {
+                    self.panics += 1;
+                    panic!("{PANIC_MSG}")
+                }
             }
         }
     }
@@ -88,6 +94,7 @@ mod support {
 
         fn snapshot(&self) -> Option<Self> {
             Some(CopySeq(Seq {
+                panics: self.0.panics,
                 items: self.0.items.clone(),
             }))
         }

@@ -87,15 +87,21 @@ fn scenario(replicas: usize) {
         );
         drop(tok);
         assert_eq!(nr.register_on(0).unwrap_err(), NrError::Poisoned);
-        // Nothing was applied twice: a combiner that ignored the poison
-        // would replay the stretch that the panicking one applied without
-        // recording it (mutant `exec_ignores_poison`).
+        // Nothing ran again after the panic: a combiner that ignored the
+        // poison would replay the stretch that the panicking one applied
+        // without recording it, running the panicking operation (and any
+        // write before it) a second time (mutant `exec_ignores_poison`).
         for r in 0..replicas {
-            let items = noderep::nr::loom_api::peek(&nr, r, |d| d.items.clone());
-            let mut sorted = items.clone();
-            sorted.dedup();
+            let (items, panics) =
+                noderep::nr::loom_api::peek(&nr, r, |d| (d.items.clone(), d.panics));
+            assert!(
+                panics <= 1,
+                "replica {r} ran the panicking operation {panics} times"
+            );
+            let mut unique = items.clone();
+            unique.dedup();
             assert_eq!(
-                sorted, items,
+                unique, items,
                 "replica {r} applied a write twice: {items:?}"
             );
         }
