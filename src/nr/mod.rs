@@ -375,7 +375,10 @@ where
 
     /// Brings a removed replica place back into service at run time, rebuilt
     /// from a live replica (with [`Dispatch::snapshot`]); returns its index.
-    /// Places that no thread is registered with are preferred.
+    /// Places that no thread is registered with are preferred. The copy is
+    /// made on the calling thread, so its memory is first touched on the
+    /// caller's node: call it from a thread running on the new replica's
+    /// node (a parked replica woken by its own thread is rebuilt there).
     /// The builder's [`max_replicas`](NrBuilder::max_replicas) reserves
     /// places for replicas added later.
     ///
