@@ -622,7 +622,7 @@ fn targets(
             "x",
         ),
     ];
-    // Lanes (issue 11): `--lanes 2` and, for the all-lane rows, `--len-pct 1`.
+    // Lanes: `--lanes 2` and, for the all-lane rows, `--len-pct 1`.
     let (lanes, lanes_sim) = (Impl::NoderepLanes, Impl::NoderepLanesSim);
     let w100_len = format!("{w100}+1%len");
     out.extend([
