@@ -36,7 +36,9 @@ if [ "${NODEREP_SKIP_LOOM:-0}" != "1" ]; then
   # skips it for a quick local run).
   if [ "${NODEREP_SKIP_MUTANTS:-0}" != "1" ]; then
     step "loom mutation table (scripts/loom-mutants.sh)"
-    scripts/loom-mutants.sh
+    # The loom build's target dir: its dependencies are already built there
+    # (a mutant only rebuilds noderep and the models it runs).
+    CARGO_TARGET_DIR=target/loom scripts/loom-mutants.sh
   else
     echo "SKIPPED the loom mutation table (NODEREP_SKIP_MUTANTS=1)"
   fi
