@@ -296,12 +296,16 @@ fn a_panic_in_another_threads_write_poisons_waiters_instead_of_hanging_them() {
         .topology(Topology::simulated(1, 1).unwrap())
         .build(|_| Map::default())
         .unwrap();
+    // Every thread registers before any writes: a thread that registered
+    // only after the panic would be refused (`NrError::Poisoned`).
+    let registered = Barrier::new(3);
     let results: Vec<Result<(), ExecError>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..3u64)
             .map(|t| {
-                let nr = &nr;
+                let (nr, registered) = (&nr, &registered);
                 s.spawn(move || {
                     let tok = nr.register_on(0).unwrap();
+                    registered.wait();
                     for i in 0.. {
                         if t == 0 && i == 500 {
                             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
