@@ -67,8 +67,11 @@ async fn new_host_joins_by_snapshot_and_old_one_leaves_under_load() {
         .unwrap();
     // Retried if the leader changes or stops meanwhile (adding is
     // idempotent).
+    // (openraft 0.9 sometimes stops a host with "replication channel
+    // closed" here; after its restart the cluster may briefly know no
+    // leader, so the retries span several election timeouts.)
     let mut added = Err(None);
-    for _ in 0..5 {
+    for _ in 0..20 {
         let l = c
             .wait_leader(Duration::from_secs(5))
             .await
@@ -81,6 +84,7 @@ async fn new_host_joins_by_snapshot_and_old_one_leaves_under_load() {
             Err(e) => added = Err(Some(e)),
         }
         c.revive().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     added.expect("host 4 added");
     c.revive().await;
@@ -98,7 +102,7 @@ async fn new_host_joins_by_snapshot_and_old_one_leaves_under_load() {
     );
     // Remove host 1 (possibly the leader) while the writers go on.
     let mut removed = Err(None);
-    for _ in 0..5 {
+    for _ in 0..20 {
         match c.host(2).unwrap().remove_host(1).await {
             Ok(()) => {
                 removed = Ok(());
@@ -107,7 +111,7 @@ async fn new_host_joins_by_snapshot_and_old_one_leaves_under_load() {
             Err(e) => removed = Err(Some(e)),
         }
         c.revive().await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     removed.expect("host 1 removed");
     // A removed host is stopped, as an operator would: left running, it may
