@@ -9,20 +9,50 @@
 //! first touched, and therefore placed by the kernel, on its own node. The
 //! allocator may hand that thread pages another thread already touched
 //! elsewhere (glibc gives a new thread the arena of an exited one), so the
-//! builder first returns the allocator's free pages to the kernel (they
-//! come back fresh), and afterwards moves the replica's own pages (the
-//! replica with `D` inline, its thread slots and reader flags) to the node
-//! where the thread's first touch goes (move_pages). `scripts/numa-vm.sh`
-//! checks the result on emulated nodes.
+//! builder first returns the allocator's free pages to the kernel, and
+//! afterwards moves the replica's own pages (the replica with `D` inline,
+//! its thread slots and reader flags) to the node where the thread's first
+//! touch goes (move_pages). Those three are page-aligned and padded to whole
+//! pages, so no other replica's memory shares a page with them and the
+//! moves cannot undo each other. `scripts/numa-vm.sh` checks the result on
+//! emulated nodes.
 //!
 //! # Trade-offs
 //!
 //! Placement is best effort: if pinning fails (a restricted cpuset), the
 //! replica is still built, on whatever CPU the thread gets. Memory that `D`
 //! allocates itself (a map's buckets) is placed by first touch only: the
-//! builder cannot see it, and pages it shares with live allocations of other
-//! threads stay where they are. Trimming the allocator costs a walk of its
-//! arenas per build.
+//! builder cannot see it, and first touch is not enough. glibc's trim leaves
+//! the top of a thread's arena mapped, so a buffer freed there keeps the
+//! node of the thread that touched it, and the next build thread to get
+//! that arena reuses it: in the emulated 2-node guest a 1 MiB buffer landed
+//! on the wrong node in about half the builds. A `D` with a large heap
+//! should move it from its `make` closure, which runs on the replica's
+//! node:
+//!
+//! ```no_run
+//! # use noderep::{Dispatch, NrBuilder};
+//! # struct Table(Vec<u64>);
+//! # impl Dispatch for Table {
+//! #     type ReadOperation<'a> = usize;
+//! #     type WriteOperation = (usize, u64);
+//! #     type Response = u64;
+//! #     fn dispatch(&self, i: usize) -> u64 { self.0[i] }
+//! #     fn dispatch_mut(&mut self, (i, v): (usize, u64)) -> u64 { std::mem::replace(&mut self.0[i], v) }
+//! # }
+//! use noderep::topology::{local_memory_node, move_to_node};
+//! let nr = NrBuilder::new().build(|_replica| {
+//!     let table = Table(vec![0; 1 << 20]);
+//!     if let Some(node) = local_memory_node() {
+//!         move_to_node(&[(table.0.as_ptr() as usize, table.0.len() * 8)], node);
+//!     }
+//!     table
+//! })?;
+//! # Ok::<(), noderep::NrError>(())
+//! ```
+//!
+//! Trimming the allocator costs a walk of its arenas per build, and the
+//! page alignment up to three partly empty pages per replica.
 
 use super::config::{
     DEFAULT_LOG_CAPACITY, DEFAULT_THREADS_PER_REPLICA, MAX_LOG_CAPACITY, MAX_REPLICAS,

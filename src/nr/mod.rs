@@ -69,6 +69,7 @@ pub(crate) mod log;
 #[cfg(loom)]
 #[doc(hidden)]
 pub mod loom_api;
+mod page_slice;
 mod replica;
 pub(crate) mod rwlock;
 

@@ -30,13 +30,13 @@
 
 use super::context::{Context, Outcome};
 use super::log::{Log, Record};
+use super::page_slice::PageSlice;
 use super::rwlock::{DistRwLock, ReadGuard, WriteGuard};
 use super::Dispatch;
 use crate::sync::{
     wait_on, wake_all, AtomicBool, AtomicU32, AtomicUsize, Backoff, CachePadded, Ordering,
     UnsafeCell,
 };
-use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 /// The instance has been poisoned by a panicking operation.
@@ -45,9 +45,12 @@ pub(crate) struct PoisonedInstance;
 
 /// The thread slots of a replica of `D`.
 type Slots<D> =
-    Box<[CachePadded<Context<<D as Dispatch>::WriteOperation, <D as Dispatch>::Response>>]>;
+    PageSlice<CachePadded<Context<<D as Dispatch>::WriteOperation, <D as Dispatch>::Response>>>;
 
-/// One replica of `D`.
+/// One replica of `D`. Page-aligned (and so a whole number of pages), like
+/// its slots and reader flags ([`PageSlice`]): the builder moves these pages
+/// to the replica's node, and no other replica's memory may share them.
+#[repr(align(4096))]
 pub(crate) struct Replica<D: Dispatch> {
     /// This replica's index (its position in the log's `ltails`).
     pub(crate) id: usize,
@@ -191,9 +194,7 @@ impl<D: Dispatch> Replica<D> {
             activity: AtomicUsize::new(0),
             seen_activity: AtomicUsize::new(0),
             removed: AtomicBool::new(false),
-            contexts: (0..slots)
-                .map(|_| CachePadded::new(Context::new()))
-                .collect(),
+            contexts: PageSlice::from_fn(slots, |_| CachePadded::new(Context::new())),
             rwlock: DistRwLock::with_fences(slots, asymmetric_reads),
             registered: AtomicUsize::new(0),
             data: UnsafeCell::new(data),

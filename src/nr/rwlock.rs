@@ -50,18 +50,18 @@
 //! Calciu et al., ASPLOS 2017, section 4.3 (the distributed readers-writer
 //! lock); Dekker's mutual exclusion via store-fence-load.
 
+use super::page_slice::PageSlice;
 use crate::sync::{
     heavy_fence, light_fence, store_then_fence, AtomicBool, AtomicUsize, Backoff, CachePadded,
     Ordering, DEKKER_LOAD,
 };
-use alloc::boxed::Box;
 
 /// The readers-writer lock of one replica.
 pub(crate) struct DistRwLock {
     /// Raised by the combiner while it applies a batch.
     writer: CachePadded<AtomicBool>,
     /// One flag per thread slot, each written only by its thread.
-    readers: Box<[CachePadded<AtomicBool>]>,
+    readers: PageSlice<CachePadded<AtomicBool>>,
     /// One past the highest reader slot ever registered (never lowered).
     hwm: AtomicUsize,
     /// Readers use a compiler fence and the writer a process-wide barrier
@@ -82,9 +82,7 @@ impl DistRwLock {
     pub(crate) fn with_fences(slots: usize, asymmetric: bool) -> Self {
         Self {
             writer: CachePadded::new(AtomicBool::new(false)),
-            readers: (0..slots)
-                .map(|_| CachePadded::new(AtomicBool::new(false)))
-                .collect(),
+            readers: PageSlice::from_fn(slots, |_| CachePadded::new(AtomicBool::new(false))),
             hwm: AtomicUsize::new(0),
             asymmetric,
         }
