@@ -378,3 +378,65 @@ fn debug_shows_the_log_capacity_that_log_capacity_returns() {
     let two = build::<PlainMap>(2, 8);
     assert!(format!("{two:?}").contains("log_capacity: 8"));
 }
+
+/// Every limit is inclusive: the largest accepted value builds, one more is
+/// refused with the error that names the limit.
+#[test]
+fn limits_accept_their_own_value_and_refuse_one_more() {
+    use crate::nr::config::{MAX_LOG_CAPACITY, MAX_THREADS_PER_REPLICA};
+    let one = || {
+        NrBuilder::new()
+            .topology(Topology::simulated(1, 1).unwrap())
+            .replicas(ReplicaPolicy::Fixed(1))
+    };
+    assert!(one()
+        .max_threads_per_replica(MAX_THREADS_PER_REPLICA)
+        .build(|_| PlainMap::default())
+        .is_ok());
+    assert_eq!(
+        one()
+            .max_threads_per_replica(MAX_THREADS_PER_REPLICA + 1)
+            .build(|_| PlainMap::default())
+            .unwrap_err(),
+        NrError::TooManySlots {
+            asked: MAX_THREADS_PER_REPLICA + 1,
+            max: MAX_THREADS_PER_REPLICA
+        }
+    );
+    // One replica keeps no log, so the largest capacity costs nothing here.
+    assert!(one()
+        .log_capacity(MAX_LOG_CAPACITY)
+        .build(|_| PlainMap::default())
+        .is_ok());
+    assert!(matches!(
+        one().log_capacity(MAX_LOG_CAPACITY + 1).build(|_| PlainMap::default()),
+        Err(NrError::TooLarge { asked, max, .. }) if asked == MAX_LOG_CAPACITY + 1 && max == MAX_LOG_CAPACITY
+    ));
+    // A log exactly as large as what the threads can have in flight is
+    // enough; one entry less is not (capacities round up to powers of two).
+    let two = || {
+        NrBuilder::new()
+            .topology(Topology::simulated(2, 1).unwrap())
+            .max_threads_per_replica(4)
+    };
+    let nr = two()
+        .log_capacity(8)
+        .build(|_| PlainMap::default())
+        .unwrap();
+    assert_eq!(nr.log_capacity(), 8);
+    assert!(matches!(
+        two().log_capacity(4).build(|_| PlainMap::default()),
+        Err(NrError::LogTooSmall {
+            capacity: 4,
+            in_flight: 8,
+            ..
+        })
+    ));
+    assert_eq!(
+        two()
+            .max_replicas(2)
+            .build(|_| PlainMap::default())
+            .map(|nr| nr.num_replicas()),
+        Ok(2)
+    );
+}
