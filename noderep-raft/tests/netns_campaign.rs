@@ -43,7 +43,7 @@
 //!
 //! Without root, or without `ip netns`, the test prints a SKIP line saying
 //! why and passes. `NODEREP_RAFT_NETNS_SECS` sets the length of each
-//! campaign (default 8 s), `NODEREP_RAFT_CAMPAIGN_SEED` the random seed.
+//! campaign (default 12 s), `NODEREP_RAFT_CAMPAIGN_SEED` the random seed.
 
 #[path = "../../tests/common/lincheck.rs"]
 #[allow(dead_code)]
@@ -131,7 +131,7 @@ fn secs() -> f64 {
     std::env::var("NODEREP_RAFT_NETNS_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(8.0)
+        .unwrap_or(12.0)
 }
 
 fn seed() -> u64 {
@@ -707,7 +707,7 @@ async fn nemesis(w: Arc<World>, net: Arc<Net>, procs: Arc<Mutex<Procs>>, seed: u
     };
     let all: Vec<HostId> = (1..=n).collect();
     while Instant::now() < w.end {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(300..900))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..700))).await;
         {
             let p = Arc::clone(&procs);
             blocking(move || p.lock().unwrap().restart_exited()).await;
