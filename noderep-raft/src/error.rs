@@ -49,7 +49,7 @@ pub enum HostError {
         members: Vec<HostId>,
     },
     /// The listening socket could not be opened.
-    #[error("cannot listen on {addr}: {source}; pick a free loopback port")]
+    #[error("cannot listen on {addr}: {source}; pick a free port on an address of this host (or of its network namespace)")]
     Listen {
         /// The address.
         addr: std::net::SocketAddr,

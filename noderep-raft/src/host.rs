@@ -32,8 +32,10 @@
 //!
 //! Linearizable reads still cost the leader a round of heartbeats per
 //! batch; bounded-staleness reads cost none but may miss the writes of the
-//! last `b`. Only loopback addresses are accepted (the project tests on one
-//! machine; a deployment would lift this check and add authentication).
+//! last `b`. Only loopback addresses are accepted, and private IPv4 ones on
+//! request ([`HostConfig::private_network`], for hosts in network namespaces
+//! of the caller's own); the project tests on one machine, and a deployment
+//! would lift this check and add authentication.
 
 use crate::error::HostError;
 use crate::log_store::FileLogStore;
@@ -72,6 +74,7 @@ pub struct HostConfig {
     op_timeout: Duration,
     rpc_timeout: Duration,
     max_connections: usize,
+    private_network: bool,
 }
 
 impl HostConfig {
@@ -91,7 +94,23 @@ impl HostConfig {
             op_timeout: Duration::from_secs(5),
             rpc_timeout: Duration::from_millis(1000),
             max_connections: 256,
+            private_network: false,
         }
+    }
+
+    /// Also accept private IPv4 addresses (10.0.0.0/8, 172.16.0.0/12,
+    /// 192.168.0.0/16) for this host and its members, not only loopback
+    /// ones: for hosts that each run in a network namespace of their own,
+    /// linked by veth pairs the caller set up (the process-level campaign
+    /// does this). Default `false`: loopback only.
+    pub fn private_network(mut self, allow: bool) -> Self {
+        self.private_network = allow;
+        self
+    }
+
+    /// Whether `a` is an address this host may listen on or talk to.
+    fn address_allowed(&self, a: &SocketAddr) -> bool {
+        address_allowed(self.private_network, a)
     }
 
     /// The initial voters (this host among them). A host started with no
@@ -134,16 +153,21 @@ impl HostConfig {
     }
 
     fn validate(&self) -> Result<(), HostError> {
-        let loopback = |a: &SocketAddr| a.ip().is_loopback();
-        if !loopback(&self.addr) {
+        let allowed = if self.private_network {
+            "a loopback or private (10/8, 172.16/12, 192.168/16) IPv4 address"
+        } else {
+            "a loopback address (use HostConfig::private_network(true) for hosts in \
+             network namespaces of your own)"
+        };
+        if !self.address_allowed(&self.addr) {
             return Err(HostError::Config(format!(
-                "address {} is not a loopback address; noderep-raft only listens on 127.0.0.1",
+                "address {} is not {allowed}; noderep-raft only listens there",
                 self.addr
             )));
         }
-        if let Some((id, a)) = self.members.iter().find(|(_, a)| !loopback(a)) {
+        if let Some((id, a)) = self.members.iter().find(|(_, a)| !self.address_allowed(a)) {
             return Err(HostError::Config(format!(
-                "host {id} has address {a}, not a loopback address"
+                "host {id} has address {a}, not {allowed}"
             )));
         }
         if !self.members.is_empty() && !self.members.contains_key(&self.id) {
@@ -163,6 +187,12 @@ impl HostConfig {
         }
         Ok(())
     }
+}
+
+/// Loopback always; private IPv4 ranges too when `private` is set.
+fn address_allowed(private: bool, a: &SocketAddr) -> bool {
+    a.ip().is_loopback()
+        || (private && matches!(a.ip(), std::net::IpAddr::V4(v4) if v4.is_private()))
 }
 
 /// A read's result when served within a staleness bound.
@@ -380,9 +410,14 @@ impl<M: Machine> Host<M> {
     /// Adds host `id` at `addr`: as a learner first (it catches up by log
     /// or snapshot), then as a voter.
     pub async fn add_host(&self, id: HostId, addr: SocketAddr) -> Result<(), HostError> {
-        if !addr.ip().is_loopback() {
+        if !self.inner.cfg.address_allowed(&addr) {
             return Err(HostError::Config(format!(
-                "{addr} is not a loopback address"
+                "{addr} is not a loopback address{}",
+                if self.inner.cfg.private_network {
+                    " or a private IPv4 address"
+                } else {
+                    ""
+                }
             )));
         }
         self.inner

@@ -19,7 +19,9 @@
 //! * Snapshots are one replica's state as JSON; a lagging or new host
 //!   installs one and rebuilds its replicas from it; the log is compacted
 //!   after each snapshot.
-//! * Hosts talk TCP on loopback ([`network`]).
+//! * Hosts talk TCP on loopback ([`network`]), or on private IPv4 addresses
+//!   in network namespaces of the caller's own
+//!   ([`HostConfig::private_network`]).
 //!
 //! # Trade-offs
 //!

@@ -38,6 +38,35 @@ async fn a_non_loopback_address_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_addresses_need_the_opt_in_and_public_ones_stay_refused() {
+    let dir = scratch_dir("private");
+    let private: std::net::SocketAddr = "10.213.0.1:7000".parse().unwrap();
+    // Without the opt-in, the message says how to allow it.
+    let err = Host::start(config("c", 1, private, dir.clone()), machine())
+        .await
+        .err()
+        .expect("private address without the opt-in");
+    assert!(err.to_string().contains("private_network(true)"), "{err}");
+    // With it, a public address (here as a member) is still refused.
+    let members = [(1, private), (2, "8.8.8.8:7000".parse().unwrap())].into();
+    let err = Host::start(
+        config("c", 1, private, dir.clone())
+            .members(members)
+            .private_network(true),
+        machine(),
+    )
+    .await
+    .err()
+    .expect("public member address");
+    assert!(matches!(err, HostError::Config(_)), "{err}");
+    assert!(
+        err.to_string().contains("host 2 has address 8.8.8.8:7000"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_clusters_data_is_refused() {
     let dir = scratch_dir("foreign");
     let a = free_addr();
