@@ -77,6 +77,7 @@ pub use builder::{NrBuilder, ReplicaPolicy};
 pub use dispatch::Dispatch;
 pub use error::{ExecError, NrError};
 
+use crate::mutants;
 use crate::sync::{Arc, AtomicBool, AtomicUsize, Backoff, CachePadded, Ordering};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -499,8 +500,9 @@ where
             if ctx.claim() {
                 // Mutant `register_no_note_slot` (loom model 6): the slot
                 // stays invisible to the combiner and the writer side.
-                #[cfg(not(noderep_mutant = "register_no_note_slot"))]
-                rep.rwlock.note_slot(slot);
+                if !mutants::skip!("register_no_note_slot") {
+                    rep.rwlock.note_slot(slot);
+                }
                 // Relaxed: a placement hint only.
                 rep.registered.fetch_add(1, Ordering::Relaxed);
                 return Ok(ThreadToken {
@@ -558,12 +560,9 @@ where
             // Mutant `read_skips_sync` (loom model 2): read whatever the
             // replica holds without catching it up to the commit point.
             // (A parked replica counts as behind: `Log::is_behind`.)
-            #[cfg(not(noderep_mutant = "read_skips_sync"))]
-            if shared.log.is_behind(token.replica, commit) {
+            if !mutants::skip!("read_skips_sync") && shared.log.is_behind(token.replica, commit) {
                 shared.sync_replica(token.replica, commit)?;
             }
-            #[cfg(noderep_mutant = "read_skips_sync")]
-            let _ = commit;
         }
         Ok(replica.read(token.reader_flag(), op))
     }
@@ -601,8 +600,12 @@ where
         // slot (no slot handshake; with one replica, no log either).
         // Mutant `no_combine_retry` (loom model 4) skips it, so that the
         // mutant's single try is the one in the loop below.
-        #[cfg(not(noderep_mutant = "no_combine_retry"))]
-        if let Some(guard) = replica.try_combine() {
+        let fast = if mutants::skip!("no_combine_retry") {
+            None
+        } else {
+            replica.try_combine()
+        };
+        if let Some(guard) = fast {
             if shared.log.is_single() || shared.runs_alone(token.replica) {
                 // A panic of our operation unwinds from here (the instance
                 // is poisoned on the way, see `Replica::combine_direct`).
@@ -631,7 +634,6 @@ where
         let mut waiting = None;
         // Mutant `no_combine_retry` (loom model 4): try the combiner lock
         // only once, then wait for some other combiner forever.
-        #[cfg(noderep_mutant = "no_combine_retry")]
         let mut tried = false;
         loop {
             // Load the poison flag *before* polling: a combiner publishes
@@ -646,8 +648,7 @@ where
             if poisoned {
                 return Err(ExecError::Poisoned);
             }
-            #[cfg(noderep_mutant = "no_combine_retry")]
-            if core::mem::replace(&mut tried, true) {
+            if mutants::skip!("no_combine_retry") && core::mem::replace(&mut tried, true) {
                 backoff.snooze();
                 continue;
             }

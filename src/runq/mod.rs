@@ -102,6 +102,7 @@ pub use ring::Stamp;
 pub use task::{QueueId, TaskId, TaskPhase, TaskState, MAX_QUEUES};
 pub use worker::{CoreWorker, Step};
 
+use crate::mutants;
 use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, CachePadded, Mutex, Ordering};
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -1139,22 +1140,11 @@ impl Spawner {
             };
             match s.phase {
                 TaskPhase::Queued | TaskPhase::Blocked | TaskPhase::Transit => {
-                    #[cfg(noderep_mutant = "kill_check_then_store")]
-                    {
-                        // MUTANT: "check, then act": a blind store of Removed
-                        // after the check above, racing the owner's CASes.
-                        self.sh
-                            .tasks
-                            .store_for_mutant(t, s.with(TaskPhase::Removed, s.place, s.epoch));
-                        return Kill::Killed;
-                    }
-                    #[cfg(not(noderep_mutant = "kill_check_then_store"))]
-                    if self
-                        .sh
-                        .tasks
-                        .cas(t, s, s.with(TaskPhase::Removed, s.place, s.epoch))
-                        == task::Cas::Done
-                    {
+                    // Mutant `kill_check_then_store` (loom, runq models):
+                    // "check, then act", racing the owner's CASes.
+                    let blind = mutants::skip!("kill_check_then_store");
+                    let removed = s.with(TaskPhase::Removed, s.place, s.epoch);
+                    if self.sh.tasks.cas_or_blind(blind, t, s, removed) == task::Cas::Done {
                         return Kill::Killed;
                     }
                 }
