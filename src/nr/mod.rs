@@ -829,15 +829,16 @@ where
         Ok(out)
     }
 
-    /// Address of replica `r`'s data, for NUMA placement checks.
-    #[cfg(feature = "std")]
+    /// Address of replica `r`'s data, for NUMA placement checks (feature
+    /// `fault-injection`: the project's placement tests).
+    #[cfg(feature = "fault-injection")]
     pub fn replica_data_addr(&self, r: usize) -> Option<*const u8> {
         self.shared.replicas.get(r).map(|rep| rep.data_addr())
     }
 
     /// Address of replica `r`'s thread slots (one contiguous array), for
-    /// NUMA placement checks.
-    #[cfg(feature = "std")]
+    /// NUMA placement checks (feature `fault-injection`, as above).
+    #[cfg(feature = "fault-injection")]
     pub fn replica_slots_addr(&self, r: usize) -> Option<*const u8> {
         self.shared
             .replicas

@@ -697,7 +697,7 @@ impl<D: Dispatch> Replica<D> {
     }
 
     /// Address of the replica's data (for NUMA placement checks).
-    #[cfg(feature = "std")]
+    #[cfg(feature = "fault-injection")]
     pub(crate) fn data_addr(&self) -> *const u8 {
         self.data.with(|d| d as *const u8)
     }

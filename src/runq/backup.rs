@@ -163,7 +163,8 @@ impl BackupHandle {
         self.generation
     }
 
-    /// The replica as applied so far.
+    /// The replica as applied so far (feature `fault-injection`, for tests).
+    #[cfg(any(test, feature = "fault-injection", loom))]
     pub fn replica(&self) -> &Replica {
         &self.replica
     }

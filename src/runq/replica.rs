@@ -197,11 +197,13 @@ impl Replica {
     }
 
     /// The replica's state of `t`, if it has an entry (tombstones included).
+    #[cfg(any(test, feature = "fault-injection", loom))]
     pub fn get(&self, t: TaskId) -> Option<(Stamp, Replicated)> {
         self.entries.get(&t).copied()
     }
 
     /// Number of tombstones held.
+    #[cfg(any(test, feature = "fault-injection", loom))]
     pub fn tombstones(&self) -> usize {
         self.entries
             .values()
@@ -210,11 +212,13 @@ impl Replica {
     }
 
     /// The collection watermark.
+    #[cfg(any(test, feature = "fault-injection", loom))]
     pub fn watermark(&self) -> Stamp {
         self.watermark
     }
 
     /// The newest stamp applied.
+    #[cfg(any(test, feature = "fault-injection", loom))]
     pub fn last(&self) -> Stamp {
         self.last
     }

@@ -151,12 +151,12 @@ impl TaskPhase {
     }
 
     /// True for the intent phases (an uncommitted owner operation).
-    pub fn is_intent(self) -> bool {
+    pub(crate) fn is_intent(self) -> bool {
         (TaskPhase::Accepting as u8..=TaskPhase::Yielding as u8).contains(&(self as u8))
     }
 
     /// True where the slot may be reused (the task is over).
-    pub fn is_reusable(self) -> bool {
+    pub(crate) fn is_reusable(self) -> bool {
         matches!(self, TaskPhase::Free | TaskPhase::Done | TaskPhase::Removed)
     }
 }
