@@ -79,7 +79,7 @@ pub(crate) const NAMES: &[&str] = &[
     "no_helping",
     "help_unlocked",
     "help_not_through", // tests/starvation.rs
-    "no_parking",
+    "no_parking",       // unit tests of nr/tests_multi.rs (parking)
     "register_no_note_slot",
     "poison_flag_skipped",
     "panic_not_forwarded",
@@ -198,4 +198,123 @@ pub(crate) fn check_then_store(atomic: &AtomicU64, current: u64, new: u64) -> Re
     // pairs with the Acquire above and with the Acquire loads of the word.
     atomic.store(new, Ordering::Release);
     Ok(seen)
+}
+
+#[cfg(all(test, not(loom), feature = "std"))]
+mod tests {
+
+    use super::*;
+    use std::string::String;
+    use std::vec::Vec;
+
+    /// Every `.rs` file under `dir`, as (path, text).
+    fn sources(dir: &std::path::Path, out: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).expect("read src") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("read source");
+                out.push((path.display().to_string(), text));
+            }
+        }
+    }
+
+    #[test]
+    fn no_mutant_is_on_in_a_normal_build() {
+        // The test build sets no `noderep_mutant` cfg (unless one was asked
+        // for with NODEREP_MUTANT), so every switch is the production value.
+        if option_env!("NODEREP_MUTANT").is_some_and(|m| !m.is_empty()) {
+            return;
+        }
+        assert!(!skip!("ctail_skipped"));
+        assert_eq!(
+            ordering!("log_publish_relaxed", Ordering::Release, Ordering::Relaxed),
+            Ordering::Release
+        );
+    }
+
+    #[test]
+    fn the_name_list_has_no_duplicates_and_knows_only_its_names() {
+        for (i, a) in NAMES.iter().enumerate() {
+            assert!(known(a), "{a}");
+            assert!(!NAMES[i + 1..].contains(a), "{a} is listed twice");
+        }
+        assert!(!known("ctail_skippe"));
+        assert!(!known("ctail_skipped_"));
+        assert!(!known(""));
+    }
+
+    /// Every listed mutant has a switch in the sources, and every mutant
+    /// that a script or the loom table asks for is listed, so neither list
+    /// rots.
+    #[test]
+    fn every_listed_mutant_has_a_switch_and_every_scripted_one_is_listed() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = Vec::new();
+        sources(&root.join("src"), &mut files);
+        let code: String = files
+            .iter()
+            .filter(|(path, _)| !path.ends_with("mutants.rs"))
+            .map(|(_, text)| text.as_str())
+            .collect();
+        for name in NAMES {
+            let quoted = std::format!("\"{name}\"");
+            let switched = ["skip!(", "ordering!(", "cas!("].iter().any(|m| {
+                code.match_indices(m).any(|(at, _)| {
+                    code[at..]
+                        .trim_start_matches(m)
+                        .trim_start()
+                        .starts_with(&quoted)
+                })
+            });
+            assert!(switched, "mutant {name} is listed but no switch names it");
+        }
+        let table = std::fs::read_to_string(root.join("scripts/loom-mutants.sh")).expect("script");
+        let table = table
+            .split_once("TABLE=\"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .expect("the table of scripts/loom-mutants.sh")
+            .0;
+        let mut pairs = 0;
+        for line in table.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if let [_model, mutant] = words[..] {
+                assert!(
+                    known(mutant),
+                    "loom-mutants.sh names {mutant}, not in NAMES"
+                );
+                pairs += 1;
+            }
+        }
+        assert_eq!(pairs, 35, "pairs in the loom mutation table");
+        for (script, name) in [
+            ("scripts/lin_mutant.sh", "ctail_skipped"),
+            ("scripts/numa-vm-mutant.sh", "replicas_on_node0"),
+        ] {
+            let text = std::fs::read_to_string(root.join(script)).expect("script");
+            assert!(
+                text.contains(&std::format!("NODEREP_MUTANT={name}")),
+                "{script}"
+            );
+            assert!(known(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn check_then_store_answers_like_a_compare_exchange() {
+        let word = AtomicU64::new(5);
+        assert_eq!(check_then_store(&word, 4, 9), Err(5));
+        assert_eq!(
+            word.load(Ordering::Relaxed),
+            5,
+            "a failed check stores nothing"
+        );
+        assert_eq!(check_then_store(&word, 5, 9), Ok(5));
+        assert_eq!(word.load(Ordering::Relaxed), 9);
+        assert_eq!(
+            word.compare_exchange(9, 1, Ordering::AcqRel, Ordering::Acquire),
+            Ok(9)
+        );
+    }
 }
