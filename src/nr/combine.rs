@@ -461,7 +461,7 @@ where
                 if self.log.ltail(q) == PARKED {
                     continue;
                 }
-                let can_park = self.can_snapshot && !mutants::skip!("no_parking");
+                let can_park = !mutants::skip!("no_parking") && self.can_snapshot;
                 if can_park && idle && self.park(q, &their_guard) {
                     continue;
                 }

@@ -496,8 +496,10 @@ impl<D: Dispatch> Replica<D> {
                         // outcomes are published (see there). Mutant
                         // `panic_not_forwarded` (loom model 7) drops the
                         // payload instead of handing it to its thread.
-                        let mine = origin == self.id && batch.contains(&pos);
-                        if mine && !mutants::skip!("panic_not_forwarded") {
+                        if !mutants::skip!("panic_not_forwarded")
+                            && origin == self.id
+                            && batch.contains(&pos)
+                        {
                             // SAFETY: as for a response above, or our own
                             // slot (the fast path), which only we touch; the
                             // caller's poll resumes the panic.
@@ -512,12 +514,12 @@ impl<D: Dispatch> Replica<D> {
             core::mem::forget(unwind_guard);
             // Both before the write lock is released: see module docs.
             // Mutant `ctail_after_unlock` (loom model 2) publishes them after.
-            if outcome.is_ok() && !mutants::skip!("ctail_after_unlock") {
+            if !mutants::skip!("ctail_after_unlock") && outcome.is_ok() {
                 log.set_ltail(self.id, to);
                 log.advance_ctail(to);
             }
         }
-        if outcome.is_ok() && mutants::skip!("ctail_after_unlock") {
+        if mutants::skip!("ctail_after_unlock") && outcome.is_ok() {
             log.set_ltail(self.id, to);
             log.advance_ctail(to);
         }
@@ -583,7 +585,7 @@ impl<D: Dispatch> Replica<D> {
             let stop = out.is_panic();
             // Mutant `panic_not_forwarded` (loom model 7) drops a panic
             // payload instead of handing it over.
-            if stop && mutants::skip!("panic_not_forwarded") {
+            if mutants::skip!("panic_not_forwarded") && stop {
                 return (applied, true);
             }
             // SAFETY: we took this slot's operation just now and publish
