@@ -11,9 +11,9 @@
 //!
 //! A site names its mutant with one of two switches:
 //!
-//! * [`ordering!`]`("NAME", production, mutant)` is the production
+//! * [`ordering!`]`("NAME", Production, Mutant)` is the production
 //!   [`Ordering`](crate::sync::Ordering), or the weaker one the mutant uses:
-//!   `self.flag.store(false, mutants::ordering!("x_relaxed", Release, Relaxed))`.
+//!   `flag.store(false, mutants::ordering!("x_relaxed", Release, Relaxed))`.
 //! * [`skip!`]`("NAME")` is `true` when the mutant is on: the site skips (or
 //!   replaces) the production step: `if !mutants::skip!("x") { step(); }`,
 //!   `if !mutants::skip!("x") && must_wait { ... }`.
@@ -150,18 +150,17 @@ macro_rules! skip {
 }
 pub(crate) use skip;
 
-/// The production ordering `$production`, or `$mutant` when mutant `$name`
-/// is compiled in.
+/// The production ordering `Ordering::$production`, or `Ordering::$mutant`
+/// when mutant `$name` is compiled in (both named by their variant:
+/// `ordering!("x_relaxed", Release, Relaxed)`).
 macro_rules! ordering {
-    ($name:literal, $production:expr, $mutant:expr) => {{
-        let (production, mutant): ($crate::sync::Ordering, $crate::sync::Ordering) =
-            ($production, $mutant);
+    ($name:literal, $production:ident, $mutant:ident) => {
         if $crate::mutants::skip!($name) {
-            mutant
+            $crate::sync::Ordering::$mutant
         } else {
-            production
+            $crate::sync::Ordering::$production
         }
-    }};
+    };
 }
 pub(crate) use ordering;
 
@@ -202,7 +201,6 @@ pub(crate) fn check_then_store(atomic: &AtomicU64, current: u64, new: u64) -> Re
 
 #[cfg(all(test, not(loom), feature = "std"))]
 mod tests {
-
     use super::*;
     use std::string::String;
     use std::vec::Vec;
@@ -229,7 +227,7 @@ mod tests {
         }
         assert!(!skip!("ctail_skipped"));
         assert_eq!(
-            ordering!("log_publish_relaxed", Ordering::Release, Ordering::Relaxed),
+            ordering!("log_publish_relaxed", Release, Relaxed),
             Ordering::Release
         );
     }

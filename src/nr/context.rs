@@ -90,11 +90,7 @@ impl<W, R> Context<W, R> {
     /// Frees the slot (token drop). The slot must be `EMPTY`.
     pub(crate) fn release(&self) {
         // Release: pairs with the Acquire in `claim`.
-        let order = mutants::ordering!(
-            "token_release_relaxed",
-            Ordering::Release,
-            Ordering::Relaxed
-        );
+        let order = mutants::ordering!("token_release_relaxed", Release, Relaxed);
         self.in_use.store(false, order);
     }
 
@@ -106,11 +102,7 @@ impl<W, R> Context<W, R> {
             unsafe { *p = Some(op) }
         });
         // Release: publishes `op`; pairs with the Acquire in `is_pending`.
-        let order = mutants::ordering!(
-            "context_submit_relaxed",
-            Ordering::Release,
-            Ordering::Relaxed
-        );
+        let order = mutants::ordering!("context_submit_relaxed", Release, Relaxed);
         self.state.store(PENDING, order);
     }
 
@@ -183,11 +175,7 @@ impl<W, R> Context<W, R> {
         });
         if let Some(state) = state {
             // Release: publishes `result`; pairs with the Acquire in `poll`.
-            let order = mutants::ordering!(
-                "context_finish_relaxed",
-                Ordering::Release,
-                Ordering::Relaxed
-            );
+            let order = mutants::ordering!("context_finish_relaxed", Release, Relaxed);
             self.state.store(state, order);
         }
     }

@@ -329,7 +329,7 @@ impl<T> Log<T> {
         });
         // Release: publishes the record; pairs with the Acquire load in
         // `read`.
-        let order = mutants::ordering!("log_publish_relaxed", Ordering::Release, Ordering::Relaxed);
+        let order = mutants::ordering!("log_publish_relaxed", Release, Relaxed);
         entry.alive.store(self.lap_parity(pos), order);
     }
 
@@ -422,7 +422,7 @@ impl<T> Log<T> {
     pub(crate) fn set_ltail(&self, r: usize, pos: usize) {
         // Release: our reads (clones) of the entries below `pos` happen
         // before an appender that frees them (Acquire in `advance_head`).
-        let order = mutants::ordering!("log_ltail_relaxed", Ordering::Release, Ordering::Relaxed);
+        let order = mutants::ordering!("log_ltail_relaxed", Release, Relaxed);
         self.ltails[r].store(pos, order);
     }
 }

@@ -85,7 +85,6 @@ use combine::Stop;
 use context::Outcome;
 use core::marker::PhantomData;
 use core::ptr::NonNull;
-
 use log::{Log, PARKED};
 use replica::{PoisonedInstance, Replica, WaitingGuard};
 

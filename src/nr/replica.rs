@@ -136,11 +136,7 @@ impl Drop for CombinerGuard<'_> {
         // ltail, delivered responses) happens before the next holder's
         // Acquire CAS in `try_combine` (and before a woken waiter's Acquire
         // CAS or Acquire poll of its slot).
-        let order = mutants::ordering!(
-            "combiner_unlock_relaxed",
-            Ordering::Release,
-            Ordering::Relaxed
-        );
+        let order = mutants::ordering!("combiner_unlock_relaxed", Release, Relaxed);
         let prev = self.lock.swap(FREE, order);
         if prev == LOCKED_SLEEPERS {
             wake_all(self.lock);

@@ -239,11 +239,7 @@ impl Drop for ReadGuard<'_> {
     fn drop(&mut self) {
         // Release: our reads of the replica happen before the next writer's
         // writes; pairs with the Acquire scan in `write`.
-        let order = mutants::ordering!(
-            "rwlock_unlock_relaxed",
-            Ordering::Release,
-            Ordering::Relaxed
-        );
+        let order = mutants::ordering!("rwlock_unlock_relaxed", Release, Relaxed);
         self.flag.store(false, order);
     }
 }
@@ -257,11 +253,7 @@ impl Drop for WriteGuard<'_> {
     fn drop(&mut self) {
         // Release: the batch we applied happens before any reader that sees
         // the flag down (Acquire in `read`).
-        let order = mutants::ordering!(
-            "rwlock_writer_unlock_relaxed",
-            Ordering::Release,
-            Ordering::Relaxed
-        );
+        let order = mutants::ordering!("rwlock_writer_unlock_relaxed", Release, Relaxed);
         self.lock.writer.store(false, order);
     }
 }

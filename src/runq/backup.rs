@@ -243,7 +243,6 @@ impl BackupHandle {
             // claims tasks that already finished here (they would run a
             // second time).
             TaskPhase::Done if mutants::skip!("adopt_finished") => s.place == self.q,
-
             _ => false,
         }
     }
