@@ -8,8 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # A separate target dir keeps the mutant build from invalidating the normal one.
+# build.rs turns NODEREP_MUTANT into `--cfg noderep_mutant="ctail_skipped"`
+# for noderep alone (src/mutants.rs).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target/lin-mutant}"
-export RUSTFLAGS="${RUSTFLAGS:-} --cfg noderep_mutant=\"ctail_skipped\""
+export NODEREP_MUTANT=ctail_skipped
 for campaign in hashmap_on_2_replicas_is_linearizable stack_on_2_replicas_is_linearizable; do
   if out=$(cargo test --test linearizability -- --exact "noderep_runs::$campaign" 2>&1); then
     echo "FAIL: $campaign passed with the ctail_skipped mutant; the suite missed a stale read" >&2

@@ -23,6 +23,7 @@ extern crate alloc;
 pub mod cost;
 #[cfg(feature = "std")]
 pub mod mirror;
+mod mutants;
 pub mod nr;
 #[cfg(feature = "std")]
 pub mod runq;

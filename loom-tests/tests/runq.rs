@@ -12,8 +12,9 @@
 //! | `spawn_races_takeover_of_the_spawners_core` | a spawn races the takeover (and slot reclaim) of its own core | `reclaim_blind_store` |
 //!
 //! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom
-//! cargo test --release -p loom-tests --test runq`; add
-//! `--cfg noderep_mutant="name"` to RUSTFLAGS to see a model fail.
+//! cargo test --release -p loom-tests --test runq`; set
+//! `NODEREP_MUTANT=name` (a name of `src/mutants.rs`) to see a model fail.
+
 #![cfg(loom)]
 
 use loom::thread;

@@ -444,8 +444,11 @@ impl<D> NrBuilder<D> {
                     // Mutant `replicas_on_node0` (scripts/numa-vm-mutant.sh):
                     // every replica is built, and first touched, on the
                     // first replica's home.
-                    #[cfg(noderep_mutant = "replicas_on_node0")]
-                    let cpu = homes[0].first().copied();
+                    let cpu = if crate::mutants::skip!("replicas_on_node0") {
+                        homes[0].first().copied()
+                    } else {
+                        cpu
+                    };
                     s.spawn(move || {
                         if let Some(cpu) = cpu {
                             // Best effort (module docs): an unpinned build

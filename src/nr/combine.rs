@@ -47,6 +47,7 @@
 use super::log::{LogFull, PARKED};
 use super::replica::{CombinerGuard, PoisonedInstance, WaitingGuard};
 use super::{Dispatch, ExecError, Shared};
+use crate::mutants;
 use crate::sync::{Backoff, Ordering};
 
 /// Why a round stopped without serving its replica.
@@ -137,8 +138,7 @@ where
         // Acquire: pairs with the Release that poisons. Mutant
         // `exec_ignores_poison` (loom model 7) drops this check and the one
         // in `Replica::exec`.
-        #[cfg(not(noderep_mutant = "exec_ignores_poison"))]
-        if self.poisoned.load(Ordering::Acquire) {
+        if !mutants::skip!("exec_ignores_poison") && self.poisoned.load(Ordering::Acquire) {
             return Err(Stop::Poisoned);
         }
         if by_owner {
@@ -239,8 +239,7 @@ where
         let replica = &self.replicas[r];
         // Acquire: pairs with the Release store in `remove_replica`.
         // Mutant `removed_not_checked` (loom model 9) rebuilds it anyway.
-        #[cfg(not(noderep_mutant = "removed_not_checked"))]
-        if replica.removed.load(Ordering::Acquire) {
+        if !mutants::skip!("removed_not_checked") && replica.removed.load(Ordering::Acquire) {
             return Err(Stop::Removed);
         }
         let mut backoff = Backoff::new();
@@ -291,16 +290,18 @@ where
                 // `wake_after_unlock` (loom model 9) stores it only after the
                 // source's lock is released, when the head may already have
                 // moved past `at`.
-                #[cfg(not(noderep_mutant = "wake_after_unlock"))]
-                self.log.set_ltail(r, at);
+                if !mutants::skip!("wake_after_unlock") {
+                    self.log.set_ltail(r, at);
+                }
                 // Relaxed: `live` is read under the locks of the replicas it
                 // counts (see `combine`), and we hold `s`'s, whose release
                 // publishes it to `s`'s next combiner. AcqRel for the
                 // parkers that decrement concurrently is given by the RMW.
                 self.live.fetch_add(1, Ordering::AcqRel);
                 drop(source_guard);
-                #[cfg(noderep_mutant = "wake_after_unlock")]
-                self.log.set_ltail(r, at);
+                if mutants::skip!("wake_after_unlock") {
+                    self.log.set_ltail(r, at);
+                }
                 drop(old);
                 #[cfg(test)]
                 super::stats::Stats::bump(&self.stats.woken, 1);
@@ -333,8 +334,9 @@ where
         }
         // Mutant `park_keeps_ltail` (loom model 9): the parked replica keeps
         // its old position, so its readers trust its stale data.
-        #[cfg(not(noderep_mutant = "park_keeps_ltail"))]
-        self.log.set_ltail(q, PARKED);
+        if !mutants::skip!("park_keeps_ltail") {
+            self.log.set_ltail(q, PARKED);
+        }
         #[cfg(test)]
         super::stats::Stats::bump(&self.stats.parked, 1);
         true
@@ -380,8 +382,9 @@ where
         impl<T> Drop for Leave<'_, T> {
             fn drop(&mut self) {
                 // Mutant `waiter_never_leaves` (loom model 8).
-                #[cfg(not(noderep_mutant = "waiter_never_leaves"))]
-                self.0.leave_waiters(self.1);
+                if !mutants::skip!("waiter_never_leaves") {
+                    self.0.leave_waiters(self.1);
+                }
             }
         }
         self.log.join_waiters(n);
@@ -429,8 +432,9 @@ where
         let help_to = tail.min(needed_head + help_chunk(self.log.capacity(), n));
         // Mutant `make_room_skips_own` (loom model 8): our replica, whose
         // lock we hold, is never caught up while we wait.
-        #[cfg(not(noderep_mutant = "make_room_skips_own"))]
-        self.replicas[r].exec(guard, &self.log, tail, &self.poisoned, 0..0, None)?;
+        if !mutants::skip!("make_room_skips_own") {
+            self.replicas[r].exec(guard, &self.log, tail, &self.poisoned, 0..0, None)?;
+        }
         for (q, lagging) in self.replicas.iter().enumerate() {
             let at = self.log.ltail(q);
             if q == r || at == PARKED || at >= needed_head {
@@ -438,13 +442,16 @@ where
             }
             // Mutant `help_unlocked` (loom model 5): help without taking the
             // lagging replica's combiner lock.
-            #[cfg(noderep_mutant = "help_unlocked")]
-            {
+            if mutants::skip!("help_unlocked") {
                 let dummy = crate::sync::AtomicU32::new(1);
                 let forged = CombinerGuard::forged(&dummy);
                 lagging.exec(&forged, &self.log, help_to, &self.poisoned, 0..0, None)?;
+                continue;
             }
-            #[cfg(not(any(noderep_mutant = "no_helping", noderep_mutant = "help_unlocked")))]
+            // Mutant `no_helping` (loom model 5): leave it lagging.
+            if mutants::skip!("no_helping") {
+                continue;
+            }
             if let Some(their_guard) = lagging.try_combine() {
                 // Relaxed: both activity counters are written under the lock
                 // we hold.
@@ -454,8 +461,8 @@ where
                 if self.log.ltail(q) == PARKED {
                     continue;
                 }
-                #[cfg(not(noderep_mutant = "no_parking"))]
-                if self.can_snapshot && idle && self.park(q, &their_guard) {
+                let can_park = !mutants::skip!("no_parking") && self.can_snapshot;
+                if can_park && idle && self.park(q, &their_guard) {
                     continue;
                 }
                 // Relaxed: a hint (see `Replica::waiting`).
@@ -495,30 +502,28 @@ where
     fn help_through(&self, q: usize, guard: &CombinerGuard<'_>, tail: usize) -> Result<(), Stop> {
         let lagging = &self.replicas[q];
         lagging.exec(guard, &self.log, tail, &self.poisoned, 0..0, None)?;
-        #[cfg(noderep_mutant = "help_not_through")]
-        return Ok(());
-        #[cfg(not(noderep_mutant = "help_not_through"))]
-        {
-            let n = lagging.collect(guard);
-            if n == 0 {
-                return Ok(());
-            }
-            let Ok(start) = self.log.try_reserve_keeping(n, self.log.waiting_need()) else {
-                return Ok(());
-            };
-            lagging.append_batch(guard, &self.log, start, None);
-            lagging.exec(
-                guard,
-                &self.log,
-                start + n,
-                &self.poisoned,
-                start..start + n,
-                None,
-            )?;
-            #[cfg(test)]
-            super::stats::Stats::bump(&self.stats.helped_through, n);
-            Ok(())
+        if mutants::skip!("help_not_through") {
+            return Ok(());
         }
+        let n = lagging.collect(guard);
+        if n == 0 {
+            return Ok(());
+        }
+        let Ok(start) = self.log.try_reserve_keeping(n, self.log.waiting_need()) else {
+            return Ok(());
+        };
+        lagging.append_batch(guard, &self.log, start, None);
+        lagging.exec(
+            guard,
+            &self.log,
+            start + n,
+            &self.poisoned,
+            start..start + n,
+            None,
+        )?;
+        #[cfg(test)]
+        super::stats::Stats::bump(&self.stats.helped_through, n);
+        Ok(())
     }
 }
 

@@ -20,6 +20,7 @@
 //! the protocol simple; a thread that wants to batch its own writes can
 //! combine them into one `WriteOperation`.
 
+use crate::mutants;
 use crate::sync::{AtomicBool, AtomicUsize, Ordering, UnsafeCell};
 
 /// No operation in the slot.
@@ -89,10 +90,8 @@ impl<W, R> Context<W, R> {
     /// Frees the slot (token drop). The slot must be `EMPTY`.
     pub(crate) fn release(&self) {
         // Release: pairs with the Acquire in `claim`.
-        #[cfg(not(noderep_mutant = "token_release_relaxed"))]
-        self.in_use.store(false, Ordering::Release);
-        #[cfg(noderep_mutant = "token_release_relaxed")]
-        self.in_use.store(false, Ordering::Relaxed);
+        let order = mutants::ordering!("token_release_relaxed", Release, Relaxed);
+        self.in_use.store(false, order);
     }
 
     /// The owning thread submits `op`. The slot must be `EMPTY`.
@@ -103,10 +102,8 @@ impl<W, R> Context<W, R> {
             unsafe { *p = Some(op) }
         });
         // Release: publishes `op`; pairs with the Acquire in `is_pending`.
-        #[cfg(not(noderep_mutant = "context_submit_relaxed"))]
-        self.state.store(PENDING, Ordering::Release);
-        #[cfg(noderep_mutant = "context_submit_relaxed")]
-        self.state.store(PENDING, Ordering::Relaxed);
+        let order = mutants::ordering!("context_submit_relaxed", Release, Relaxed);
+        self.state.store(PENDING, order);
     }
 
     /// Whether the slot holds an operation for the combiner.
@@ -135,8 +132,9 @@ impl<W, R> Context<W, R> {
         // mutant `context_take_keeps_pending`, which leaves the slot
         // PENDING, is caught by no model: it is equivalent while that check
         // stands (loom-tests/README.md).
-        #[cfg(not(noderep_mutant = "context_take_keeps_pending"))]
-        self.state.store(TAKEN, Ordering::Relaxed);
+        if !mutants::skip!("context_take_keeps_pending") {
+            self.state.store(TAKEN, Ordering::Relaxed);
+        }
         op.expect("a PENDING context holds an operation")
     }
 
@@ -177,10 +175,8 @@ impl<W, R> Context<W, R> {
         });
         if let Some(state) = state {
             // Release: publishes `result`; pairs with the Acquire in `poll`.
-            #[cfg(not(noderep_mutant = "context_finish_relaxed"))]
-            self.state.store(state, Ordering::Release);
-            #[cfg(noderep_mutant = "context_finish_relaxed")]
-            self.state.store(state, Ordering::Relaxed);
+            let order = mutants::ordering!("context_finish_relaxed", Release, Relaxed);
+            self.state.store(state, order);
         }
     }
 

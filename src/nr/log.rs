@@ -57,6 +57,7 @@
 //! Calciu, Sen, Balakrishnan, Aguilera: "Black-box Concurrent Data Structures
 //! for NUMA Architectures", ASPLOS 2017 (section 4, the shared log).
 
+use crate::mutants;
 use crate::sync::{AtomicBool, AtomicUsize, CachePadded, Ordering, UnsafeCell};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -200,13 +201,13 @@ impl<T> Log<T> {
         // reads a stale value may take room a waiter joined for a moment
         // ago, once; the waiter was not yet waiting when it looked, and the
         // next appender sees it (RMWs below are totally ordered).
-        #[cfg(not(noderep_mutant = "line_ignored"))]
-        return self.line.need.load(Ordering::Relaxed);
         // Mutant `line_ignored`: appenders take the room a waiter made, so
         // it can wait forever (a fairness property, not a safety one: the
         // unit test `waiting_writers_keep_the_room_they_need` catches it).
-        #[cfg(noderep_mutant = "line_ignored")]
-        return 0;
+        if mutants::skip!("line_ignored") {
+            return 0;
+        }
+        self.line.need.load(Ordering::Relaxed)
     }
 
     /// An appender starts waiting for `n` positions.
@@ -232,12 +233,7 @@ impl<T> Log<T> {
     fn lap_parity(&self, pos: usize) -> bool {
         // Mutant `log_no_lap_flip` (loom model 1): the bit never flips, so a
         // stale entry of the previous lap looks published.
-        #[cfg(noderep_mutant = "log_no_lap_flip")]
-        let _ = pos;
-        #[cfg(noderep_mutant = "log_no_lap_flip")]
-        return true;
-        #[cfg(not(noderep_mutant = "log_no_lap_flip"))]
-        return (pos >> self.shift) & 1 == 0;
+        mutants::skip!("log_no_lap_flip") || (pos >> self.shift) & 1 == 0
     }
 
     /// Reserves `n` consecutive positions, returning the first, or reports
@@ -333,10 +329,8 @@ impl<T> Log<T> {
         });
         // Release: publishes the record; pairs with the Acquire load in
         // `read`.
-        #[cfg(not(noderep_mutant = "log_publish_relaxed"))]
-        entry.alive.store(self.lap_parity(pos), Ordering::Release);
-        #[cfg(noderep_mutant = "log_publish_relaxed")]
-        entry.alive.store(self.lap_parity(pos), Ordering::Relaxed);
+        let order = mutants::ordering!("log_publish_relaxed", Release, Relaxed);
+        entry.alive.store(self.lap_parity(pos), order);
     }
 
     /// Calls `f` with the record at `pos` if it is published, else returns
@@ -395,13 +389,14 @@ impl<T> Log<T> {
         // orders this after our replica's application for readers that
         // synchronise through it.
         // Relaxed pre-check: skips the locked RMW when another combiner
-        // already published a later commit point.
-        #[cfg(not(noderep_mutant = "ctail_skipped"))]
-        if !self.single && self.ctail.load(Ordering::Relaxed) < pos {
+        // already published a later commit point. Mutant `ctail_skipped`
+        // (loom model 2, scripts/lin_mutant.sh) never raises it.
+        if !mutants::skip!("ctail_skipped")
+            && !self.single
+            && self.ctail.load(Ordering::Relaxed) < pos
+        {
             self.ctail.fetch_max(pos, Ordering::Release);
         }
-        #[cfg(noderep_mutant = "ctail_skipped")]
-        let _ = pos;
     }
 
     /// Whether replica `r` must catch up (or, parked, be rebuilt) before it
@@ -427,10 +422,8 @@ impl<T> Log<T> {
     pub(crate) fn set_ltail(&self, r: usize, pos: usize) {
         // Release: our reads (clones) of the entries below `pos` happen
         // before an appender that frees them (Acquire in `advance_head`).
-        #[cfg(not(noderep_mutant = "log_ltail_relaxed"))]
-        self.ltails[r].store(pos, Ordering::Release);
-        #[cfg(noderep_mutant = "log_ltail_relaxed")]
-        self.ltails[r].store(pos, Ordering::Relaxed);
+        let order = mutants::ordering!("log_ltail_relaxed", Release, Relaxed);
+        self.ltails[r].store(pos, order);
     }
 }
 

@@ -77,11 +77,13 @@ pub use builder::{NrBuilder, ReplicaPolicy};
 pub use dispatch::Dispatch;
 pub use error::{ExecError, NrError};
 
+use crate::mutants;
 use crate::sync::{Arc, AtomicBool, AtomicUsize, Backoff, CachePadded, Ordering};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use combine::Stop;
 use context::Outcome;
+use core::marker::PhantomData;
 use core::ptr::NonNull;
 use log::{Log, PARKED};
 use replica::{PoisonedInstance, Replica, WaitingGuard};
@@ -158,22 +160,120 @@ pub struct NodeReplicated<D: Dispatch> {
 /// instance, bound to one replica and one thread slot.
 ///
 /// It is neither `Send` nor `Sync` (it names a slot that only its thread may
-/// use), and using it with another instance is an error
-/// ([`ExecError::WrongInstance`]), not corruption. Dropping it frees the slot
-/// for another thread.
+/// use): sending one to another thread, or sharing a reference to one, does
+/// not compile, and rustc's error names `TokenStaysOnItsThread`. Each thread
+/// registers for a token of its own. Using a token with another instance is
+/// an error ([`ExecError::WrongInstance`]), not corruption. Dropping it frees
+/// the slot for another thread.
+///
+/// ```compile_fail,E0277
+/// # use noderep::{Dispatch, NodeReplicated};
+/// # #[derive(Default)]
+/// # struct Counter(u64);
+/// # impl Dispatch for Counter {
+/// #     type ReadOperation<'a> = ();
+/// #     type WriteOperation = u64;
+/// #     type Response = u64;
+/// #     fn dispatch(&self, _: ()) -> u64 { self.0 }
+/// #     fn dispatch_mut(&mut self, n: u64) -> u64 { self.0 += n; self.0 }
+/// # }
+/// let counter = NodeReplicated::new(|_| Counter::default()).unwrap();
+/// let token = counter.register().unwrap();
+/// std::thread::scope(|s| {
+///     // error[E0277]: `*const TokenStaysOnItsThread` cannot be shared
+///     // between threads safely
+///     s.spawn(|| counter.execute_mut(1, &token));
+/// });
+/// ```
+///
+/// ```compile_fail,E0277
+/// # use noderep::{Dispatch, NodeReplicated};
+/// # #[derive(Default)]
+/// # struct Counter(u64);
+/// # impl Dispatch for Counter {
+/// #     type ReadOperation<'a> = ();
+/// #     type WriteOperation = u64;
+/// #     type Response = u64;
+/// #     fn dispatch(&self, _: ()) -> u64 { self.0 }
+/// #     fn dispatch_mut(&mut self, n: u64) -> u64 { self.0 += n; self.0 }
+/// # }
+/// let counter = NodeReplicated::new(|_| Counter::default()).unwrap();
+/// let token = counter.register().unwrap();
+/// // error[E0277]: `*const TokenStaysOnItsThread` cannot be sent between
+/// // threads safely
+/// std::thread::spawn(move || drop(token));
+/// ```
+///
+/// Each thread registering its own token compiles (and is the way):
+///
+/// ```
+/// # use noderep::{Dispatch, NodeReplicated};
+/// # #[derive(Default)]
+/// # struct Counter(u64);
+/// # impl Dispatch for Counter {
+/// #     type ReadOperation<'a> = ();
+/// #     type WriteOperation = u64;
+/// #     type Response = u64;
+/// #     fn dispatch(&self, _: ()) -> u64 { self.0 }
+/// #     fn dispatch_mut(&mut self, n: u64) -> u64 { self.0 += n; self.0 }
+/// # }
+/// let counter = NodeReplicated::new(|_| Counter::default()).unwrap();
+/// std::thread::scope(|s| {
+///     s.spawn(|| {
+///         let token = counter.register().unwrap();
+///         counter.execute_mut(1, &token).unwrap()
+///     });
+/// });
+/// let token = counter.register().unwrap();
+/// assert_eq!(counter.execute((), &token).unwrap(), 1);
+/// ```
 pub struct ThreadToken<D: Dispatch> {
     shared: Arc<Shared<D>>,
     replica: usize,
     slot: usize,
     /// The replica itself, cached to save two dependent loads per read.
     /// Points into `shared.replicas[replica]`, a `Box` that never moves and
-    /// lives as long as `shared`, which this token keeps alive. Being a raw
-    /// pointer, it also makes the token `!Send + !Sync`.
-    replica_ptr: NonNull<Replica<D>>,
+    /// lives as long as `shared`, which this token keeps alive.
+    replica_ptr: Cached<Replica<D>>,
     /// This slot's reader flag in that replica's lock, cached likewise (it
     /// lives in the same replica's boxed slice).
-    flag_ptr: NonNull<AtomicBool>,
+    flag_ptr: Cached<AtomicBool>,
+    /// What makes the token `!Send + !Sync`; being the token's only field
+    /// that is neither (for a `D` that is both), it is the type rustc's
+    /// error names when a token is sent or shared.
+    _stays: PhantomData<*const TokenStaysOnItsThread>,
 }
+
+/// A [`ThreadToken`] is used only by the thread that registered it; this
+/// type's name is what rustc reports when one is sent to, or shared with,
+/// another thread.
+struct TokenStaysOnItsThread;
+
+/// A pointer a [`ThreadToken`] caches into its replica, used as a `&T`
+/// whose referent the token keeps alive (through its `Arc<Shared>`).
+struct Cached<T>(NonNull<T>);
+
+impl<T> Cached<T> {
+    fn new(r: &T) -> Self {
+        Self(NonNull::from(r))
+    }
+
+    /// # Safety
+    ///
+    /// The referent must be alive and unmoved while `self` is, and accessed
+    /// only through shared references.
+    unsafe fn get(&self) -> &T {
+        // SAFETY: the caller's contract.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+// SAFETY: a `Cached<T>` stands for a `&T` (shared access only, referent kept
+// alive by its owner), and a `&T` is `Send` and `Sync` exactly when `T` is
+// `Sync`. It does not keep the token on its thread: `_stays` does.
+unsafe impl<T: Sync> Send for Cached<T> {}
+// SAFETY: as for `Send`.
+unsafe impl<T: Sync> Sync for Cached<T> {}
 
 impl<D: Dispatch> ThreadToken<D> {
     /// The replica this token is bound to.
@@ -181,7 +281,7 @@ impl<D: Dispatch> ThreadToken<D> {
     fn replica_ref(&self) -> &Replica<D> {
         // SAFETY: see `replica_ptr`: the boxed replica is alive and unmoved
         // while `self.shared` is, and it is only ever accessed through `&`.
-        unsafe { self.replica_ptr.as_ref() }
+        unsafe { self.replica_ptr.get() }
     }
 
     /// This slot's reader flag.
@@ -189,7 +289,7 @@ impl<D: Dispatch> ThreadToken<D> {
     fn reader_flag(&self) -> &AtomicBool {
         // SAFETY: as for `replica_ref`: the flag lives in the replica's
         // boxed reader slice, alive and unmoved while `self.shared` is.
-        unsafe { self.flag_ptr.as_ref() }
+        unsafe { self.flag_ptr.get() }
     }
 
     /// The replica this thread reads from and combines for.
@@ -499,16 +599,18 @@ where
             if ctx.claim() {
                 // Mutant `register_no_note_slot` (loom model 6): the slot
                 // stays invisible to the combiner and the writer side.
-                #[cfg(not(noderep_mutant = "register_no_note_slot"))]
-                rep.rwlock.note_slot(slot);
+                if !mutants::skip!("register_no_note_slot") {
+                    rep.rwlock.note_slot(slot);
+                }
                 // Relaxed: a placement hint only.
                 rep.registered.fetch_add(1, Ordering::Relaxed);
                 return Ok(ThreadToken {
                     shared: Arc::clone(&self.shared),
                     replica,
                     slot,
-                    replica_ptr: NonNull::from(&**rep),
-                    flag_ptr: NonNull::from(rep.rwlock.reader_flag(slot)),
+                    replica_ptr: Cached::new(&**rep),
+                    flag_ptr: Cached::new(rep.rwlock.reader_flag(slot)),
+                    _stays: PhantomData,
                 });
             }
         }
@@ -558,12 +660,9 @@ where
             // Mutant `read_skips_sync` (loom model 2): read whatever the
             // replica holds without catching it up to the commit point.
             // (A parked replica counts as behind: `Log::is_behind`.)
-            #[cfg(not(noderep_mutant = "read_skips_sync"))]
-            if shared.log.is_behind(token.replica, commit) {
+            if !mutants::skip!("read_skips_sync") && shared.log.is_behind(token.replica, commit) {
                 shared.sync_replica(token.replica, commit)?;
             }
-            #[cfg(noderep_mutant = "read_skips_sync")]
-            let _ = commit;
         }
         Ok(replica.read(token.reader_flag(), op))
     }
@@ -601,8 +700,12 @@ where
         // slot (no slot handshake; with one replica, no log either).
         // Mutant `no_combine_retry` (loom model 4) skips it, so that the
         // mutant's single try is the one in the loop below.
-        #[cfg(not(noderep_mutant = "no_combine_retry"))]
-        if let Some(guard) = replica.try_combine() {
+        let fast = if mutants::skip!("no_combine_retry") {
+            None
+        } else {
+            replica.try_combine()
+        };
+        if let Some(guard) = fast {
             if shared.log.is_single() || shared.runs_alone(token.replica) {
                 // A panic of our operation unwinds from here (the instance
                 // is poisoned on the way, see `Replica::combine_direct`).
@@ -631,7 +734,6 @@ where
         let mut waiting = None;
         // Mutant `no_combine_retry` (loom model 4): try the combiner lock
         // only once, then wait for some other combiner forever.
-        #[cfg(noderep_mutant = "no_combine_retry")]
         let mut tried = false;
         loop {
             // Load the poison flag *before* polling: a combiner publishes
@@ -646,8 +748,7 @@ where
             if poisoned {
                 return Err(ExecError::Poisoned);
             }
-            #[cfg(noderep_mutant = "no_combine_retry")]
-            if core::mem::replace(&mut tried, true) {
+            if mutants::skip!("no_combine_retry") && core::mem::replace(&mut tried, true) {
                 backoff.snooze();
                 continue;
             }
@@ -727,15 +828,16 @@ where
         Ok(out)
     }
 
-    /// Address of replica `r`'s data, for NUMA placement checks.
-    #[cfg(feature = "std")]
+    /// Address of replica `r`'s data, for NUMA placement checks (feature
+    /// `fault-injection`: the project's placement tests).
+    #[cfg(feature = "fault-injection")]
     pub fn replica_data_addr(&self, r: usize) -> Option<*const u8> {
         self.shared.replicas.get(r).map(|rep| rep.data_addr())
     }
 
     /// Address of replica `r`'s thread slots (one contiguous array), for
-    /// NUMA placement checks.
-    #[cfg(feature = "std")]
+    /// NUMA placement checks (feature `fault-injection`, as above).
+    #[cfg(feature = "fault-injection")]
     pub fn replica_slots_addr(&self, r: usize) -> Option<*const u8> {
         self.shared
             .replicas

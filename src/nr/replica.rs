@@ -33,6 +33,7 @@ use super::log::{Log, Record};
 use super::page_slice::PageSlice;
 use super::rwlock::{DistRwLock, ReadGuard, WriteGuard};
 use super::Dispatch;
+use crate::mutants;
 use crate::sync::{
     wait_on, wake_all, AtomicBool, AtomicU32, AtomicUsize, Backoff, CachePadded, Ordering,
     UnsafeCell,
@@ -135,20 +136,17 @@ impl Drop for CombinerGuard<'_> {
         // ltail, delivered responses) happens before the next holder's
         // Acquire CAS in `try_combine` (and before a woken waiter's Acquire
         // CAS or Acquire poll of its slot).
-        #[cfg(not(noderep_mutant = "combiner_unlock_relaxed"))]
-        let prev = self.lock.swap(FREE, Ordering::Release);
-        #[cfg(noderep_mutant = "combiner_unlock_relaxed")]
-        let prev = self.lock.swap(FREE, Ordering::Relaxed);
+        let order = mutants::ordering!("combiner_unlock_relaxed", Release, Relaxed);
+        let prev = self.lock.swap(FREE, order);
         if prev == LOCKED_SLEEPERS {
             wake_all(self.lock);
         }
     }
 }
 
-#[cfg(noderep_mutant = "help_unlocked")]
 impl<'a> CombinerGuard<'a> {
-    /// Mutant `help_unlocked` (loom model 5): a guard that proves nothing,
-    /// for helping a replica without taking its combiner lock.
+    /// MUTANT ONLY: for `help_unlocked` (loom model 5), a guard that proves
+    /// nothing, for helping a replica without taking its combiner lock.
     pub(crate) fn forged(dummy: &'a AtomicU32) -> Self {
         Self { lock: dummy }
     }
@@ -386,8 +384,7 @@ impl<D: Dispatch> Replica<D> {
         // hold, so we never apply operations after a panicking one.
         // Mutant `exec_ignores_poison` (loom model 7) skips this check here
         // as in `exec`.
-        #[cfg(not(noderep_mutant = "exec_ignores_poison"))]
-        if poisoned.load(Ordering::Acquire) {
+        if !mutants::skip!("exec_ignores_poison") && poisoned.load(Ordering::Acquire) {
             return Err(PoisonedInstance);
         }
         let mut size = 0;
@@ -408,9 +405,11 @@ impl<D: Dispatch> Replica<D> {
         drop(write);
         if panicked {
             // After publishing, for the reasons given in `exec`.
-            // Release: pairs with the Acquire loads of the flag.
-            #[cfg(not(noderep_mutant = "poison_flag_skipped"))]
-            poisoned.store(true, Ordering::Release);
+            // Release: pairs with the Acquire loads of the flag. Mutant
+            // `poison_flag_skipped` (loom model 7) forgets to poison.
+            if !mutants::skip!("poison_flag_skipped") {
+                poisoned.store(true, Ordering::Release);
+            }
         }
         Ok(DirectRound { own, size })
     }
@@ -434,9 +433,9 @@ impl<D: Dispatch> Replica<D> {
         // race on the slot's result, found by loom model 7). That combiner
         // raised the flag before it released the combiner lock we now hold,
         // so the lock's Acquire makes the flag visible here.
-        // Acquire: pairs with the Release that poisons.
-        #[cfg(not(noderep_mutant = "exec_ignores_poison"))]
-        if poisoned.load(Ordering::Acquire) {
+        // Acquire: pairs with the Release that poisons. Mutant
+        // `exec_ignores_poison` (loom model 7) skips this check.
+        if !mutants::skip!("exec_ignores_poison") && poisoned.load(Ordering::Acquire) {
             return Err(PoisonedInstance);
         }
         let from = log.ltail(self.id);
@@ -493,10 +492,10 @@ impl<D: Dispatch> Replica<D> {
                         // outcomes are published (see there). Mutant
                         // `panic_not_forwarded` (loom model 7) drops the
                         // payload instead of handing it to its thread.
-                        #[cfg(noderep_mutant = "panic_not_forwarded")]
-                        let _ = (origin, slot, p);
-                        #[cfg(not(noderep_mutant = "panic_not_forwarded"))]
-                        if origin == self.id && batch.contains(&pos) {
+                        if !mutants::skip!("panic_not_forwarded")
+                            && origin == self.id
+                            && batch.contains(&pos)
+                        {
                             // SAFETY: as for a response above, or our own
                             // slot (the fast path), which only we touch; the
                             // caller's poll resumes the panic.
@@ -511,14 +510,12 @@ impl<D: Dispatch> Replica<D> {
             core::mem::forget(unwind_guard);
             // Both before the write lock is released: see module docs.
             // Mutant `ctail_after_unlock` (loom model 2) publishes them after.
-            #[cfg(not(noderep_mutant = "ctail_after_unlock"))]
-            if outcome.is_ok() {
+            if !mutants::skip!("ctail_after_unlock") && outcome.is_ok() {
                 log.set_ltail(self.id, to);
                 log.advance_ctail(to);
             }
         }
-        #[cfg(noderep_mutant = "ctail_after_unlock")]
-        if outcome.is_ok() {
+        if mutants::skip!("ctail_after_unlock") && outcome.is_ok() {
             log.set_ltail(self.id, to);
             log.advance_ctail(to);
         }
@@ -558,8 +555,9 @@ impl<D: Dispatch> Replica<D> {
             // Release: pairs with the Acquire loads of the flag and orders
             // the `publish` stores above before them. Mutant
             // `poison_flag_skipped` (loom model 7) forgets to poison.
-            #[cfg(not(noderep_mutant = "poison_flag_skipped"))]
-            poisoned.store(true, Ordering::Release);
+            if !mutants::skip!("poison_flag_skipped") {
+                poisoned.store(true, Ordering::Release);
+            }
         }
         outcome.map(|()| own_response)
     }
@@ -583,8 +581,7 @@ impl<D: Dispatch> Replica<D> {
             let stop = out.is_panic();
             // Mutant `panic_not_forwarded` (loom model 7) drops a panic
             // payload instead of handing it over.
-            #[cfg(noderep_mutant = "panic_not_forwarded")]
-            if stop {
+            if mutants::skip!("panic_not_forwarded") && stop {
                 return (applied, true);
             }
             // SAFETY: we took this slot's operation just now and publish
@@ -698,7 +695,7 @@ impl<D: Dispatch> Replica<D> {
     }
 
     /// Address of the replica's data (for NUMA placement checks).
-    #[cfg(feature = "std")]
+    #[cfg(feature = "fault-injection")]
     pub(crate) fn data_addr(&self) -> *const u8 {
         self.data.with(|d| d as *const u8)
     }

@@ -51,6 +51,7 @@
 //! lock); Dekker's mutual exclusion via store-fence-load.
 
 use super::page_slice::PageSlice;
+use crate::mutants;
 use crate::sync::{
     heavy_fence, light_fence, store_then_fence, AtomicBool, AtomicUsize, Backoff, CachePadded,
     Ordering, DEKKER_LOAD,
@@ -165,28 +166,28 @@ impl DistRwLock {
             flag.store(true, Ordering::Relaxed);
             // Mutant `rwlock_no_light_fence` (loom model 3, asymmetric
             // variant) drops it.
-            #[cfg(not(noderep_mutant = "rwlock_no_light_fence"))]
-            light_fence();
+            if !mutants::skip!("rwlock_no_light_fence") {
+                light_fence();
+            }
             if !self.writer.load(Ordering::Acquire) {
                 return Some(ReadGuard { flag });
             }
         } else {
             // Dekker step: store our flag, then (SeqCst / fence) check the
-            // writer; pairs with the same step in `write`.
-            #[cfg(not(noderep_mutant = "rwlock_no_reader_fence"))]
-            store_then_fence(flag, true);
-            #[cfg(noderep_mutant = "rwlock_no_reader_fence")]
-            flag.store(true, Ordering::Relaxed);
+            // writer; pairs with the same step in `write`. Mutant
+            // `rwlock_no_reader_fence` (loom model 3) stores without it.
+            if mutants::skip!("rwlock_no_reader_fence") {
+                flag.store(true, Ordering::Relaxed);
+            } else {
+                store_then_fence(flag, true);
+            }
             // DEKKER_LOAD (SeqCst natively, Acquire after the loom fence):
             // Acquire also pairs with the Release in `WriteGuard::drop`.
             // Mutant `rwlock_no_recheck` (loom model 3) enters without
             // looking again.
-            #[cfg(not(noderep_mutant = "rwlock_no_recheck"))]
-            if !self.writer.load(DEKKER_LOAD) {
+            if mutants::skip!("rwlock_no_recheck") || !self.writer.load(DEKKER_LOAD) {
                 return Some(ReadGuard { flag });
             }
-            #[cfg(noderep_mutant = "rwlock_no_recheck")]
-            return Some(ReadGuard { flag });
         }
         // Release: our earlier reads are done (none happened yet).
         flag.store(false, Ordering::Release);
@@ -198,23 +199,23 @@ impl DistRwLock {
     #[inline]
     pub(crate) fn write(&self) -> WriteGuard<'_> {
         // Dekker step: store the writer flag, then (SeqCst / fence) scan the
-        // readers; pairs with the same step in `read`.
-        #[cfg(not(noderep_mutant = "rwlock_no_writer_fence"))]
-        if self.asymmetric {
+        // readers; pairs with the same step in `read`. Mutant
+        // `rwlock_no_writer_fence` (loom model 3): a plain store, so the
+        // reader scan may be ordered before it.
+        if mutants::skip!("rwlock_no_writer_fence") {
+            self.writer.store(true, Ordering::Relaxed);
+        } else if self.asymmetric {
             // Relaxed: the barrier that follows orders it before our scan
             // and before the scan-side loads of every reader (module docs).
             self.writer.store(true, Ordering::Relaxed);
             // Mutant `rwlock_no_heavy_fence` (loom model 3, asymmetric
             // variant) drops it.
-            #[cfg(not(noderep_mutant = "rwlock_no_heavy_fence"))]
-            heavy_fence();
+            if !mutants::skip!("rwlock_no_heavy_fence") {
+                heavy_fence();
+            }
         } else {
             store_then_fence(&self.writer, true);
         }
-        // Mutant `rwlock_no_writer_fence` (loom model 3): a plain store, so
-        // the reader scan may be ordered before it.
-        #[cfg(noderep_mutant = "rwlock_no_writer_fence")]
-        self.writer.store(true, Ordering::Relaxed);
         let hwm = self.hwm.load(DEKKER_LOAD);
         for flag in &self.readers[..hwm] {
             let mut backoff = Backoff::new();
@@ -238,10 +239,8 @@ impl Drop for ReadGuard<'_> {
     fn drop(&mut self) {
         // Release: our reads of the replica happen before the next writer's
         // writes; pairs with the Acquire scan in `write`.
-        #[cfg(not(noderep_mutant = "rwlock_unlock_relaxed"))]
-        self.flag.store(false, Ordering::Release);
-        #[cfg(noderep_mutant = "rwlock_unlock_relaxed")]
-        self.flag.store(false, Ordering::Relaxed);
+        let order = mutants::ordering!("rwlock_unlock_relaxed", Release, Relaxed);
+        self.flag.store(false, order);
     }
 }
 
@@ -254,10 +253,8 @@ impl Drop for WriteGuard<'_> {
     fn drop(&mut self) {
         // Release: the batch we applied happens before any reader that sees
         // the flag down (Acquire in `read`).
-        #[cfg(not(noderep_mutant = "rwlock_writer_unlock_relaxed"))]
-        self.lock.writer.store(false, Ordering::Release);
-        #[cfg(noderep_mutant = "rwlock_writer_unlock_relaxed")]
-        self.lock.writer.store(false, Ordering::Relaxed);
+        let order = mutants::ordering!("rwlock_writer_unlock_relaxed", Release, Relaxed);
+        self.lock.writer.store(false, order);
     }
 }
 

@@ -39,6 +39,7 @@
 use core::cell::Cell;
 use core::marker::PhantomData;
 
+use crate::mutants;
 use crate::sync::{Arc, Ordering};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -47,9 +48,7 @@ use super::fault_points::FaultPoint;
 use super::lease::{LeaseWatch, Takeover, Watch};
 use super::owner::{MaskGuard, OwnerHandle};
 use super::replica::Replica;
-use super::ring::Ring;
-#[cfg(noderep_mutant = "standby_detaches")]
-use super::ring::RingState;
+use super::ring::{Ring, RingState};
 use super::task::{Cas, QueueId, TaskId, TaskPhase, TaskState, MASK24};
 use super::{lock, EventKind, RunqError, Shared};
 
@@ -164,7 +163,8 @@ impl BackupHandle {
         self.generation
     }
 
-    /// The replica as applied so far.
+    /// The replica as applied so far (feature `fault-injection`, for tests).
+    #[cfg(any(test, feature = "fault-injection", loom))]
     pub fn replica(&self) -> &Replica {
         &self.replica
     }
@@ -207,13 +207,12 @@ impl BackupHandle {
             self.detached = true;
             return Ok(BackupEvent::Detached);
         }
-        #[cfg(noderep_mutant = "standby_detaches")]
-        if state != RingState::Open {
-            // MUTANT: no standby: a closed ring detaches at once.
+        // Mutant `standby_detaches` (docs/RESULTS.md): no standby, a closed
+        // ring detaches at once.
+        if mutants::skip!("standby_detaches") && state != RingState::Open {
             self.detached = true;
             return Ok(BackupEvent::Detached);
         }
-        let _ = state;
         let qs = &self.sh.queues[self.q as usize];
         match self
             .watch
@@ -240,10 +239,10 @@ impl BackupHandle {
             TaskPhase::Transit => s.place == self.q,
             TaskPhase::Queued | TaskPhase::Running => s.place == self.q && s.epoch < epoch,
             p if p.is_intent() => s.place == self.q && s.epoch < epoch,
-            // MUTANT: the adopter also claims tasks that already finished
-            // here (they would run a second time).
-            #[cfg(noderep_mutant = "adopt_finished")]
-            TaskPhase::Done => s.place == self.q,
+            // Mutant `adopt_finished` (docs/RESULTS.md): the adopter also
+            // claims tasks that already finished here (they would run a
+            // second time).
+            TaskPhase::Done if mutants::skip!("adopt_finished") => s.place == self.q,
             _ => false,
         }
     }

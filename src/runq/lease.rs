@@ -34,6 +34,7 @@
 //! distributed file cache consistency", SOSP 1989. M. Kleppmann, "How to do
 //! distributed locking" (fencing tokens), 2016.
 
+use crate::mutants;
 use crate::sync::{AtomicU64, CachePadded, Ordering};
 
 use super::task::MASK24;
@@ -124,11 +125,10 @@ impl Lease {
 
     /// Renews the lease of `owner` in `epoch` (CAS on the whole word).
     pub(crate) fn renew(&self, epoch: u32, owner: u16) -> Renewal {
-        #[cfg(noderep_mutant = "renew_blind_store")]
-        {
-            // MUTANT: check the word, then store the renewal ("check lease,
-            // then act"): a takeover between the load and the store is undone.
-            let w = self.load();
+        // Acquire: a first guess; the CAS below re-reads.
+        let mut cur = self.word.load(Ordering::Acquire);
+        loop {
+            let w = LeaseWord::unpack(cur);
             if w.epoch != epoch || w.owner != owner {
                 return Renewal::Fenced { now: w };
             }
@@ -136,35 +136,18 @@ impl Lease {
                 beat: ((u64::from(w.beat) + 1) & MASK24) as u32,
                 ..w
             };
-            // Release: publishes the renewal (the mutant's only ordering).
-            self.word.store(next.pack(), Ordering::Release);
-            Renewal::Renewed
-        }
-        #[cfg(not(noderep_mutant = "renew_blind_store"))]
-        {
-            // Acquire: a first guess; the CAS below re-reads.
-            let mut cur = self.word.load(Ordering::Acquire);
-            loop {
-                let w = LeaseWord::unpack(cur);
-                if w.epoch != epoch || w.owner != owner {
-                    return Renewal::Fenced { now: w };
-                }
-                let next = LeaseWord {
-                    beat: ((u64::from(w.beat) + 1) & MASK24) as u32,
-                    ..w
-                };
-                // AcqRel: Release publishes the renewal to the watching
-                // neighbour's Acquire load in `LeaseWatch::observe`; Acquire
-                // (also on failure) reads a competing takeover before deciding.
-                match self.word.compare_exchange_weak(
-                    cur,
-                    next.pack(),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                ) {
-                    Ok(_) => return Renewal::Renewed,
-                    Err(actual) => cur = actual,
-                }
+            // AcqRel: Release publishes the renewal to the watching
+            // neighbour's Acquire load in `LeaseWatch::observe`; Acquire
+            // (also on failure) reads a competing takeover before deciding.
+            // Mutant `renew_blind_store` (loom, runq models): check the word,
+            // then store, so a takeover between the two is undone.
+            match mutants::cas!(
+                "renew_blind_store",
+                &self.word,
+                compare_exchange_weak(cur, next.pack(), Ordering::AcqRel, Ordering::Acquire)
+            ) {
+                Ok(_) => return Renewal::Renewed,
+                Err(actual) => cur = actual,
             }
         }
     }
@@ -177,28 +160,22 @@ impl Lease {
             owner: taker,
             beat: 0,
         };
-        #[cfg(noderep_mutant = "takeover_blind_store")]
-        {
-            // MUTANT: check the word, then store the takeover: two backups
-            // that watched the same word can both "win" the same epoch.
-            let w = self.load();
-            if w != watched {
-                return Takeover::Changed { now: w };
-            }
-            // Release: publishes the takeover (the mutant's only ordering).
-            self.word.store(next.pack(), Ordering::Release);
-            Takeover::Won { epoch }
-        }
         // AcqRel: Release publishes the new epoch (the fencing token) to the old
         // owner's renewal CAS, which then fails; Acquire orders the takeover
         // after the last renewal it replaces (and after a spawner's
         // `touch_is_owner`, so the takeover's table scan sees its word).
-        #[cfg(not(noderep_mutant = "takeover_blind_store"))]
-        match self.word.compare_exchange(
-            watched.pack(),
-            next.pack(),
-            Ordering::AcqRel,
-            Ordering::Acquire,
+        // Mutant `takeover_blind_store` (loom, runq models): check the word,
+        // then store, so two backups that watched the same word can both
+        // "win" the same epoch.
+        match mutants::cas!(
+            "takeover_blind_store",
+            &self.word,
+            compare_exchange(
+                watched.pack(),
+                next.pack(),
+                Ordering::AcqRel,
+                Ordering::Acquire
+            )
         ) {
             Ok(_) => Takeover::Won { epoch },
             Err(actual) => Takeover::Changed {

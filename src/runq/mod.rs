@@ -19,7 +19,7 @@
 //!   `Done`, `Removed`, `Spawning`, or an owner's *intent*). Every change of
 //!   place is a CAS on it, generation included, so a reused slot is never
 //!   mistaken for an old task. The word, not any replica, is the authority.
-//! * **Operations** carry `(epoch, seq)` ([`Stamp`]) and run in three steps:
+//! * **Operations** carry `(epoch, seq)` (a stamp) and run in three steps:
 //!   CAS the task word to an intent stamped with the owner's epoch; *commit*
 //!   (push the record into every backup's ring — synchronous mode — or check
 //!   the rings are still open and buffer the record — asynchronous mode); CAS
@@ -36,7 +36,7 @@
 //!   slow the takeover). A backup whose ring another backup's takeover closed
 //!   stays on *standby* until the new owner publishes its new stream, and
 //!   takes over in turn if the new owner dies first.
-//! * **Tombstones** ([`Replica`]): completions and removals are kept in each
+//! * **Tombstones** (`replica.rs`): completions and removals are kept in each
 //!   replica as `(task, epoch, seq)` entries that outrank any older enqueue;
 //!   they are collected once every backup has passed them.
 //! * **Re-backup**: the adopter seeds `k` new backups with a snapshot, and an
@@ -97,11 +97,17 @@ pub use backup::{BackupEvent, BackupHandle, TakeoverReport};
 pub use builder::RunqBuilder;
 pub use lease::LeaseWord;
 pub use owner::{Exit, OwnerHandle, Pick, Tick};
+// A backup's replica of its queue, for tests and the loom models to look
+// into (a user needs only the takeover, which adopts it).
+#[cfg(any(feature = "fault-injection", loom))]
 pub use replica::{Replica, Replicated};
+#[cfg(any(feature = "fault-injection", loom))]
 pub use ring::Stamp;
+
 pub use task::{QueueId, TaskId, TaskPhase, TaskState, MAX_QUEUES};
 pub use worker::{CoreWorker, Step};
 
+use crate::mutants;
 use crate::sync::{Arc, AtomicBool, AtomicU64, AtomicUsize, CachePadded, Mutex, Ordering};
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -1139,22 +1145,11 @@ impl Spawner {
             };
             match s.phase {
                 TaskPhase::Queued | TaskPhase::Blocked | TaskPhase::Transit => {
-                    #[cfg(noderep_mutant = "kill_check_then_store")]
-                    {
-                        // MUTANT: "check, then act": a blind store of Removed
-                        // after the check above, racing the owner's CASes.
-                        self.sh
-                            .tasks
-                            .store_for_mutant(t, s.with(TaskPhase::Removed, s.place, s.epoch));
-                        return Kill::Killed;
-                    }
-                    #[cfg(not(noderep_mutant = "kill_check_then_store"))]
-                    if self
-                        .sh
-                        .tasks
-                        .cas(t, s, s.with(TaskPhase::Removed, s.place, s.epoch))
-                        == task::Cas::Done
-                    {
+                    // Mutant `kill_check_then_store` (loom, runq models):
+                    // "check, then act", racing the owner's CASes.
+                    let blind = mutants::skip!("kill_check_then_store");
+                    let removed = s.with(TaskPhase::Removed, s.place, s.epoch);
+                    if self.sh.tasks.cas_or_blind(blind, t, s, removed) == task::Cas::Done {
                         return Kill::Killed;
                     }
                 }

@@ -10,6 +10,7 @@
 use core::cell::Cell;
 use core::marker::PhantomData;
 
+use crate::mutants;
 use crate::sync::{Arc, Backoff, Ordering};
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
@@ -441,18 +442,13 @@ impl OwnerHandle {
             return Err(Fail::Err(e));
         }
         self.sh.fault(self.core, FaultPoint::AfterCommit);
-        #[cfg(noderep_mutant = "finalize_blind")]
+        // Mutant `finalize_blind` (loom, runq models): finalise with a check
+        // then a store, so a claim by the taker in between is overwritten.
+        match self
+            .sh
+            .tasks
+            .cas_or_blind(mutants::skip!("finalize_blind"), t, mine, to)
         {
-            // MUTANT: finalise with a check-then-store: a claim by the taker
-            // between the check and the store is overwritten.
-            if self.sh.tasks.state(t).map(|s| s.phase) == Some(intent) {
-                self.sh.tasks.store_for_mutant(t, to);
-                return Ok(stamp);
-            }
-            return Err(Fail::Err(self.fence(op)));
-        }
-        #[cfg(not(noderep_mutant = "finalize_blind"))]
-        match self.sh.tasks.cas(t, mine, to) {
             Cas::Done => Ok(stamp),
             // Only a taker moves an intent of ours: we were fenced.
             Cas::Saw(_) => Err(Fail::Err(self.fence(op))),

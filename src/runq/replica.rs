@@ -31,6 +31,7 @@
 //! Shapiro et al., "Conflict-free replicated data types", 2011 (LWW registers,
 //! tombstones and their collection).
 
+use crate::mutants;
 use alloc::vec::Vec;
 use core::hash::{BuildHasherDefault, Hasher};
 use std::collections::HashMap;
@@ -126,12 +127,10 @@ impl Replica {
         let snapshot = matches!(r.kind, RecordKind::SnapQueued | RecordKind::SnapRunning);
         // Rule W (watermark): a record at or below the collection watermark
         // is refused; it stands in for the tombstones collected.
-        #[cfg(not(noderep_mutant = "watermark_ignored"))]
-        if !snapshot && r.stamp <= self.watermark {
+        // Mutant `watermark_ignored` drops rule W.
+        if !mutants::skip!("watermark_ignored") && !snapshot && r.stamp <= self.watermark {
             return Apply::BelowWatermark;
         }
-        #[cfg(noderep_mutant = "watermark_ignored")]
-        let _ = snapshot; // MUTANT: rule W dropped.
         if r.stamp > self.last {
             self.last = r.stamp;
         }
@@ -153,30 +152,24 @@ impl Replica {
     }
 
     /// Does the entry `(held, held_state)` outrank a record `(stamp, state)`?
-    #[allow(unused_variables)]
     fn outranks(held: Stamp, held_state: Replicated, stamp: Stamp, state: Replicated) -> bool {
-        #[cfg(noderep_mutant = "stamp_seq_only")]
-        {
-            // MUTANT: stamps compared by seq alone, ignoring the epoch (the
-            // new owner's seq restarts at 1).
+        // Mutant `stamp_seq_only`: stamps compared by seq alone, ignoring
+        // the epoch (the new owner's seq restarts at 1).
+        if mutants::skip!("stamp_seq_only") {
             return held.seq >= stamp.seq;
         }
-        #[cfg(noderep_mutant = "tombstone_ignored")]
-        {
-            // MUTANT: rule T dropped: any enqueue/pick overrides a tombstone.
-            if held_state == Replicated::Gone && state != Replicated::Gone {
-                return false;
-            }
-        }
-        #[cfg(noderep_mutant = "replica_last_arrival_wins")]
-        {
-            // MUTANT: rule L dropped: whatever arrives last wins.
+        // Mutant `tombstone_ignored`: rule T dropped, any enqueue or pick
+        // overrides a tombstone.
+        let tombstone = held_state == Replicated::Gone && state != Replicated::Gone;
+        if mutants::skip!("tombstone_ignored") && tombstone {
             return false;
         }
-        #[allow(unreachable_code)]
-        {
-            held >= stamp
+        // Mutant `replica_last_arrival_wins`: rule L dropped, whatever
+        // arrives last wins.
+        if mutants::skip!("replica_last_arrival_wins") {
+            return false;
         }
+        held >= stamp
     }
 
     /// Queued tasks in queue order (by the stamp of their enqueue).
@@ -204,11 +197,13 @@ impl Replica {
     }
 
     /// The replica's state of `t`, if it has an entry (tombstones included).
+    #[cfg(any(test, feature = "fault-injection", loom))]
     pub fn get(&self, t: TaskId) -> Option<(Stamp, Replicated)> {
         self.entries.get(&t).copied()
     }
 
     /// Number of tombstones held.
+    #[cfg(any(test, feature = "fault-injection", loom))]
     pub fn tombstones(&self) -> usize {
         self.entries
             .values()
@@ -217,11 +212,13 @@ impl Replica {
     }
 
     /// The collection watermark.
+    #[cfg(any(test, feature = "fault-injection", loom))]
     pub fn watermark(&self) -> Stamp {
         self.watermark
     }
 
     /// The newest stamp applied.
+    #[cfg(any(test, feature = "fault-injection", loom))]
     pub fn last(&self) -> Stamp {
         self.last
     }

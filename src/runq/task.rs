@@ -31,6 +31,7 @@
 //! ([`super::RunqError::EpochExhausted`] after that). Allocation scans from a
 //! shared cursor: simple and lock-free, but a nearly full table costs a scan.
 
+use crate::mutants;
 use crate::sync::{AtomicU64, AtomicUsize, CachePadded, Ordering};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -150,12 +151,12 @@ impl TaskPhase {
     }
 
     /// True for the intent phases (an uncommitted owner operation).
-    pub fn is_intent(self) -> bool {
+    pub(crate) fn is_intent(self) -> bool {
         (TaskPhase::Accepting as u8..=TaskPhase::Yielding as u8).contains(&(self as u8))
     }
 
     /// True where the slot may be reused (the task is over).
-    pub fn is_reusable(self) -> bool {
+    pub(crate) fn is_reusable(self) -> bool {
         matches!(self, TaskPhase::Free | TaskPhase::Done | TaskPhase::Removed)
     }
 }
@@ -271,7 +272,22 @@ impl TaskTable {
     }
 
     /// Moves `t` from exactly `from` to `to` (both of `t`'s generation).
+    #[inline]
     pub(crate) fn cas(&self, t: TaskId, from: TaskState, to: TaskState) -> Cas {
+        self.cas_or_blind(false, t, from, to)
+    }
+
+    /// [`cas`](Self::cas), or with `blind` (a mutant's switch: a
+    /// `mutants::skip!`, `false` in every build without that mutant) a check
+    /// then a separate store ([`mutants::check_then_store`]).
+    #[inline]
+    pub(crate) fn cas_or_blind(
+        &self,
+        blind: bool,
+        t: TaskId,
+        from: TaskState,
+        to: TaskState,
+    ) -> Cas {
         let slot = t.slot() as usize;
         if slot >= self.words.len() {
             return Cas::Saw(TaskState::new(0, TaskPhase::Free, 0, 0));
@@ -281,27 +297,16 @@ impl TaskTable {
         // the Acquire loads in `state_of_slot` and the next CAS. The Acquire
         // half orders this transition after the previous one, whoever made it.
         // Acquire on failure: the returned word is acted upon by the caller.
-        match self.words[slot].compare_exchange(
-            from.pack(),
-            to.pack(),
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
+        let word = &self.words[slot];
+        let done = if blind {
+            mutants::check_then_store(word, from.pack(), to.pack())
+        } else {
+            word.compare_exchange(from.pack(), to.pack(), Ordering::AcqRel, Ordering::Acquire)
+        };
+        match done {
             Ok(_) => Cas::Done,
             Err(actual) => Cas::Saw(TaskState::unpack(actual)),
         }
-    }
-
-    /// MUTANT ONLY: a blind store of a task word (what "check, then act" code
-    /// would do); compiled only into the loom mutants that need it.
-    #[cfg(any(
-        noderep_mutant = "kill_check_then_store",
-        noderep_mutant = "finalize_blind",
-        noderep_mutant = "reclaim_blind_store"
-    ))]
-    pub(crate) fn store_for_mutant(&self, t: TaskId, to: TaskState) {
-        // Release: publishes like the CAS it replaces (minus the comparison).
-        self.words[t.slot() as usize].store(to.pack(), Ordering::Release);
     }
 
     /// Takes a reusable slot and puts a new task in `phase` at `place`.
@@ -349,16 +354,9 @@ impl TaskTable {
     /// (the spawner finished after all: its task stands).
     pub(crate) fn reclaim_spawning(&self, t: TaskId, seen: TaskState) -> Option<TaskState> {
         let to = seen.with(TaskPhase::Removed, seen.place, 0);
-        #[cfg(noderep_mutant = "reclaim_blind_store")]
-        {
-            // MUTANT: "check, then act": the word was Spawning when looked at,
-            // so store Removed blindly, racing the spawner's final CAS.
-            let _ = seen;
-            self.store_for_mutant(t, to);
-            return Some(to);
-        }
-        #[cfg(not(noderep_mutant = "reclaim_blind_store"))]
-        match self.cas(t, seen, to) {
+        // Mutant `reclaim_blind_store` (loom, runq models): "check, then
+        // act", racing the spawner's final CAS.
+        match self.cas_or_blind(mutants::skip!("reclaim_blind_store"), t, seen, to) {
             Cas::Done => Some(to),
             Cas::Saw(_) => None,
         }

@@ -36,9 +36,10 @@ mod hwloc;
 mod placement;
 
 pub use cpulist::{format_cpulist, parse_cpulist};
+pub(crate) use placement::release_free_heap_pages;
 pub use placement::{
     current_cpu, local_memory_node, move_to_node, node_of_address, nodes_of_pages, pin_to_cpu,
-    release_free_heap_pages, CpuLocation,
+    CpuLocation,
 };
 
 use std::path::Path;

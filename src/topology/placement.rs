@@ -201,7 +201,7 @@ fn page_size() -> usize {
 /// allocates it, not where a previous owner of the arena touched it. Pages
 /// that also hold live allocations keep their node. Does nothing on other
 /// C libraries.
-pub fn release_free_heap_pages() {
+pub(crate) fn release_free_heap_pages() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns unused allocator memory to the
     // kernel; it is thread-safe and invalidates no live allocation.

@@ -56,6 +56,7 @@
 use super::super::Dispatch;
 use super::hooks;
 use super::{LaneMap, LanesShared};
+use crate::mutants;
 use crate::sync::{Arc, AtomicBool, AtomicUsize, Backoff, Ordering, UnsafeCell};
 use alloc::boxed::Box;
 
@@ -251,29 +252,27 @@ fn arrive<D: LaneMap>(desc: &AllDesc<D>, r: usize, lane: usize) {
     }
     // Mutant `lane_leaf_runs_ahead` (loom model 10): apply the write to this
     // lane without waiting for the other lanes of the replica.
-    #[cfg(noderep_mutant = "lane_leaf_runs_ahead")]
-    return;
-    #[cfg(not(noderep_mutant = "lane_leaf_runs_ahead"))]
-    {
-        let mut backoff = Backoff::new();
-        // Acquire: pairs with the Release store of the last arriver.
-        while !barrier.released.load(Ordering::Acquire) {
-            if home.any_poisoned() {
-                // Caught by this lane's combiner, which stops there.
-                panic!("noderep lanes: another lane was poisoned while an all-lane write waited for it; build a new instance");
-            }
-            for (j, lane_nr) in home.lanes.iter().enumerate() {
-                if j == lane {
-                    continue;
-                }
-                // Acquire: pairs with the appender's Release store.
-                let leaf = desc.leaves[j].load(Ordering::Acquire);
-                if leaf != UNPLACED {
-                    // Up to the leaf and no further (module docs, point 4).
-                    hooks::try_exec(lane_nr, r, leaf + 1);
-                }
-            }
-            backoff.snooze();
+    if mutants::skip!("lane_leaf_runs_ahead") {
+        return;
+    }
+    let mut backoff = Backoff::new();
+    // Acquire: pairs with the Release store of the last arriver.
+    while !barrier.released.load(Ordering::Acquire) {
+        if home.any_poisoned() {
+            // Caught by this lane's combiner, which stops there.
+            panic!("noderep lanes: another lane was poisoned while an all-lane write waited for it; build a new instance");
         }
+        for (j, lane_nr) in home.lanes.iter().enumerate() {
+            if j == lane {
+                continue;
+            }
+            // Acquire: pairs with the appender's Release store.
+            let leaf = desc.leaves[j].load(Ordering::Acquire);
+            if leaf != UNPLACED {
+                // Up to the leaf and no further (module docs, point 4).
+                hooks::try_exec(lane_nr, r, leaf + 1);
+            }
+        }
+        backoff.snooze();
     }
 }
