@@ -16,61 +16,20 @@
 //! `NODEREP_RAFT_CAMPAIGN_SECS` sets the length of each campaign (default 3
 //! seconds, for CI); `NODEREP_RAFT_CAMPAIGN_SEED` fixes the random seed.
 
+mod registers;
 mod support;
 
 #[path = "../../tests/common/lincheck.rs"]
 #[allow(dead_code)]
 mod lincheck;
 
-use lincheck::{Model, Operation, Verdict};
 use noderep_raft::{HostError, HostId, KvWrite};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use registers::{check_key, lost_writes, seed, Event, Op, Ret};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::{now_ns, Cluster};
-
-#[derive(Clone, PartialEq, Eq, Hash, Debug)]
-struct Register(Option<u64>);
-
-#[derive(Clone, Debug)]
-enum Op {
-    Write(u64),
-    Read,
-}
-
-#[derive(Clone, PartialEq, Debug)]
-enum Ret {
-    Done,
-    Value(Option<u64>),
-}
-
-impl Model for Register {
-    type Op = Op;
-    type Ret = Ret;
-    fn step(&mut self, op: &Op) -> Ret {
-        match op {
-            Op::Write(v) => {
-                self.0 = Some(*v);
-                Ret::Done
-            }
-            Op::Read => Ret::Value(self.0),
-        }
-    }
-    fn is_read_only(op: &Op) -> bool {
-        matches!(op, Op::Read)
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Event {
-    key: u64,
-    client: usize,
-    op: Op,
-    ret: Ret,
-    call: u64,
-    returned: u64,
-}
 
 #[derive(Debug, Default)]
 struct Counts {
@@ -92,17 +51,6 @@ fn secs() -> f64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3.0)
-}
-
-fn seed() -> u64 {
-    std::env::var("NODEREP_RAFT_CAMPAIGN_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        })
 }
 
 async fn client(
@@ -314,51 +262,18 @@ async fn campaign(n: u64) {
     let mut lost = 0;
     let mut ops = 0;
     for key in 0..KEYS {
-        let history: Vec<Operation<Op, Ret>> = events
-            .iter()
-            .filter(|e| e.key == key)
-            .map(|e| Operation {
-                thread: e.client,
-                op: e.op.clone(),
-                ret: e.ret.clone(),
-                call: e.call,
-                returned: e.returned,
-            })
-            .collect();
-        ops += history.len();
-        // An acknowledged write is lost if the final value was written by a
-        // write that finished before it began (or nothing was written).
+        ops += check_key(&events, key, seed);
+        // The final value: that of the last read of the key, made after
+        // the faults stopped (by the clients numbered from CLIENTS on).
         let last = events
             .iter()
             .rev()
             .find(|e| e.key == key && e.client >= CLIENTS)
-            .map(|e| e.ret.clone());
-        for w in events
-            .iter()
-            .filter(|e| e.key == key && e.returned != u64::MAX)
-        {
-            let Op::Write(v) = w.op else { continue };
-            let overwritten_later = match &last {
-                Some(Ret::Value(Some(f))) => {
-                    *f == v
-                        || events.iter().any(|o| {
-                            matches!(o.op, Op::Write(x) if x == *f) && o.returned >= w.call
-                        })
-                }
-                _ => false,
-            };
-            if !overwritten_later {
-                lost += 1;
-            }
-        }
-        let verdict = lincheck::check(&Register(None), &history).expect("well-formed history");
-        match verdict {
-            Verdict::Linearizable { .. } => {}
-            other => panic!(
-                "key {key}: history of {} operations is not linearizable (seed {seed}): {other:?}",
-                history.len()
-            ),
-        }
+            .and_then(|e| match e.ret {
+                Ret::Value(v) => v,
+                Ret::Done => None,
+            });
+        lost += lost_writes(&events, key, last).len();
     }
     println!(
         "campaign hosts={n} secs={} seed={seed} faults={} ops={ops} acked={} lost={lost} \

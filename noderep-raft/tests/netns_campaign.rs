@@ -53,11 +53,12 @@
 #[path = "../../tests/common/lincheck.rs"]
 #[allow(dead_code)]
 mod lincheck;
+mod registers;
 
-use lincheck::{Model, Operation, Verdict};
 use noderep_raft::{Client, HostError, HostId, KvWrite, ReadMode};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use registers::{check_key, lost_writes, seed, Event, Op, Ret};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Write;
@@ -84,48 +85,6 @@ const LOSS_PERCENT: u32 = 20;
 
 // ---------------------------------------------------------------- the model
 
-#[derive(Clone, PartialEq, Eq, Hash, Debug)]
-struct Register(Option<u64>);
-
-#[derive(Clone, Debug)]
-enum Op {
-    Write(u64),
-    Read,
-}
-
-#[derive(Clone, PartialEq, Debug)]
-enum Ret {
-    Done,
-    Value(Option<u64>),
-}
-
-impl Model for Register {
-    type Op = Op;
-    type Ret = Ret;
-    fn step(&mut self, op: &Op) -> Ret {
-        match op {
-            Op::Write(v) => {
-                self.0 = Some(*v);
-                Ret::Done
-            }
-            Op::Read => Ret::Value(self.0),
-        }
-    }
-    fn is_read_only(op: &Op) -> bool {
-        matches!(op, Op::Read)
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Event {
-    key: u64,
-    client: usize,
-    op: Op,
-    ret: Ret,
-    call: u64,
-    returned: u64,
-}
-
 fn now_ns(origin: Instant) -> u64 {
     origin.elapsed().as_nanos() as u64
 }
@@ -137,17 +96,6 @@ fn secs() -> f64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(12.0)
-}
-
-fn seed() -> u64 {
-    std::env::var("NODEREP_RAFT_CAMPAIGN_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        })
 }
 
 /// Writes a line to the process's standard error directly, past the test
@@ -1049,28 +997,8 @@ fn campaign(n: u64, loss: bool) {
             let mut ops = 0;
             let mut checked = 0;
             for key in 0..KEYS {
-                let history: Vec<Operation<Op, Ret>> = events
-                    .iter()
-                    .filter(|e| e.key == key)
-                    .map(|e| Operation {
-                        thread: e.client,
-                        op: e.op.clone(),
-                        ret: e.ret.clone(),
-                        call: e.call,
-                        returned: e.returned,
-                    })
-                    .collect();
-                ops += history.len();
-                let verdict =
-                    lincheck::check(&Register(None), &history).expect("well-formed history");
-                match verdict {
-                    Verdict::Linearizable { .. } => checked += 1,
-                    other => panic!(
-                        "key {key}: history of {} operations is not linearizable \
-                         (seed {seed}): {other:?}",
-                        history.len()
-                    ),
-                }
+                ops += check_key(&events, key, seed);
+                checked += 1;
                 // Linearizable final reads after the last write agree (the
                 // checker above would refuse a disagreement, too).
                 let seen = &finals[&key];
@@ -1078,25 +1006,9 @@ fn campaign(n: u64, loss: bool) {
                 // An acknowledged write is lost unless the final value is its
                 // own or that of a write that had not returned before it began.
                 let last = *finals[&key].iter().next().unwrap();
-                for e in events
-                    .iter()
-                    .filter(|e| e.key == key && e.returned != u64::MAX)
-                {
-                    let Op::Write(v) = e.op else { continue };
-                    let kept = last.is_some_and(|f| {
-                        f == v
-                            || events.iter().any(|o| {
-                                o.key == key
-                                    && matches!(o.op, Op::Write(x) if x == f)
-                                    && o.returned >= e.call
-                            })
-                    });
-                    if !kept {
-                        eprintln!(
-                            "key {key}: acknowledged write of {v} lost (final value {last:?})"
-                        );
-                        lost += 1;
-                    }
+                for v in lost_writes(&events, key, last) {
+                    eprintln!("key {key}: acknowledged write of {v} lost (final value {last:?})");
+                    lost += 1;
                 }
             }
             let fo = &counts.failovers_ms;
