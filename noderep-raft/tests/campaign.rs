@@ -26,7 +26,7 @@ mod lincheck;
 use noderep_raft::{HostError, HostId, KvWrite};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use registers::{check_key, lost_writes, seed, Event, Op, Ret};
+use registers::{check_key, lost_writes, seed, Event, Op, Ret, Watchdog};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::{now_ns, Cluster};
@@ -184,6 +184,11 @@ async fn nemesis(c: Arc<Cluster>, n: u64, end: Instant, seed: u64, counts: Arc<M
 }
 
 async fn campaign(n: u64) {
+    // Generous: ten times the fault phase plus two minutes to settle and check.
+    let _watchdog = Watchdog::arm(
+        &format!("in-process campaign, {n} hosts"),
+        Duration::from_secs_f64(10.0 * secs() + 120.0),
+    );
     let seed = seed();
     let c = Cluster::start(n).await;
     let origin = Instant::now();

@@ -58,7 +58,7 @@ mod registers;
 use noderep_raft::{Client, HostError, HostId, KvWrite, ReadMode};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use registers::{check_key, lost_writes, seed, Event, Op, Ret};
+use registers::{check_key, lost_writes, seed, Event, Op, Ret, Watchdog};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Write;
@@ -863,6 +863,11 @@ fn runtime_in(ns: &str) -> tokio::runtime::Runtime {
 }
 
 fn campaign(n: u64, loss: bool) {
+    // Generous: ten times the fault phase plus two minutes to settle and check.
+    let _watchdog = Watchdog::arm(
+        &format!("netns campaign, {n} hosts"),
+        Duration::from_secs_f64(10.0 * secs() + 120.0),
+    );
     let seed = seed();
     let net = Arc::new(Net::create(n));
     let root = std::env::temp_dir().join(format!("noderep-raft-netns-{}-{n}", std::process::id()));

@@ -110,3 +110,43 @@ pub fn lost_writes(events: &[Event], key: u64, last: Option<u64>) -> Vec<u64> {
         .map(|(_, v)| v)
         .collect()
 }
+
+/// Ends the whole test process, naming the campaign, if the campaign is
+/// still running after `limit`: a hang (an election that never ends, a
+/// client call that never returns) must fail with a name instead of
+/// stalling CI. Disarmed when dropped. Host processes of the netns campaign
+/// exit when their stdin (held by this process) closes; namespaces left
+/// behind are swept by the next run.
+pub struct Watchdog {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Watchdog {
+    pub fn arm(name: &str, limit: std::time::Duration) -> Self {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, name) = (std::sync::Arc::clone(&done), name.to_string());
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + limit;
+            while std::time::Instant::now() < deadline {
+                // Relaxed: a stop flag; nothing else is read through it.
+                if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            eprintln!(
+                "WATCHDOG: campaign {name:?} did not finish within {} s: a hang; aborting",
+                limit.as_secs()
+            );
+            std::process::exit(101);
+        });
+        Self { done }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        // Relaxed: see `arm`.
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
