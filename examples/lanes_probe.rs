@@ -5,7 +5,7 @@
 //! keys are all in its own lane. Prints Mop/s per round and the ratio.
 //!
 //! ```text
-//! cargo run --release --example lanes_probe
+//! cargo run --release --example lanes_probe [random|partitioned] [rounds]
 //! ```
 //!
 //! With random keys both lanes' shards, combiner locks and slots move
@@ -137,8 +137,17 @@ fn two_lanes(partitioned: bool) -> f64 {
 }
 
 fn main() {
-    for round in 0..3 {
-        for partitioned in [false, true] {
+    // `lanes_probe [random|partitioned] [rounds]`: one key pattern only
+    // (for profiling); default both, 3 rounds.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let patterns: &[bool] = match args.first().map(String::as_str) {
+        Some("random") => &[false],
+        Some("partitioned") => &[true],
+        _ => &[false, true],
+    };
+    let rounds: usize = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(3);
+    for round in 0..rounds {
+        for &partitioned in patterns {
             let one = one_log(partitioned);
             let lanes = two_lanes(partitioned);
             println!(

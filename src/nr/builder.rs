@@ -119,6 +119,10 @@ pub struct NrBuilder<D> {
     threads_per_replica: usize,
     read_mostly: bool,
     max_replicas: Option<usize>,
+    /// Rounds a writer spins for a busy combiner lock before it hands its
+    /// operation to its slot (0: none; `nr::lanes` sets it, see
+    /// [`spin_for_combiner`](Self::spin_for_combiner)).
+    combiner_spin: u32,
     /// The structure the builder builds (`fn() -> D`: no ownership, and
     /// `Send + Sync` whatever `D` is).
     _structure: core::marker::PhantomData<fn() -> D>,
@@ -134,6 +138,7 @@ impl<D> Clone for NrBuilder<D> {
             threads_per_replica: self.threads_per_replica,
             read_mostly: self.read_mostly,
             max_replicas: self.max_replicas,
+            combiner_spin: self.combiner_spin,
             _structure: core::marker::PhantomData,
         }
     }
@@ -165,8 +170,23 @@ impl<D> NrBuilder<D> {
             threads_per_replica: self.threads_per_replica,
             read_mostly: self.read_mostly,
             max_replicas: self.max_replicas,
+            combiner_spin: self.combiner_spin,
             _structure: core::marker::PhantomData,
         }
+    }
+
+    /// Makes a writer that finds its replica's combiner lock busy spin up
+    /// to `rounds` short waits for it before handing its operation to its
+    /// slot. Worth it where the lock is rarely busy for long and combining
+    /// rarely batches, as on a lane (each lane has its own lock, so two
+    /// writers meet on one only when their keys fall in the same lane):
+    /// taking the lock after a short wait costs one cache-line transfer,
+    /// while the slot handshake costs several and makes the holder apply
+    /// the waiter's operation too. Where many writers share one lock,
+    /// combining is the better answer and this stays 0.
+    pub(crate) fn spin_for_combiner(mut self, rounds: u32) -> Self {
+        self.combiner_spin = rounds;
+        self
     }
 
     /// Whether [`max_replicas`](Self::max_replicas) was set (`nr::lanes`
@@ -196,6 +216,7 @@ impl<D> NrBuilder<D> {
             threads_per_replica: DEFAULT_THREADS_PER_REPLICA,
             read_mostly: false,
             max_replicas: None,
+            combiner_spin: 0,
             _structure: core::marker::PhantomData,
         }
     }
@@ -408,7 +429,12 @@ impl<D> NrBuilder<D> {
             })?
         };
         let asymmetric = self.read_mostly && crate::sync::asymmetric_fences();
-        let build_one = |r: usize| Box::new(Replica::new(r, make(r), slots, asymmetric));
+        let spin = self.combiner_spin;
+        let build_one = |r: usize| {
+            let mut replica = Box::new(Replica::new(r, make(r), slots, asymmetric));
+            replica.combiner_spin = spin;
+            replica
+        };
         let replicas = Self::place(&homes, &build_one);
         // Asked once, of a freshly built replica (the answer must not change).
         let can_snapshot = replicas.len() > 1 && replicas[0].probe_snapshot();

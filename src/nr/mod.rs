@@ -700,10 +700,15 @@ where
         // slot (no slot handshake; with one replica, no log either).
         // Mutant `no_combine_retry` (loom model 4) skips it, so that the
         // mutant's single try is the one in the loop below.
+        // On a lane the lock is rarely busy for long, and the writer spins
+        // for it a moment rather than use its slot (`try_combine_spinning`).
         let fast = if mutants::skip!("no_combine_retry") {
             None
         } else {
-            replica.try_combine()
+            match replica.try_combine() {
+                None if replica.combiner_spin > 0 => replica.try_combine_spinning(),
+                taken => taken,
+            }
         };
         if let Some(guard) = fast {
             if shared.log.is_single() || shared.runs_alone(token.replica) {

@@ -84,6 +84,9 @@ pub(crate) struct Replica<D: Dispatch> {
     data: UnsafeCell<D>,
     /// Combiner-owned scratch: slots collected for the current batch.
     batch: UnsafeCell<Vec<usize>>,
+    /// Rounds a writer spins for a busy combiner lock before using its slot
+    /// (`NrBuilder::spin_for_combiner`); set before the replica is shared.
+    pub(crate) combiner_spin: u32,
 }
 
 // SAFETY: `data` is read concurrently only through `&D` under the read lock
@@ -197,6 +200,7 @@ impl<D: Dispatch> Replica<D> {
             registered: AtomicUsize::new(0),
             data: UnsafeCell::new(data),
             batch: UnsafeCell::new(Vec::with_capacity(slots)),
+            combiner_spin: 0,
         }
     }
 
@@ -216,6 +220,25 @@ impl<D: Dispatch> Replica<D> {
             .map(|_| CombinerGuard {
                 lock: &self.combiner,
             })
+    }
+
+    /// [`try_combine`](Self::try_combine), spinning up to `combiner_spin`
+    /// short waits (one `spin_loop` hint each) while the lock is busy: the
+    /// fast path of a writer on a lightly shared lock (a lane), which would
+    /// rather take the lock a moment later than hand its operation over.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn try_combine_spinning(&self) -> Option<CombinerGuard<'_>> {
+        // Under loom a spin would only multiply the interleavings of the
+        // try that follows it; the models check the protocol, not the wait.
+        let rounds = if cfg!(loom) { 0 } else { self.combiner_spin };
+        for _ in 0..rounds {
+            core::hint::spin_loop();
+            if let Some(guard) = self.try_combine() {
+                return Some(guard);
+            }
+        }
+        None
     }
 
     /// Waits until nobody holds the combiner lock: spinning first (with
