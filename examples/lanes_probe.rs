@@ -1,18 +1,19 @@
 //! Do lanes scale writes on this machine? Two threads (pinned to CPUs 0
-//! and 1) write a 100k-key hash map through one log (`noderep/1`) and
-//! through two lanes of one replica, first with random keys (each write
-//! goes to either lane), then with keys partitioned so that each thread's
-//! keys are all in its own lane. Prints Mop/s per round and the ratio.
+//! and 1) write a 100k-key hash map through one log (`noderep/1`), through
+//! two lanes of one replica, and into a `dashmap` (the peer), first with
+//! random keys (each write goes to either lane), then with keys partitioned
+//! so that each thread's keys are all in its own lane. Prints Mop/s per
+//! round and the ratios.
 //!
 //! ```text
 //! cargo run --release --example lanes_probe [random|partitioned] [rounds]
 //! ```
 //!
-//! With random keys both lanes' shards, combiner locks and slots move
-//! between the two cores' caches on every other write, while one combiner
-//! keeps the single map in the cache of whichever thread combines; with
-//! partitioned keys each shard stays with its thread. README ("Lanes") has
-//! the figures.
+//! With random keys the two writers meet on one lane's lock half of the
+//! time, and each lane's lock, shard and slots move between the two cores'
+//! caches on every other write, while one combiner keeps the single map in
+//! the cache of whichever thread combines; with partitioned keys each shard
+//! stays with its thread. README ("Lanes") has the figures.
 use noderep::nr::lanes::{Lane, LaneMap, LanesBuilder};
 use noderep::{Dispatch, NrBuilder, ReplicaPolicy};
 use std::collections::HashMap;
@@ -136,6 +137,19 @@ fn two_lanes(partitioned: bool) -> f64 {
     )
 }
 
+/// The peer: a sharded concurrent map (`dashmap`, default shards), the
+/// same writes.
+fn dashmap(partitioned: bool) -> f64 {
+    let map: dashmap::DashMap<u64, u64> = (0..KEYS).map(|k| (k, k)).collect();
+    two_writers(
+        partitioned,
+        || (),
+        |_, (k, v)| {
+            map.insert(k, v);
+        },
+    )
+}
+
 fn main() {
     // `lanes_probe [random|partitioned] [rounds]`: one key pattern only
     // (for profiling); default both, 3 rounds.
@@ -150,9 +164,11 @@ fn main() {
         for &partitioned in patterns {
             let one = one_log(partitioned);
             let lanes = two_lanes(partitioned);
+            let peer = dashmap(partitioned);
             println!(
-                "round {round} partitioned={partitioned}: noderep/1 {one:.1} Mop/s, lanes/1 {lanes:.1} Mop/s, ratio {:.2}",
-                lanes / one
+                "round {round} partitioned={partitioned}: noderep/1 {one:.1} Mop/s, lanes/1 {lanes:.1} Mop/s, dashmap {peer:.1} Mop/s; lanes/noderep/1 {:.2}, lanes/dashmap {:.2}",
+                lanes / one,
+                lanes / peer
             );
         }
     }
