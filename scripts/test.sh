@@ -39,6 +39,8 @@ if [ "${NODEREP_SKIP_LOOM:-0}" != "1" ]; then
     # The loom build's target dir: its dependencies are already built there
     # (a mutant only rebuilds noderep and the models it runs).
     CARGO_TARGET_DIR=target/loom scripts/loom-mutants.sh
+    step "linearizability mutants (scripts/lin_mutant.sh: ctail_skipped and 4 lane mutants)"
+    scripts/lin_mutant.sh
   else
     echo "SKIPPED the loom mutation table (NODEREP_SKIP_MUTANTS=1)"
   fi

@@ -91,6 +91,11 @@ pub(crate) const NAMES: &[&str] = &[
     "removed_not_checked",
     // src/nr/lanes/shard.rs; loom model 10.
     "lane_leaf_runs_ahead",
+    // src/nr/lanes; scripts/lin_mutant.sh (lane campaigns).
+    "lane_read_all_no_recheck",
+    "lane_read_all_lane_by_lane",
+    "lane_write_all_lane_by_lane",
+    "lane_barrier_keeps_ctail",
     // src/nr/builder.rs; scripts/numa-vm-mutant.sh.
     "replicas_on_node0",
     // src/runq; loom models in loom-tests/tests/runq.rs.

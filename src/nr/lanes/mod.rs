@@ -151,6 +151,7 @@ mod shard;
 use super::replica::CombinerGuard;
 use super::rwlock::{ReadGuard, WriteGuard};
 use super::{Dispatch, ExecError, NodeReplicated, NrBuilder, NrError, ThreadToken};
+use crate::mutants;
 use crate::sync::{Arc, AtomicBool, Backoff, CachePadded, Ordering};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -639,6 +640,23 @@ impl<D: LaneMap> LaneReplicated<D> {
         if shared.any_poisoned() {
             return Err(ExecError::Poisoned);
         }
+        if mutants::skip!("lane_write_all_lane_by_lane") {
+            let mut acc = None;
+            for (j, lane) in lanes.iter().enumerate() {
+                let Some(c) = &combiners[j] else {
+                    unreachable!("every lane's combiner lock was taken above");
+                };
+                let rep = hooks::replica(lane, 0);
+                let w = rep.rwlock.write();
+                acc = fold::<D>(
+                    acc,
+                    rep.with_data_mut(c, &w, |s| s.data.dispatch_mut(op.clone())),
+                );
+                drop(w);
+                drop(combiners[j].take());
+            }
+            return acc.ok_or(ExecError::Poisoned);
+        }
         let mut writes: [Option<WriteGuard<'_>>; MAX_LANES] = core::array::from_fn(|_| None);
         for (j, lane) in lanes.iter().enumerate() {
             writes[j] = Some(hooks::replica(lane, 0).rwlock.write());
@@ -750,6 +768,17 @@ impl<D: LaneMap> LaneReplicated<D> {
         if hooks::is_single(&lanes[0]) {
             // No barriers with one replica: nobody holds a write lock while
             // waiting for another lane, so blocking in lane order is safe.
+            if mutants::skip!("lane_read_all_lane_by_lane") {
+                let mut acc = None;
+                for (j, lane) in lanes.iter().enumerate() {
+                    let rep = hooks::replica(lane, 0);
+                    let g = rep.rwlock.read_with(token.tokens[j].reader_flag());
+                    let resp = rep.with_data_read(&g, |s| s.data.dispatch(op.clone()));
+                    drop(g);
+                    acc = self::fold::<D>(acc, resp);
+                }
+                return acc.ok_or(ExecError::Poisoned);
+            }
             let mut guards: [Option<ReadGuard<'_>>; MAX_LANES] = core::array::from_fn(|_| None);
             for (j, lane) in lanes.iter().enumerate() {
                 let rep = hooks::replica(lane, 0);
@@ -787,7 +816,10 @@ impl<D: LaneMap> LaneReplicated<D> {
             }
             // With every read lock held the replica cannot move; it must
             // cover every lane's commit point as of now.
-            if all && lanes.iter().all(|l| hooks::ltail(l, r) >= hooks::ctail(l)) {
+            if all
+                && (mutants::skip!("lane_read_all_no_recheck")
+                    || lanes.iter().all(|l| hooks::ltail(l, r) >= hooks::ctail(l)))
+            {
                 return fold(&guards[..lanes.len()]);
             }
             drop(guards);
