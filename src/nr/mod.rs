@@ -152,6 +152,49 @@ pub(crate) mod stats {
 /// [`execute`](Self::execute) (reads) and [`execute_mut`](Self::execute_mut)
 /// (writes) with it. Share the instance by reference (scoped threads) or in
 /// an `Arc`.
+///
+/// # Examples
+///
+/// A counter replicated on two (simulated) nodes, written by one thread per
+/// replica and read back from both:
+///
+/// ```
+/// use noderep::{Dispatch, NodeReplicated, ReplicaPolicy};
+/// use noderep::topology::Topology;
+///
+/// #[derive(Default)]
+/// struct Counter(u64);
+/// impl Dispatch for Counter {
+///     type ReadOperation<'a> = ();
+///     type WriteOperation = u64;
+///     type Response = u64;
+///     fn dispatch(&self, _: ()) -> u64 { self.0 }
+///     fn dispatch_mut(&mut self, add: u64) -> u64 { self.0 += add; self.0 }
+/// }
+///
+/// let counter = NodeReplicated::builder()
+///     .topology(Topology::simulated(2, 1)?)
+///     .replicas(ReplicaPolicy::PerNode)
+///     .build(|_replica| Counter::default())?;
+/// assert_eq!(counter.num_replicas(), 2);
+/// std::thread::scope(|s| {
+///     for replica in 0..2 {
+///         let counter = &counter;
+///         s.spawn(move || {
+///             let token = counter.register_on(replica).unwrap();
+///             for _ in 0..100 {
+///                 counter.execute_mut(1, &token).unwrap();
+///             }
+///         });
+///     }
+/// });
+/// for replica in 0..2 {
+///     let token = counter.register_on(replica)?;
+///     assert_eq!(token.replica(), replica);
+///     assert_eq!(counter.execute((), &token)?, 200);
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct NodeReplicated<D: Dispatch> {
     shared: Arc<Shared<D>>,
 }
@@ -203,6 +246,8 @@ pub struct NodeReplicated<D: Dispatch> {
 /// // threads safely
 /// std::thread::spawn(move || drop(token));
 /// ```
+///
+/// # Examples
 ///
 /// Each thread registering its own token compiles (and is the way):
 ///
@@ -551,6 +596,15 @@ where
     /// Registers the calling thread with the replica of the node it runs on
     /// (the least loaded one if several serve its CPU; the least loaded of
     /// all if none does, or without `std`).
+    ///
+    /// # Errors
+    ///
+    /// [`NrError::ReplicaFull`] when every replica in service has all its
+    /// thread slots taken (drop unused tokens, or build with more
+    /// [`max_threads_per_replica`](NrBuilder::max_threads_per_replica));
+    /// [`NrError::Poisoned`] once an operation has panicked;
+    /// [`NrError::ReplicaRemoved`] if the chosen replica was removed
+    /// meanwhile.
     pub fn register(&self) -> Result<ThreadToken<D>, NrError> {
         let replicas = &self.shared.replicas;
         #[cfg(feature = "std")]
@@ -582,6 +636,14 @@ where
     }
 
     /// Registers the calling thread with replica `replica`.
+    ///
+    /// # Errors
+    ///
+    /// [`NrError::NoSuchReplica`] if `replica` is not below
+    /// [`num_replicas`](Self::num_replicas); [`NrError::ReplicaRemoved`] if
+    /// it is not in service; [`NrError::ReplicaFull`] if all its thread
+    /// slots are taken; [`NrError::Poisoned`] once an operation has
+    /// panicked.
     pub fn register_on(&self, replica: usize) -> Result<ThreadToken<D>, NrError> {
         if self.is_poisoned() {
             return Err(NrError::Poisoned);
@@ -809,6 +871,11 @@ where
     /// parked ones) and runs `f` on each, in replica order, while holding it
     /// exclusively (for checks at quiescence, such as "all replicas are
     /// equal"). Removed replicas are skipped.
+    ///
+    /// # Errors
+    ///
+    /// [`ExecError::WrongInstance`] if `token` belongs to another instance;
+    /// [`ExecError::Poisoned`] once an operation has panicked.
     pub fn sync_and_inspect<R>(
         &self,
         token: &ThreadToken<D>,
