@@ -879,6 +879,8 @@ async fn watchdog<M: Machine>(inner: Arc<Inner<M>>) {
             )
         };
         let now = inner.epoch.elapsed().as_nanos() as u64;
+        // Relaxed: timing hints only (see `leader_seen_ns`); nothing is read
+        // through them.
         let seen = inner.leader_seen_ns.load(Ordering::Relaxed);
         if follower && voter && now.saturating_sub(seen) > patience {
             inner.leader_seen_ns.fetch_max(now, Ordering::Relaxed);

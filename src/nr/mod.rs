@@ -368,6 +368,7 @@ impl<D: Dispatch> Drop for ThreadToken<D> {
 
 impl<D: Dispatch> core::fmt::Debug for NodeReplicated<D> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // Relaxed: a snapshot for display; nothing is read through it.
         f.debug_struct("NodeReplicated")
             .field("replicas", &self.shared.replicas.len())
             .field(
@@ -485,6 +486,8 @@ where
         if rep.removed.load(Ordering::Relaxed) {
             return Err(NrError::ReplicaRemoved { replica: r });
         }
+        // Acquire: pairs with the Release stores of `removed` in
+        // `remove_replica` and `add_replica`.
         let others_active = shared
             .replicas
             .iter()
@@ -494,7 +497,8 @@ where
             return Err(NrError::LastReplica { replica: r });
         }
         if shared.log.ltail(r) != PARKED {
-            // The last live replica cannot park; bring another back first.
+            // The last live replica cannot park; bring another back first
+            // (Acquire on `removed`: as above).
             while !shared.park(r, &guard) {
                 let Some(q) = (0..replicas)
                     .find(|&q| q != r && !shared.replicas[q].removed.load(Ordering::Acquire))
@@ -614,6 +618,8 @@ where
         let serves = |r: usize| {
             cpu.is_some_and(|c| self.shared.homes.get(r).is_some_and(|h| h.contains(&c)))
         };
+        // Relaxed: a placement hint; a stale count only picks a busier
+        // replica.
         let load = |r: &usize| replicas[*r].registered.load(Ordering::Relaxed);
         // Local replicas first, least loaded first; then every other one, so
         // that a full local replica does not fail the registration while

@@ -663,6 +663,7 @@ impl<D: LaneMap> core::fmt::Debug for LaneToken<D> {
 
 impl<D: LaneMap> core::fmt::Debug for LaneReplicated<D> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // Relaxed: a snapshot for display; nothing is read through it.
         f.debug_struct("LaneReplicated")
             .field("lanes", &self.shared.lanes.len())
             .field("replicas", &self.shared.lanes[0].num_replicas())
