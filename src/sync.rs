@@ -319,12 +319,15 @@ pub(crate) fn wait_on(word: &AtomicU32, expected: u32) {
     }
     #[cfg(all(not(loom), feature = "std", not(target_os = "linux")))]
     {
+        // Relaxed: only decides whether to yield; the caller re-reads the
+        // word with the ordering its protocol needs.
         if word.load(Ordering::Relaxed) == expected {
             std::thread::yield_now();
         }
     }
     #[cfg(all(not(loom), not(feature = "std")))]
     {
+        // Relaxed: as above.
         if word.load(Ordering::Relaxed) == expected {
             core::hint::spin_loop();
         }

@@ -69,6 +69,13 @@ impl Client {
     }
 
     /// Sends an encoded write (JSON) through host `host`.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::UnknownHost`] if `host` is not in the client's list;
+    /// [`HostError::Indeterminate`] if the call failed after the write was
+    /// sent; otherwise what the host answered (as for
+    /// [`Host::write_json`](crate::Host::write_json)).
     pub async fn write_json(&self, host: HostId, op: String) -> Result<Reply, HostError> {
         match self.call(host, Request::Write(Command { op })).await? {
             Response::Write(Ok(r)) => match r.error {
@@ -82,6 +89,14 @@ impl Client {
     }
 
     /// Runs an encoded read (JSON query) on host `host`.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::UnknownHost`] if `host` is not in the client's list;
+    /// [`HostError::NoLeader`] if the host refused the connection;
+    /// [`HostError::Indeterminate`] if the call failed or timed out;
+    /// [`HostError::Config`] if the host refused the request; otherwise what
+    /// the host answered (as for [`Host::query_json`](crate::Host::query_json)).
     pub async fn query_json(
         &self,
         host: HostId,
@@ -101,6 +116,13 @@ impl Client {
     }
 
     /// Host `host`'s view of the cluster.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::UnknownHost`] if `host` is not in the client's list;
+    /// [`HostError::NoLeader`] if the host refused the connection;
+    /// [`HostError::Indeterminate`] if the call failed or timed out;
+    /// [`HostError::Config`] if the host refused the request.
     pub async fn status(&self, host: HostId) -> Result<HostStatus, HostError> {
         match self.call(host, Request::Status).await? {
             Response::Status(s) => Ok(s),

@@ -252,6 +252,15 @@ impl<M: Machine> Host<M> {
     /// Opens the host's directory, starts Raft and the TCP server, and (for
     /// a new cluster) proposes the initial membership. Must run inside a
     /// multi-threaded tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Config`] for an inconsistent configuration (an address
+    /// that is not allowed, a member list without this host);
+    /// [`HostError::Unwritable`], [`HostError::ForeignData`] or
+    /// [`HostError::Corrupt`] from the log directory; [`HostError::Listen`]
+    /// if the address cannot be bound; [`HostError::Raft`] if the engine
+    /// does not start.
     pub async fn start(cfg: HostConfig, machine: M) -> Result<Self, HostError> {
         cfg.validate()?;
         let log = FileLogStore::open(&cfg.dir, &cfg.cluster, cfg.id)?;
@@ -377,6 +386,15 @@ impl<M: Machine> Host<M> {
 
     /// Proposes an encoded write (JSON of the machine's write operation)
     /// and returns the state machine's reply.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Codec`] if `op` does not decode as a write of the
+    /// machine (nothing is proposed); [`HostError::NoLeader`] or
+    /// [`HostError::Timeout`] if no leader took it before the deadline;
+    /// [`HostError::Indeterminate`] when the write may or may not have been
+    /// committed; [`HostError::Apply`] if the state machine refused it;
+    /// [`HostError::Stopped`] once the engine stopped.
     pub async fn write_json(&self, op: String) -> Result<Reply, HostError> {
         self.inner
             .machine
@@ -397,18 +415,38 @@ impl<M: Machine> Host<M> {
 
     /// Waits until this host's state includes every write acknowledged
     /// before the call (a read index), and returns that index.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::NoLeader`] if no leader confirmed a read index;
+    /// [`HostError::Timeout`] if this host did not apply it before the
+    /// deadline; [`HostError::Stopped`] once the engine stopped.
     pub async fn barrier(&self) -> Result<u64, HostError> {
         self.inner.running()?;
         self.inner.barrier().await
     }
 
     /// Runs an encoded read (JSON of the machine's query) in `mode`.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Codec`] if `query` does not decode as a read of the
+    /// machine; as for [`barrier`](Self::barrier) when a read index is
+    /// needed; [`HostError::TooStale`] when a bounded-staleness read could
+    /// not refresh; [`HostError::Apply`] if the local read failed.
     pub async fn query_json(&self, query: &str, mode: ReadMode) -> Result<ReadAnswer, HostError> {
         self.inner.query(query, mode).await
     }
 
     /// Adds host `id` at `addr`: as a learner first (it catches up by log
     /// or snapshot), then as a voter.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Config`] for an address that is not allowed;
+    /// [`HostError::NoLeader`] or [`HostError::Timeout`] if no leader
+    /// completed the change in time; [`HostError::Raft`] when the engine
+    /// refused it.
     pub async fn add_host(&self, id: HostId, addr: SocketAddr) -> Result<(), HostError> {
         if !self.inner.cfg.address_allowed(&addr) {
             return Err(HostError::Config(format!(
@@ -429,6 +467,10 @@ impl<M: Machine> Host<M> {
     }
 
     /// Removes voter `id`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`add_host`](Self::add_host) (without the address check).
     pub async fn remove_host(&self, id: HostId) -> Result<(), HostError> {
         self.inner.admin(Request::RemoveHost { id }).await
     }
@@ -453,6 +495,10 @@ impl<M: Machine> Host<M> {
 
 impl<D: Replicated> Host<NrMachine<D>> {
     /// Proposes a write and returns its response once committed and applied.
+    ///
+    /// # Errors
+    ///
+    /// As for [`write_json`](Self::write_json).
     pub async fn write(&self, op: D::WriteOperation) -> Result<D::Response, HostError> {
         let op = serde_json::to_string(&op).map_err(|e| HostError::Codec(e.to_string()))?;
         let reply = self.write_json(op).await?;
@@ -461,6 +507,11 @@ impl<D: Replicated> Host<NrMachine<D>> {
 
     /// A linearizable read served by this host's NUMA replica, after a
     /// (batched) read-index confirmation.
+    ///
+    /// # Errors
+    ///
+    /// As for [`barrier`](Self::barrier); [`HostError::Apply`] if the local
+    /// read failed.
     pub async fn read(&self, op: D::ReadOperation<'_>) -> Result<D::Response, HostError> {
         self.inner.barrier().await?;
         self.inner.machine.read_local(op)
@@ -468,6 +519,12 @@ impl<D: Replicated> Host<NrMachine<D>> {
 
     /// A read served by the local replica if it was proven up to date at
     /// most `bound` before this call (refreshing first otherwise).
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::TooStale`] if the host was not proven fresh within
+    /// `bound` and could not refresh; [`HostError::Apply`] if the local
+    /// read failed.
     pub async fn read_stale(
         &self,
         op: D::ReadOperation<'_>,
@@ -483,6 +540,12 @@ impl<D: Replicated> Host<NrMachine<D>> {
 impl Host<PlainKv> {
     /// The baseline's read: the leader confirms its leadership for this read
     /// alone (openraft's `ensure_linearizable`) and reads its map.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::NoLeader`] if this host is not the leader or could not
+    /// confirm its leadership; [`HostError::Stopped`] once the engine
+    /// stopped.
     pub async fn read_leader_only(&self, key: u64) -> Result<Option<u64>, HostError> {
         let a = self
             .query_json(&key.to_string(), ReadMode::LeaderOnly)
@@ -879,6 +942,8 @@ async fn watchdog<M: Machine>(inner: Arc<Inner<M>>) {
             )
         };
         let now = inner.epoch.elapsed().as_nanos() as u64;
+        // Relaxed: timing hints only (see `leader_seen_ns`); nothing is read
+        // through them.
         let seen = inner.leader_seen_ns.load(Ordering::Relaxed);
         if follower && voter && now.saturating_sub(seen) > patience {
             inner.leader_seen_ns.fetch_max(now, Ordering::Relaxed);

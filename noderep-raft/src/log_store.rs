@@ -142,6 +142,12 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Res
 
 impl FileLogStore {
     /// Opens (or creates) the log directory of host `host` of `cluster`.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Unwritable`] if the directory cannot be created or
+    /// written; [`HostError::ForeignData`] if it belongs to another cluster
+    /// or host; [`HostError::Corrupt`] if a file in it cannot be parsed.
     pub fn open(dir: &Path, cluster: &str, host: HostId) -> Result<Self, HostError> {
         fs::create_dir_all(dir).map_err(|e| unwritable(dir, e))?;
         // Probe that the directory takes a synced write, so that a

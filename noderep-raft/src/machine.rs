@@ -62,18 +62,44 @@ pub trait Replicated:
 pub trait Machine: Send + Sync + 'static {
     /// Applies one committed write (JSON) and returns its response (JSON),
     /// or why it was refused.
+    ///
+    /// # Errors
+    ///
+    /// Why the write was refused (it does not decode, or the structure
+    /// failed), as text.
     fn apply(&self, op: &str) -> Result<String, String>;
     /// Checks that `op` decodes as a write of this machine (before it is
     /// proposed, so that garbage never reaches the log).
+    ///
+    /// # Errors
+    ///
+    /// Why `op` does not decode, as text.
     fn check_write(&self, op: &str) -> Result<(), String>;
     /// Checks that `query` decodes as a read of this machine (before any
     /// read-index round is spent on it).
+    ///
+    /// # Errors
+    ///
+    /// Why `query` does not decode, as text.
     fn check_query(&self, query: &str) -> Result<(), String>;
     /// Runs a read (JSON query) on the local state.
+    ///
+    /// # Errors
+    ///
+    /// Why the read failed, as text.
     fn query(&self, query: &str) -> Result<String, String>;
     /// The whole state, as JSON text.
+    ///
+    /// # Errors
+    ///
+    /// Why the state could not be captured or encoded, as text.
     fn snapshot(&self) -> Result<String, String>;
     /// Replaces the whole state with a snapshot's.
+    ///
+    /// # Errors
+    ///
+    /// Why `state` was refused (it does not decode, or a new instance could
+    /// not be built), as text; the old state is kept.
     fn restore(&self, state: &str) -> Result<(), String>;
 }
 
@@ -104,6 +130,10 @@ pub struct NrMachine<D: Replicated> {
 
 impl<D: Replicated> NrMachine<D> {
     /// A machine holding `D::default()` in every replica, built by `builder`.
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Config`] if noderep refuses the builder's settings.
     pub fn new(builder: NrBuilder<D>) -> Result<Self, HostError> {
         let gen = Self::generation(&builder, |_| D::default())?;
         Ok(Self {
@@ -166,6 +196,11 @@ impl<D: Replicated> NrMachine<D> {
     /// caller decides that the local state is fresh enough (see
     /// [`Host::read`](crate::Host::read) and
     /// [`Host::read_stale`](crate::Host::read_stale)).
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Apply`] if the thread cannot register with the instance
+    /// (its replica is full) or the read fails (the instance is poisoned).
     pub fn read_local(&self, op: D::ReadOperation<'_>) -> Result<D::Response, HostError> {
         let gen = self.current();
         Self::with_token(&gen, |t| gen.nr.execute(op, t))
@@ -175,6 +210,10 @@ impl<D: Replicated> NrMachine<D> {
 
     /// Runs `f` on replica 0's state after bringing every replica up to
     /// date (for checks that all replicas agree, and for snapshots).
+    ///
+    /// # Errors
+    ///
+    /// [`HostError::Apply`], as for [`read_local`](Self::read_local).
     pub fn inspect<R>(&self, mut f: impl FnMut(usize, &D) -> R) -> Result<Vec<R>, HostError> {
         let gen = self.current();
         Self::with_token(&gen, |t| gen.nr.sync_and_inspect(t, |r, d| f(r, d)))

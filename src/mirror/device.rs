@@ -14,6 +14,24 @@ use super::MirrorError;
 use crate::cost::{PhaseClock, WritePhase};
 
 /// How durable a write is when a device's [`BlockDevice::write_blocks`] returns.
+///
+/// # Examples
+///
+/// ```
+/// use noderep::mirror::{Durability, FileDevice};
+/// # fn main() -> Result<(), noderep::mirror::MirrorError> {
+/// # let path = std::env::temp_dir().join(format!("noderep-durability-doc-{}", std::process::id()));
+/// let dev = FileDevice::builder()
+///     .blocks(8)
+///     .durability(Durability::SyncPerBatch) // fdatasync once per batch
+///     .open(&path)?;
+/// assert_eq!(dev.durability(), Durability::SyncPerBatch);
+/// assert_eq!(Durability::default(), Durability::None);
+/// # drop(dev);
+/// # std::fs::remove_file(&path).ok();
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
     /// In the page cache only: survives a process crash, not a power loss.
@@ -281,7 +299,30 @@ pub(crate) fn check_block_size(block_size: usize) -> Result<(), MirrorError> {
 /// A regular file or a block device (`/dev/...`) used through positional
 /// I/O: `pread`, `pwritev` (one per run of consecutive blocks) and
 /// `fdatasync` per batch, or `O_DIRECT | O_DSYNC`. Opened through
-/// [`FileDevice::builder`] (see [`DeviceBuilder`] for an example).
+/// [`FileDevice::builder`].
+///
+/// # Examples
+///
+/// ```
+/// use noderep::cost::PhaseClock;
+/// use noderep::mirror::{AlignedBuf, BlockDevice, BlockWrite, FileDevice};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let path = std::env::temp_dir().join(format!("noderep-filedevice-doc-{}", std::process::id()));
+/// let mut dev = FileDevice::builder().block_size(512).blocks(16).open(&path)?;
+/// assert_eq!((dev.blocks(), dev.block_size()), (16, 512));
+/// let mut data = AlignedBuf::zeroed(512);
+/// data.fill(0x5a);
+/// dev.write_blocks(&[BlockWrite { lba: 7, data: &data }], &mut PhaseClock::disabled())?;
+/// let mut back = AlignedBuf::zeroed(2 * 512);
+/// dev.read_blocks(6, &mut back)?; // blocks 6 and 7
+/// assert!(back[..512].iter().all(|&b| b == 0)); // never written
+/// assert!(back[512..].iter().all(|&b| b == 0x5a));
+/// assert_eq!(dev.stats().blocks_written, 1);
+/// # drop(dev);
+/// # std::fs::remove_file(&path).ok();
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct FileDevice {
     file: File,

@@ -131,6 +131,7 @@ impl FaultControl {
             &self.s.flip_on_read,
             &self.s.lose_write,
         ] {
+            // Relaxed: an independent switch (see `Switches`).
             slot.store(OFF, Ordering::Relaxed);
         }
     }
@@ -256,14 +257,17 @@ impl<D: BlockDevice> BlockDevice for FaultyDevice<D> {
         }
         let bs = self.inner.block_size();
         let n = (buf.len() / bs) as u64;
+        // Relaxed: an independent switch (see `Switches`).
         let bad = s.bad_sector.load(Ordering::Relaxed);
         if bad != OFF && (lba..lba + n).contains(&bad) {
             self.ctl.fire();
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         self.inner.read_blocks(lba, buf)?;
+        // Relaxed: an independent switch (see `Switches`).
         let flip = s.flip_on_read.load(Ordering::Relaxed);
         if flip != OFF && (lba..lba + n).contains(&flip) {
+            // Relaxed: an independent switch (see `Switches`).
             s.flip_on_read.store(OFF, Ordering::Relaxed);
             let at = (flip - lba) as usize * bs + bs / 2;
             buf[at] ^= 0x10;
@@ -284,6 +288,7 @@ impl<D: BlockDevice> BlockDevice for FaultyDevice<D> {
         }
         let bs = self.inner.block_size();
         let total: u64 = writes.iter().map(|w| (w.data.len() / bs) as u64).sum();
+        // Relaxed: an independent switch (see `Switches`).
         let lost = s.lose_write.load(Ordering::Relaxed);
         let fail_at = Self::countdown(&s.fail_write_in, total);
         let tear_at = Self::countdown(&s.tear_write_in, total);
@@ -291,6 +296,7 @@ impl<D: BlockDevice> BlockDevice for FaultyDevice<D> {
             (Some(f), Some(t)) => Some(f.min(t)),
             (f, t) => f.or(t),
         };
+        // Relaxed: an independent switch (see `Switches`).
         let tear_block = s.tear_block.load(Ordering::Relaxed);
         let aimed = tear_block != OFF && writes.iter().any(|w| covers(w, tear_block, bs));
         if stop.is_none() && !aimed && (lost == OFF || !writes.iter().any(|w| covers(w, lost, bs)))
@@ -307,10 +313,12 @@ impl<D: BlockDevice> BlockDevice for FaultyDevice<D> {
                     let torn =
                         lba == tear_block || (tear_at == Some(limit) && fail_at != Some(limit));
                     if lba == tear_block {
+                        // Relaxed: an independent switch (see `Switches`).
                         s.tear_block.store(OFF, Ordering::Relaxed);
                     }
                     if torn {
                         // Keep the first bytes, then the old rest of the block.
+                        // Relaxed: an independent switch (see `Switches`).
                         let keep = (s.tear_keep.load(Ordering::Relaxed) as usize).min(bs);
                         let mut mix = super::block::AlignedBuf::zeroed(bs);
                         if self.inner.read_blocks(lba, &mut mix).is_ok() {
@@ -318,6 +326,7 @@ impl<D: BlockDevice> BlockDevice for FaultyDevice<D> {
                             let part = [BlockWrite { lba, data: &mix }];
                             self.inner.write_blocks(&part, clock)?;
                         }
+                        // Relaxed: an independent switch (see `Switches`).
                         if s.kill_on_tear.load(Ordering::Relaxed) {
                             // Says where the crash hit (for campaign tallies).
                             std::eprintln!(
@@ -329,12 +338,14 @@ impl<D: BlockDevice> BlockDevice for FaultyDevice<D> {
                                 libc::kill(libc::getpid(), libc::SIGKILL);
                             }
                         }
+                        // Relaxed: an independent switch (see `Switches`).
                         s.gone.store(true, Ordering::Relaxed);
                     }
                     self.ctl.fire();
                     return Err(io::Error::from_raw_os_error(libc::EIO));
                 }
                 if lba == lost {
+                    // Relaxed: an independent switch (see `Switches`).
                     s.lose_write.store(OFF, Ordering::Relaxed);
                     self.ctl.fire();
                 } else {

@@ -23,6 +23,44 @@ fn device_gone(e: &io::Error) -> bool {
 }
 
 /// What scrub should do about each difference.
+///
+/// # Examples
+///
+/// A copy damaged behind the mirror's back is reported, then repaired:
+///
+/// ```
+/// use noderep::cost::PhaseClock;
+/// use noderep::mirror::{AlignedBuf, BlockDevice, BlockWrite, FileDevice, Mirror};
+/// use noderep::mirror::{ScrubAction, ScrubMode, WarningSink};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = std::env::temp_dir().join(format!("noderep-scrubmode-doc-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// let cfg = FileDevice::builder().blocks(64);
+/// let devices: Vec<Box<dyn BlockDevice>> =
+///     vec![Box::new(cfg.open(dir.join("a"))?), Box::new(cfg.open(dir.join("b"))?)];
+/// let mut mirror = Mirror::builder().warnings(WarningSink::Silent).create(devices)?;
+/// mirror.write(5, b"precious")?;
+/// let first_data_block = mirror.data_start();
+/// let mut devices = mirror.close()?;
+/// // Garbage over block 5 of the second device.
+/// let mut junk = AlignedBuf::zeroed(4096);
+/// junk.fill(0xff);
+/// let at = BlockWrite { lba: first_data_block + 5, data: &junk };
+/// devices[1].write_blocks(&[at], &mut PhaseClock::disabled())?;
+///
+/// let (mut mirror, _) = Mirror::builder().warnings(WarningSink::Silent).assemble(devices)?;
+/// let report = mirror.scrub(ScrubMode::ReportOnly)?;
+/// assert_eq!(report.findings.len(), 1);
+/// assert_eq!((report.findings[0].device, report.findings[0].lba), (1, 5));
+/// assert_eq!(report.findings[0].action, ScrubAction::Reported);
+/// let report = mirror.scrub(ScrubMode::Repair)?;
+/// assert_eq!(report.repaired(), 1);
+/// assert!(mirror.scrub(ScrubMode::ReportOnly)?.findings.is_empty());
+/// # drop(mirror);
+/// # std::fs::remove_dir_all(&dir).ok();
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ScrubMode {
     /// Rewrite bad copies from good ones (the default).

@@ -19,6 +19,27 @@ use crate::cost::{PhaseClock, PhaseTimes, WritePhase};
 pub type DeviceId = usize;
 
 /// Where warnings go (they are always kept for [`Mirror::take_events`] too).
+///
+/// # Examples
+///
+/// ```
+/// use noderep::mirror::{BlockDevice, FileDevice, Mirror, MirrorEvent, WarningSink};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = std::env::temp_dir().join(format!("noderep-warnings-doc-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// let cfg = FileDevice::builder().blocks(64);
+/// let devices: Vec<Box<dyn BlockDevice>> =
+///     vec![Box::new(cfg.open(dir.join("a"))?), Box::new(cfg.open(dir.join("b"))?)];
+/// // Nothing on stderr: the events are only kept.
+/// let mut mirror = Mirror::builder().warnings(WarningSink::Silent).create(devices)?;
+/// mirror.fail_device(1, "pulled for the example")?;
+/// let events = mirror.take_events();
+/// assert!(matches!(events.as_slice(), [MirrorEvent::DeviceFailed { device: 1, .. }]));
+/// # drop(mirror);
+/// # std::fs::remove_dir_all(&dir).ok();
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WarningSink {
     /// One line per warning on standard error (the default).

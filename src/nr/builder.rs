@@ -30,7 +30,7 @@
 //! should move it from its `make` closure, which runs on the replica's
 //! node:
 //!
-//! ```no_run
+//! ```
 //! # use noderep::{Dispatch, NrBuilder};
 //! # struct Table(Vec<u64>);
 //! # impl Dispatch for Table {
@@ -48,7 +48,9 @@
 //!     }
 //!     table
 //! })?;
-//! # Ok::<(), noderep::NrError>(())
+//! let token = nr.register()?;
+//! assert_eq!(nr.execute(12345, &token)?, 0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! Trimming the allocator costs a walk of its arenas per build, and the
@@ -65,6 +67,41 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 /// How many replicas to make.
+///
+/// # Examples
+///
+/// ```
+/// use noderep::{NodeReplicated, ReplicaPolicy};
+/// use noderep::topology::Topology;
+///
+/// # #[derive(Default)]
+/// # struct Counter(u64);
+/// # impl noderep::Dispatch for Counter {
+/// #     type ReadOperation<'a> = ();
+/// #     type WriteOperation = u64;
+/// #     type Response = u64;
+/// #     fn dispatch(&self, _: ()) -> u64 { self.0 }
+/// #     fn dispatch_mut(&mut self, n: u64) -> u64 { self.0 += n; self.0 }
+/// # }
+/// let two_nodes_of_two = Topology::simulated(2, 2)?;
+/// let per_node = NodeReplicated::builder()
+///     .topology(two_nodes_of_two.clone())
+///     .replicas(ReplicaPolicy::PerNode)
+///     .build(|_| Counter::default())?;
+/// assert_eq!(per_node.num_replicas(), 2);
+/// let per_core = NodeReplicated::builder()
+///     .topology(two_nodes_of_two.clone())
+///     .replicas(ReplicaPolicy::PerCore)
+///     .build(|_| Counter::default())?;
+/// assert_eq!(per_core.num_replicas(), 4);
+/// let fixed = NodeReplicated::builder()
+///     .topology(two_nodes_of_two)
+///     .replicas(ReplicaPolicy::Fixed(3))
+///     .build(|_| Counter::default())?;
+/// assert_eq!(fixed.num_replicas(), 3);
+/// assert_eq!(ReplicaPolicy::default(), ReplicaPolicy::PerNode);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReplicaPolicy {
     /// One replica per NUMA node (the default).

@@ -293,10 +293,12 @@ where
                 if !mutants::skip!("wake_after_unlock") {
                     self.log.set_ltail(r, at);
                 }
-                // Relaxed: `live` is read under the locks of the replicas it
-                // counts (see `combine`), and we hold `s`'s, whose release
-                // publishes it to `s`'s next combiner. AcqRel for the
-                // parkers that decrement concurrently is given by the RMW.
+                // AcqRel: pairs with the Acquire load and AcqRel CAS of the
+                // parkers that decrement concurrently (`park`); all RMWs on
+                // `live` are totally ordered. Readers need no more: `live`
+                // is read under the locks of the replicas it counts (see
+                // `combine`), and we hold `s`'s, whose release publishes it
+                // to `s`'s next combiner.
                 self.live.fetch_add(1, Ordering::AcqRel);
                 drop(source_guard);
                 if mutants::skip!("wake_after_unlock") {
@@ -315,8 +317,9 @@ where
     /// and will be rebuilt by [`wake`](Self::wake) when one of its threads
     /// comes back. Never parks the last live replica.
     pub(crate) fn park(&self, q: usize, _their_guard: &CombinerGuard<'_>) -> bool {
-        // AcqRel: the decrement is ordered with the wakers' increments; the
-        // CAS loop keeps one replica live.
+        // Acquire here and AcqRel in the CAS below: pair with the AcqRel
+        // increment in `wake`, so the decrement is ordered with the wakers'
+        // increments; the CAS loop keeps one replica live.
         let mut live = self.live.load(Ordering::Acquire);
         loop {
             if live <= 1 {
@@ -475,6 +478,8 @@ where
                 } else {
                     lagging.exec(&their_guard, &self.log, help_to, &self.poisoned, 0..0, None)?;
                 }
+                // Relaxed: like `activity`, read and written only under the
+                // lagging replica's combiner lock, which we hold.
                 lagging.seen_activity.store(activity, Ordering::Relaxed);
                 #[cfg(test)]
                 super::stats::Stats::bump(&self.stats.helped, 1);

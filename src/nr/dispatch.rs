@@ -64,8 +64,29 @@ pub trait Dispatch {
     /// is unavailable. The answer must not change over the structure's life
     /// (it is asked once, when the instance is built). For a `Clone` type:
     ///
-    /// ```ignore
+    /// ```
+    /// # use noderep::{Dispatch, NodeReplicated, ReplicaPolicy};
+    /// # use noderep::topology::Topology;
+    /// # #[derive(Default, Clone)]
+    /// # struct Counter(u64);
+    /// # impl Dispatch for Counter {
+    /// #     type ReadOperation<'a> = ();
+    /// #     type WriteOperation = u64;
+    /// #     type Response = u64;
+    /// #     fn dispatch(&self, _: ()) -> u64 { self.0 }
+    /// #     fn dispatch_mut(&mut self, n: u64) -> u64 { self.0 += n; self.0 }
     /// fn snapshot(&self) -> Option<Self> { Some(self.clone()) }
+    /// # }
+    /// # let nr = NodeReplicated::builder()
+    /// #     .topology(Topology::simulated(1, 1)?)
+    /// #     .replicas(ReplicaPolicy::Fixed(1))
+    /// #     .max_replicas(2)
+    /// #     .build(|_| Counter::default())?;
+    /// # let token = nr.register()?;
+    /// # nr.execute_mut(5, &token)?;
+    /// # let added = nr.add_replica()?; // rebuilt from a copy
+    /// # assert_eq!(nr.execute((), &nr.register_on(added)?)?, 5);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     fn snapshot(&self) -> Option<Self>
     where

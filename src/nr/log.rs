@@ -301,6 +301,8 @@ impl<T> Log<T> {
             .map(|l| l.load(Ordering::Acquire))
             .min()
             .unwrap_or(0)
+            // Relaxed: only a bound (the head never passes the tail); a
+            // stale, smaller tail frees less, never too much.
             .min(self.tail.load(Ordering::Relaxed));
         // AcqRel: Release passes on what we acquired from the ltails to the
         // appender that will load `head` (Acquire in try_reserve); Acquire
@@ -431,6 +433,7 @@ impl<T> Drop for Log<T> {
     fn drop(&mut self) {
         // Every reserved position was written (writes cannot fail), so the
         // initialized slots are the last `min(tail, capacity)` positions.
+        // Relaxed: `drop` has `&mut self`, so no other thread touches the log.
         let tail = self.tail.load(Ordering::Relaxed);
         let start = tail.saturating_sub(self.capacity());
         for pos in start..tail {

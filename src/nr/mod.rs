@@ -152,6 +152,49 @@ pub(crate) mod stats {
 /// [`execute`](Self::execute) (reads) and [`execute_mut`](Self::execute_mut)
 /// (writes) with it. Share the instance by reference (scoped threads) or in
 /// an `Arc`.
+///
+/// # Examples
+///
+/// A counter replicated on two (simulated) nodes, written by one thread per
+/// replica and read back from both:
+///
+/// ```
+/// use noderep::{Dispatch, NodeReplicated, ReplicaPolicy};
+/// use noderep::topology::Topology;
+///
+/// #[derive(Default)]
+/// struct Counter(u64);
+/// impl Dispatch for Counter {
+///     type ReadOperation<'a> = ();
+///     type WriteOperation = u64;
+///     type Response = u64;
+///     fn dispatch(&self, _: ()) -> u64 { self.0 }
+///     fn dispatch_mut(&mut self, add: u64) -> u64 { self.0 += add; self.0 }
+/// }
+///
+/// let counter = NodeReplicated::builder()
+///     .topology(Topology::simulated(2, 1)?)
+///     .replicas(ReplicaPolicy::PerNode)
+///     .build(|_replica| Counter::default())?;
+/// assert_eq!(counter.num_replicas(), 2);
+/// std::thread::scope(|s| {
+///     for replica in 0..2 {
+///         let counter = &counter;
+///         s.spawn(move || {
+///             let token = counter.register_on(replica).unwrap();
+///             for _ in 0..100 {
+///                 counter.execute_mut(1, &token).unwrap();
+///             }
+///         });
+///     }
+/// });
+/// for replica in 0..2 {
+///     let token = counter.register_on(replica)?;
+///     assert_eq!(token.replica(), replica);
+///     assert_eq!(counter.execute((), &token)?, 200);
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct NodeReplicated<D: Dispatch> {
     shared: Arc<Shared<D>>,
 }
@@ -203,6 +246,8 @@ pub struct NodeReplicated<D: Dispatch> {
 /// // threads safely
 /// std::thread::spawn(move || drop(token));
 /// ```
+///
+/// # Examples
 ///
 /// Each thread registering its own token compiles (and is the way):
 ///
@@ -323,6 +368,7 @@ impl<D: Dispatch> Drop for ThreadToken<D> {
 
 impl<D: Dispatch> core::fmt::Debug for NodeReplicated<D> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // Relaxed: a snapshot for display; nothing is read through it.
         f.debug_struct("NodeReplicated")
             .field("replicas", &self.shared.replicas.len())
             .field(
@@ -440,6 +486,8 @@ where
         if rep.removed.load(Ordering::Relaxed) {
             return Err(NrError::ReplicaRemoved { replica: r });
         }
+        // Acquire: pairs with the Release stores of `removed` in
+        // `remove_replica` and `add_replica`.
         let others_active = shared
             .replicas
             .iter()
@@ -449,7 +497,8 @@ where
             return Err(NrError::LastReplica { replica: r });
         }
         if shared.log.ltail(r) != PARKED {
-            // The last live replica cannot park; bring another back first.
+            // The last live replica cannot park; bring another back first
+            // (Acquire on `removed`: as above).
             while !shared.park(r, &guard) {
                 let Some(q) = (0..replicas)
                     .find(|&q| q != r && !shared.replicas[q].removed.load(Ordering::Acquire))
@@ -551,6 +600,15 @@ where
     /// Registers the calling thread with the replica of the node it runs on
     /// (the least loaded one if several serve its CPU; the least loaded of
     /// all if none does, or without `std`).
+    ///
+    /// # Errors
+    ///
+    /// [`NrError::ReplicaFull`] when every replica in service has all its
+    /// thread slots taken (drop unused tokens, or build with more
+    /// [`max_threads_per_replica`](NrBuilder::max_threads_per_replica));
+    /// [`NrError::Poisoned`] once an operation has panicked;
+    /// [`NrError::ReplicaRemoved`] if the chosen replica was removed
+    /// meanwhile.
     pub fn register(&self) -> Result<ThreadToken<D>, NrError> {
         let replicas = &self.shared.replicas;
         #[cfg(feature = "std")]
@@ -560,6 +618,8 @@ where
         let serves = |r: usize| {
             cpu.is_some_and(|c| self.shared.homes.get(r).is_some_and(|h| h.contains(&c)))
         };
+        // Relaxed: a placement hint; a stale count only picks a busier
+        // replica.
         let load = |r: &usize| replicas[*r].registered.load(Ordering::Relaxed);
         // Local replicas first, least loaded first; then every other one, so
         // that a full local replica does not fail the registration while
@@ -582,6 +642,14 @@ where
     }
 
     /// Registers the calling thread with replica `replica`.
+    ///
+    /// # Errors
+    ///
+    /// [`NrError::NoSuchReplica`] if `replica` is not below
+    /// [`num_replicas`](Self::num_replicas); [`NrError::ReplicaRemoved`] if
+    /// it is not in service; [`NrError::ReplicaFull`] if all its thread
+    /// slots are taken; [`NrError::Poisoned`] once an operation has
+    /// panicked.
     pub fn register_on(&self, replica: usize) -> Result<ThreadToken<D>, NrError> {
         if self.is_poisoned() {
             return Err(NrError::Poisoned);
@@ -809,6 +877,11 @@ where
     /// parked ones) and runs `f` on each, in replica order, while holding it
     /// exclusively (for checks at quiescence, such as "all replicas are
     /// equal"). Removed replicas are skipped.
+    ///
+    /// # Errors
+    ///
+    /// [`ExecError::WrongInstance`] if `token` belongs to another instance;
+    /// [`ExecError::Poisoned`] once an operation has panicked.
     pub fn sync_and_inspect<R>(
         &self,
         token: &ThreadToken<D>,

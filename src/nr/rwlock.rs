@@ -189,7 +189,8 @@ impl DistRwLock {
                 return Some(ReadGuard { flag });
             }
         }
-        // Release: our earlier reads are done (none happened yet).
+        // Release: our earlier reads are done (none happened yet); pairs
+        // with the writer's load of our flag in its scan (`write`).
         flag.store(false, Ordering::Release);
         None
     }

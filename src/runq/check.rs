@@ -154,7 +154,10 @@ impl Ledger {
 
     /// Logical task `n` was killed (the kill returned `Killed`).
     pub fn killed(&self, n: usize) {
-        // AcqRel: a later start/commit that reads KILLED is a resurrection.
+        // AcqRel: a later start/commit that reads KILLED is a resurrection;
+        // pairs with the Acquire loads of `flags` in `started` and
+        // `committed`, and the Acquire load of `commits` below pairs with the
+        // AcqRel increment in `committed`.
         let old = self.flags[n].fetch_or(KILLED, Ordering::AcqRel);
         if old & KILLED == 0 && self.commits[n].load(Ordering::Acquire) > 0 {
             self.resurrected.fetch_add(1, Ordering::Relaxed);
@@ -182,7 +185,9 @@ impl Ledger {
     pub fn committed(&self, t: TaskId) {
         match self.logical(t) {
             Some(n) => {
-                // AcqRel: totally orders commits of one task.
+                // AcqRel: totally orders commits of one task; pairs with the
+                // Acquire load of `commits` in `killed` (and the load of
+                // `flags` below with the AcqRel fetch_or there).
                 if self.commits[n].fetch_add(1, Ordering::AcqRel) > 0 {
                     self.duplicated.fetch_add(1, Ordering::Relaxed);
                 }

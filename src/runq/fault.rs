@@ -166,6 +166,8 @@ impl FaultTable {
             let count = (w >> 32) & ((1 << 24) - 1);
             let next = if count <= 1 { 0 } else { w - (1 << 32) };
             // AcqRel: one hit consumes one count; exactly one thread fires.
+            // Acquire pairs with the Release store in `arm`; the hitters'
+            // CASes on the word are totally ordered.
             match a.compare_exchange(w, next, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) if count <= 1 => break,
                 Ok(_) => return,
@@ -233,7 +235,8 @@ extern "C" fn on_freeze(_sig: libc::c_int) {
     if slot >= MAX_FROZEN_THREADS {
         return;
     }
-    // Release: tells `freeze` the thread is parked.
+    // Release: tells `freeze` the thread is parked (pairs with the Acquire
+    // load of PARKED in `Freezer::freeze`).
     PARKED[slot].store(true, Ordering::Release);
     // Acquire: pairs with the Release store in `thaw`.
     while FREEZE[slot].load(Ordering::Acquire) {
@@ -245,12 +248,14 @@ extern "C" fn on_freeze(_sig: libc::c_int) {
         // the remainder pointer may be null.
         unsafe { libc::nanosleep(&ts, core::ptr::null_mut()) };
     }
-    // Release: tells `thaw` the thread runs again.
+    // Release: tells `thaw` the thread runs again (pairs with the Acquire
+    // load of PARKED in `Freezer::thaw`).
     PARKED[slot].store(false, Ordering::Release);
 }
 
 fn install() -> Result<(), FreezeError> {
-    // AcqRel: one thread installs the handler.
+    // AcqRel: one thread installs the handler; pairs with the other
+    // installers' swaps and with the Release store of a failed install below.
     if INSTALLED.swap(true, Ordering::AcqRel) {
         return Ok(());
     }
@@ -267,7 +272,8 @@ fn install() -> Result<(), FreezeError> {
     if rc == 0 {
         Ok(())
     } else {
-        // Release: lets a later call try installing again.
+        // Release: lets a later call try installing again (pairs with its
+        // AcqRel swap above).
         INSTALLED.store(false, Ordering::Release);
         Err(FreezeError::Install)
     }

@@ -71,9 +71,9 @@ impl Inbox {
         }));
         let addr = node as usize as u64;
         assert_eq!(addr & !PTR_MASK, 0, "heap pointer does not fit in 48 bits");
-        // Acquire: the next CAS needs the current tag; the node list itself is
-        // never read by producers.
-        // Acquire: a first guess of the tag; the CAS below re-reads.
+        // Acquire: a first guess of the tag (the CAS below re-reads); pairs
+        // with the Release half of the CASes in `retag` and `take`. The node
+        // list itself is never read by producers.
         let mut h = self.head.load(Ordering::Acquire);
         loop {
             // SAFETY: `node` came from Box::into_raw above and is not yet
@@ -108,7 +108,8 @@ impl Inbox {
 
     /// Detaches every delivered task if the inbox still belongs to `epoch`.
     pub(crate) fn take(&self, epoch: u32) -> Take {
-        // Acquire: a first guess of the tag; the CAS below re-reads.
+        // Acquire: a first guess of the tag (the CAS below re-reads); pairs with
+        // the Release half of the CASes in `push`, `take` and `retag`.
         let mut h = self.head.load(Ordering::Acquire);
         loop {
             if h & !PTR_MASK != tag(epoch) {
@@ -147,7 +148,8 @@ impl Inbox {
     /// Hands the inbox to the owner of `new_epoch` (the takeover's fence for
     /// deliveries); the queued deliveries stay for the new owner.
     pub(crate) fn retag(&self, new_epoch: u32) {
-        // Acquire: a first guess of the tag; the CAS below re-reads.
+        // Acquire: a first guess of the tag (the CAS below re-reads); pairs with
+        // the Release half of the CASes in `push`, `take` and `retag`.
         let mut h = self.head.load(Ordering::Acquire);
         loop {
             // AcqRel: Release makes the new tag visible to a zombie's `take`

@@ -125,7 +125,8 @@ impl Lease {
 
     /// Renews the lease of `owner` in `epoch` (CAS on the whole word).
     pub(crate) fn renew(&self, epoch: u32, owner: u16) -> Renewal {
-        // Acquire: a first guess; the CAS below re-reads.
+        // Acquire: a first guess (the CAS below re-reads); pairs with the
+        // Release half of the AcqRel CASes that renew or take over the lease.
         let mut cur = self.word.load(Ordering::Acquire);
         loop {
             let w = LeaseWord::unpack(cur);

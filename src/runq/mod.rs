@@ -206,6 +206,22 @@ pub enum RunqError {
 }
 
 /// How operations reach the backups.
+///
+/// # Examples
+///
+/// ```
+/// use noderep::runq::{Replication, RunQueues};
+/// use std::time::Duration;
+///
+/// // Acknowledge at once, ship records in batches of 32 or after 1 ms.
+/// let async_mode = Replication::Async { batch: 32, max_lag: Duration::from_millis(1) };
+/// let rq = RunQueues::builder().cores(2).replication(async_mode).build()?;
+/// assert_eq!(rq.config().replication, async_mode);
+/// // The default: every acknowledged operation is in every backup's ring.
+/// let rq = RunQueues::builder().cores(2).build()?;
+/// assert_eq!(rq.config().replication, Replication::Sync);
+/// # Ok::<(), noderep::runq::RunqError>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Replication {
     /// No backup at all: the baseline an unreplicated scheduler would be
@@ -226,6 +242,28 @@ pub enum Replication {
 
 /// Run-queue configuration, as validated by [`RunqBuilder::build`] (read it
 /// back with [`RunQueues::config`]).
+///
+/// # Examples
+///
+/// ```
+/// use noderep::runq::{Config, RunQueues, RunqError};
+/// use std::time::Duration;
+///
+/// let mut config = Config::default();
+/// config.backups = 2;
+/// config.lease = Duration::from_millis(20);
+/// let rq = RunQueues::builder().cores(3).config(config.clone()).build()?;
+/// assert_eq!(rq.config(), &config);
+/// assert_eq!(rq.backups_of(0)?.len(), 2);
+///
+/// // A configuration that cannot work is refused, saying why.
+/// config.ring_capacity = 3; // not a power of two
+/// assert!(matches!(
+///     RunQueues::builder().cores(3).config(config).build(),
+///     Err(RunqError::BadConfig(_))
+/// ));
+/// # Ok::<(), RunqError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Config {

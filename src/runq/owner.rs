@@ -34,6 +34,28 @@ pub enum Pick {
 }
 
 /// How a running task leaves the core.
+///
+/// # Examples
+///
+/// ```
+/// use noderep::runq::{Exit, Pick, RunQueues, TaskPhase, Wake};
+///
+/// let rq = RunQueues::builder().cores(2).build()?;
+/// let mut owner = rq.owner(0)?;
+/// let spawner = rq.spawner(0)?;
+/// let t = spawner.spawn(0)?;
+/// assert_eq!(owner.pick()?, Pick::Task(t));
+/// owner.complete(t, Exit::Yield)?; // back to the tail of the queue
+/// assert_eq!(owner.pick()?, Pick::Task(t));
+/// owner.complete(t, Exit::Block)?; // asleep until woken
+/// assert_eq!(rq.task_state(t).map(|s| s.phase), Some(TaskPhase::Blocked));
+/// assert_eq!(spawner.wake(t), Wake::Woken);
+/// assert_eq!(owner.pick()?, Pick::Task(t));
+/// owner.complete(t, Exit::Done)?; // finished for good
+/// assert_eq!(rq.task_state(t).map(|s| s.phase), Some(TaskPhase::Done));
+/// assert_eq!(owner.pick()?, Pick::Empty);
+/// # Ok::<(), noderep::runq::RunqError>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
     /// It finished: it will never run again.

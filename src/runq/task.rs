@@ -53,6 +53,18 @@ pub const MAX_QUEUES: usize = 1 << 12;
 ///
 /// Ids are small, `Copy` and totally ordered; two ids are equal only if both
 /// slot and generation are, so a reused slot never aliases an old task.
+///
+/// # Examples
+///
+/// ```
+/// use noderep::runq::TaskId;
+///
+/// let t = TaskId::new(7, 3);
+/// assert_eq!((t.slot(), t.generation()), (7, 3));
+/// assert_eq!(TaskId::from_raw(t.to_raw()), t);
+/// // The same slot in a later use is another task.
+/// assert_ne!(TaskId::new(7, 4), t);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TaskId(u64);
 

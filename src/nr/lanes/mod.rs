@@ -170,6 +170,58 @@ const LANE_COMBINER_SPIN: u32 = 64;
 pub const MAX_LANES: usize = 32;
 
 /// Which lane an operation belongs to.
+///
+/// # Examples
+///
+/// A map's [`LaneMap`]: a key's operations go to the key's lane, operations
+/// on the whole map to every lane.
+///
+/// ```
+/// use noderep::Dispatch;
+/// use noderep::nr::lanes::{Lane, LaneMap, LaneReplicated};
+/// use std::collections::BTreeMap;
+///
+/// #[derive(Default)]
+/// struct Map(BTreeMap<u64, u64>);
+/// #[derive(Clone)]
+/// enum Write { Put(u64, u64), Clear }
+/// #[derive(Clone, Copy)]
+/// enum Read { Get(u64), Len }
+/// # impl Dispatch for Map {
+/// #     type ReadOperation<'a> = Read;
+/// #     type WriteOperation = Write;
+/// #     type Response = u64;
+/// #     fn dispatch(&self, op: Read) -> u64 {
+/// #         match op {
+/// #             Read::Get(k) => self.0.get(&k).copied().unwrap_or(0),
+/// #             Read::Len => self.0.len() as u64,
+/// #         }
+/// #     }
+/// #     fn dispatch_mut(&mut self, op: Write) -> u64 {
+/// #         match op {
+/// #             Write::Put(k, v) => self.0.insert(k, v).unwrap_or(0),
+/// #             Write::Clear => { self.0.clear(); 0 }
+/// #         }
+/// #     }
+/// # }
+///
+/// impl LaneMap for Map {
+///     fn write_lane(op: &Write) -> Lane {
+///         match op { Write::Put(k, _) => Lane::One(*k), Write::Clear => Lane::All }
+///     }
+///     fn read_lane(op: &Read) -> Lane {
+///         match op { Read::Get(k) => Lane::One(*k), Read::Len => Lane::All }
+///     }
+///     fn merge_responses(a: u64, b: u64) -> u64 { a + b }
+/// }
+///
+/// assert_eq!(Map::write_lane(&Write::Put(7, 1)), Lane::One(7));
+/// assert_eq!(Map::read_lane(&Read::Len), Lane::All);
+/// let map = LaneReplicated::new(4, |_replica, _lane| Map::default())?;
+/// assert_eq!(map.lane_index(Lane::One(7)), Some(3)); // 7 % 4
+/// assert_eq!(map.lane_index(Lane::All), None);
+/// # Ok::<(), noderep::nr::lanes::LanesError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Lane {
     /// Lane `key % lanes` only. Operations that do not commute must give
@@ -239,6 +291,62 @@ pub enum LanesError {
 /// Options for a [`LaneReplicated`] instance: the lane count, and the
 /// single-log options (topology, replicas, log capacity, slots) that every
 /// lane uses.
+///
+/// # Examples
+///
+/// ```
+/// # use noderep::Dispatch;
+/// # use noderep::nr::lanes::{Lane, LaneMap};
+/// # use std::collections::HashMap;
+/// # #[derive(Default)]
+/// # struct Map(HashMap<u64, u64>);
+/// # #[derive(Clone)]
+/// # enum Write { Put(u64, u64), Clear }
+/// # #[derive(Clone, Copy)]
+/// # enum Read { Get(u64), Len }
+/// # impl Dispatch for Map {
+/// #     type ReadOperation<'a> = Read;
+/// #     type WriteOperation = Write;
+/// #     type Response = u64;
+/// #     fn dispatch(&self, op: Read) -> u64 {
+/// #         match op {
+/// #             Read::Get(k) => self.0.get(&k).copied().unwrap_or(0),
+/// #             Read::Len => self.0.len() as u64,
+/// #         }
+/// #     }
+/// #     fn dispatch_mut(&mut self, op: Write) -> u64 {
+/// #         match op {
+/// #             Write::Put(k, v) => self.0.insert(k, v).unwrap_or(0),
+/// #             Write::Clear => { let n = self.0.len() as u64; self.0.clear(); n }
+/// #         }
+/// #     }
+/// # }
+/// # impl LaneMap for Map {
+/// #     fn write_lane(op: &Write) -> Lane {
+/// #         match op { Write::Put(k, _) => Lane::One(*k), Write::Clear => Lane::All }
+/// #     }
+/// #     fn read_lane(op: &Read) -> Lane {
+/// #         match op { Read::Get(k) => Lane::One(*k), Read::Len => Lane::All }
+/// #     }
+/// #     fn merge_responses(a: u64, b: u64) -> u64 { a + b }
+/// # }
+/// use noderep::nr::lanes::{LanesBuilder, LanesError};
+/// use noderep::{NrBuilder, ReplicaPolicy};
+///
+/// let nr = NrBuilder::new()
+///     .replicas(ReplicaPolicy::Fixed(2))
+///     .log_capacity(256);
+/// let map = LanesBuilder::new(nr.clone())
+///     .lanes(4)
+///     .build(|_replica, _lane| Map::default())?;
+/// assert_eq!((map.num_lanes(), map.num_replicas()), (4, 2));
+/// assert_eq!(map.log_capacity(), 256); // per lane
+///
+/// // Bad settings are errors that say what to do.
+/// let zero = LanesBuilder::new(nr).lanes(0).build(|_, _| Map::default());
+/// assert_eq!(zero.unwrap_err(), LanesError::ZeroLanes);
+/// # Ok::<(), LanesError>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct LanesBuilder<D> {
     nr: NrBuilder<D>,
@@ -261,6 +369,15 @@ impl<D> LanesBuilder<D> {
     /// Builds the instance; `make(replica, lane)` builds that replica's
     /// shard for that lane (on a thread pinned to the replica's node, with
     /// `std`).
+    ///
+    /// # Errors
+    ///
+    /// [`LanesError::ZeroLanes`], [`LanesError::TooManyLanes`] for a bad lane
+    /// count; [`LanesError::SpareReplicas`] if `max_replicas` was set;
+    /// [`LanesError::ReplicaMismatch`] if the lanes got different replica
+    /// counts (a topology that changed during the build);
+    /// [`LanesError::Nr`] when the single-log options are refused (as
+    /// [`NrBuilder::build`] would refuse them).
     pub fn build(
         self,
         make: impl Fn(usize, usize) -> D + Sync,
@@ -393,6 +510,77 @@ impl Drop for AllLockGuard<'_> {
 
 /// A structure `D` split into lanes and replicated, linearizable under
 /// concurrent use (module docs).
+///
+/// # Examples
+///
+/// ```
+/// # use noderep::Dispatch;
+/// # use noderep::nr::lanes::{Lane, LaneMap};
+/// # use std::collections::HashMap;
+/// # #[derive(Default)]
+/// # struct Map(HashMap<u64, u64>);
+/// # #[derive(Clone)]
+/// # enum Write { Put(u64, u64), Clear }
+/// # #[derive(Clone, Copy)]
+/// # enum Read { Get(u64), Len }
+/// # impl Dispatch for Map {
+/// #     type ReadOperation<'a> = Read;
+/// #     type WriteOperation = Write;
+/// #     type Response = u64;
+/// #     fn dispatch(&self, op: Read) -> u64 {
+/// #         match op {
+/// #             Read::Get(k) => self.0.get(&k).copied().unwrap_or(0),
+/// #             Read::Len => self.0.len() as u64,
+/// #         }
+/// #     }
+/// #     fn dispatch_mut(&mut self, op: Write) -> u64 {
+/// #         match op {
+/// #             Write::Put(k, v) => self.0.insert(k, v).unwrap_or(0),
+/// #             Write::Clear => { let n = self.0.len() as u64; self.0.clear(); n }
+/// #         }
+/// #     }
+/// # }
+/// # impl LaneMap for Map {
+/// #     fn write_lane(op: &Write) -> Lane {
+/// #         match op { Write::Put(k, _) => Lane::One(*k), Write::Clear => Lane::All }
+/// #     }
+/// #     fn read_lane(op: &Read) -> Lane {
+/// #         match op { Read::Get(k) => Lane::One(*k), Read::Len => Lane::All }
+/// #     }
+/// #     fn merge_responses(a: u64, b: u64) -> u64 { a + b }
+/// # }
+/// use noderep::nr::lanes::LaneReplicated;
+/// use noderep::topology::Topology;
+/// use noderep::{NrBuilder, ReplicaPolicy};
+///
+/// // Two replicas (two simulated nodes) of a map in two lanes.
+/// let nr = NrBuilder::new()
+///     .topology(Topology::simulated(2, 1)?)
+///     .replicas(ReplicaPolicy::PerNode);
+/// let map = noderep::nr::lanes::LanesBuilder::new(nr)
+///     .lanes(2)
+///     .build(|_replica, _lane| Map::default())?;
+/// std::thread::scope(|s| {
+///     for replica in 0..2u64 {
+///         let map = &map;
+///         s.spawn(move || {
+///             let token = map.register_on(replica as usize).unwrap();
+///             // Even keys go to lane 0, odd keys to lane 1.
+///             for k in (replica * 100)..(replica * 100 + 50) {
+///                 map.execute_mut(Write::Put(k, k), &token).unwrap();
+///             }
+///         });
+///     }
+/// });
+/// let token = map.register()?;
+/// assert_eq!(map.execute(Read::Get(120), &token)?, 120);
+/// assert_eq!(map.execute(Read::Len, &token)?, 100); // all lanes, summed
+/// // An all-lane write answers on every shard: 100 entries cleared.
+/// assert_eq!(map.execute_mut(Write::Clear, &token)?, 100);
+/// assert_eq!(map.execute(Read::Len, &token)?, 0);
+/// let _: &LaneReplicated<Map> = &map;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct LaneReplicated<D: LaneMap> {
     shared: Arc<LanesShared<D>>,
 }
@@ -400,6 +588,57 @@ pub struct LaneReplicated<D: LaneMap> {
 /// A registered thread's right to operate on one [`LaneReplicated`]
 /// instance: one thread slot in every lane, all on one replica. Neither
 /// `Send` nor `Sync`; dropping it frees the slots.
+///
+/// # Examples
+///
+/// ```
+/// # use noderep::Dispatch;
+/// # use noderep::nr::lanes::{Lane, LaneMap};
+/// # use std::collections::HashMap;
+/// # #[derive(Default)]
+/// # struct Map(HashMap<u64, u64>);
+/// # #[derive(Clone)]
+/// # enum Write { Put(u64, u64), Clear }
+/// # #[derive(Clone, Copy)]
+/// # enum Read { Get(u64), Len }
+/// # impl Dispatch for Map {
+/// #     type ReadOperation<'a> = Read;
+/// #     type WriteOperation = Write;
+/// #     type Response = u64;
+/// #     fn dispatch(&self, op: Read) -> u64 {
+/// #         match op {
+/// #             Read::Get(k) => self.0.get(&k).copied().unwrap_or(0),
+/// #             Read::Len => self.0.len() as u64,
+/// #         }
+/// #     }
+/// #     fn dispatch_mut(&mut self, op: Write) -> u64 {
+/// #         match op {
+/// #             Write::Put(k, v) => self.0.insert(k, v).unwrap_or(0),
+/// #             Write::Clear => { let n = self.0.len() as u64; self.0.clear(); n }
+/// #         }
+/// #     }
+/// # }
+/// # impl LaneMap for Map {
+/// #     fn write_lane(op: &Write) -> Lane {
+/// #         match op { Write::Put(k, _) => Lane::One(*k), Write::Clear => Lane::All }
+/// #     }
+/// #     fn read_lane(op: &Read) -> Lane {
+/// #         match op { Read::Get(k) => Lane::One(*k), Read::Len => Lane::All }
+/// #     }
+/// #     fn merge_responses(a: u64, b: u64) -> u64 { a + b }
+/// # }
+/// use noderep::nr::lanes::{LaneReplicated, LaneToken};
+/// use noderep::ExecError;
+///
+/// let map = LaneReplicated::new(2, |_replica, _lane| Map::default())?;
+/// let token: LaneToken<Map> = map.register()?;
+/// assert!(token.replica() < map.num_replicas());
+/// map.execute_mut(Write::Put(1, 10), &token)?;
+/// // A token works only with the instance it was registered with.
+/// let other = LaneReplicated::new(2, |_replica, _lane| Map::default())?;
+/// assert_eq!(other.execute_mut(Write::Clear, &token), Err(ExecError::WrongInstance));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct LaneToken<D: LaneMap> {
     shared: Arc<LanesShared<D>>,
     /// One token per lane, all registered with `replica`.
@@ -425,6 +664,7 @@ impl<D: LaneMap> core::fmt::Debug for LaneToken<D> {
 
 impl<D: LaneMap> core::fmt::Debug for LaneReplicated<D> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // Relaxed: a snapshot for display; nothing is read through it.
         f.debug_struct("LaneReplicated")
             .field("lanes", &self.shared.lanes.len())
             .field("replicas", &self.shared.lanes[0].num_replicas())
@@ -464,6 +704,10 @@ fn settle<D: LaneMap>(
 
 impl<D: LaneMap> LaneReplicated<D> {
     /// `lanes` lanes, one replica per NUMA node; see [`LanesBuilder`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`LanesBuilder::build`].
     pub fn new(lanes: usize, make: impl Fn(usize, usize) -> D + Sync) -> Result<Self, LanesError> {
         LanesBuilder::new(NrBuilder::new()).lanes(lanes).build(make)
     }
@@ -499,6 +743,12 @@ impl<D: LaneMap> LaneReplicated<D> {
 
     /// Registers the calling thread with the replica of the node it runs on
     /// (as [`NodeReplicated::register`]), in every lane.
+    ///
+    /// # Errors
+    ///
+    /// As for [`NodeReplicated::register`]: [`NrError::Poisoned`] once an
+    /// operation has panicked; [`NrError::ReplicaFull`] when the slots of
+    /// the replica are taken in some lane.
     pub fn register(&self) -> Result<LaneToken<D>, NrError> {
         if self.is_poisoned() {
             return Err(NrError::Poisoned);
@@ -509,6 +759,11 @@ impl<D: LaneMap> LaneReplicated<D> {
     }
 
     /// Registers the calling thread with replica `replica`, in every lane.
+    ///
+    /// # Errors
+    ///
+    /// As for [`NodeReplicated::register_on`]: [`NrError::NoSuchReplica`],
+    /// [`NrError::ReplicaFull`], [`NrError::Poisoned`].
     pub fn register_on(&self, replica: usize) -> Result<LaneToken<D>, NrError> {
         if self.is_poisoned() {
             return Err(NrError::Poisoned);
@@ -551,6 +806,12 @@ impl<D: LaneMap> LaneReplicated<D> {
     /// Runs a read: on its lane (waiting only for that lane's commit
     /// point), or, for [`Lane::All`], on every shard of the caller's
     /// replica at one linearizable instant.
+    ///
+    /// # Errors
+    ///
+    /// [`ExecError::WrongInstance`] if `token` belongs to another instance;
+    /// [`ExecError::Poisoned`] once an operation has panicked (then every
+    /// later call fails too: build a new instance).
     #[inline]
     pub fn execute<'r>(
         &self,
@@ -583,6 +844,13 @@ impl<D: LaneMap> LaneReplicated<D> {
     /// If a single-lane operation panics, the panic resumes in the caller
     /// (as for [`NodeReplicated::execute_mut`]) and the instance is
     /// poisoned.
+    ///
+    /// # Errors
+    ///
+    /// [`ExecError::WrongInstance`] if `token` belongs to another instance;
+    /// [`ExecError::Poisoned`] once an operation has panicked, including an
+    /// all-lane write of this call that panicked on several replicas (the
+    /// instance is then poisoned for good).
     #[inline]
     pub fn execute_mut(
         &self,
@@ -834,6 +1102,11 @@ impl<D: LaneMap> LaneReplicated<D> {
     /// Brings every replica of every lane up to date and runs `f(replica,
     /// lane, shard)` on each shard while holding it exclusively (for checks
     /// at quiescence); results in lane-major order.
+    ///
+    /// # Errors
+    ///
+    /// [`ExecError::WrongInstance`] if `token` belongs to another instance;
+    /// [`ExecError::Poisoned`] once an operation has panicked.
     pub fn sync_and_inspect<R>(
         &self,
         token: &LaneToken<D>,
