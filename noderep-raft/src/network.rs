@@ -105,6 +105,14 @@ impl LinkCuts {
     }
 }
 
+/// Whether an idle connection is still open at the peer's end: nothing is
+/// due on it (answers come only after requests), so anything readable, an
+/// end of stream or an error means it is closed or out of step.
+fn still_open(s: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(s.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
 /// Connections from one host to its peers.
 pub(crate) struct Pool {
     pub(crate) cluster: String,
@@ -155,12 +163,23 @@ impl Pool {
         let bytes = serde_json::to_vec(&env)?;
         let limit = timeout.unwrap_or(self.timeout);
         let work = async {
-            let idle = self
-                .idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_mut(&addr)
-                .and_then(Vec::pop);
+            // An idle connection the peer has closed meanwhile (it
+            // restarted, or was killed) is dropped here rather than used: a
+            // request written to it would fail after it was sent, and a
+            // write's outcome would then be unknown although the peer never
+            // saw it.
+            let idle = loop {
+                let s = self
+                    .idle
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_mut(&addr)
+                    .and_then(Vec::pop);
+                match s {
+                    Some(s) if !still_open(&s) => continue,
+                    s => break s,
+                }
+            };
             let mut s = match idle {
                 Some(s) => s,
                 None => {
