@@ -1045,11 +1045,6 @@ async fn nemesis(w: Arc<World>, net: Arc<Net>, procs: Arc<Mutex<Procs>>, seed: u
             _ => {}
         }
     }
-    // Failovers timed in the background end before the cluster is healed
-    // (their probe writes belong to the history checked afterwards).
-    for t in background {
-        t.await.expect("failover timing task");
-    }
     // Heal everything and bring every host back.
     let (nt, cut, lossy) = (Arc::clone(&net), std::mem::take(&mut f.cut), f.lossy.take());
     let healed = !cut.is_empty();
@@ -1083,6 +1078,11 @@ async fn nemesis(w: Arc<World>, net: Arc<Net>, procs: Arc<Mutex<Procs>>, seed: u
     })
     .await;
     w.counts.lock().unwrap().restarts += restarted;
+    // Failovers timed in the background end once healed, before the final
+    // reads (their probe writes belong to the history checked afterwards).
+    for t in background {
+        t.await.expect("failover timing task");
+    }
 }
 
 /// The network namespace the calling thread is in (`net:[inode]`).

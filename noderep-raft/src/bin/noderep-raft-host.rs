@@ -14,6 +14,11 @@
 //! directory. `--private-network` lets the host use a private IPv4 address
 //! (see `HostConfig::private_network`).
 //!
+//! On standard error it logs, besides start and stop, every change of the
+//! host's role, term, vote or leader as `@<Unix time in ms> host <id>: ...`;
+//! the campaign lines these up with its own clock to explain a slow
+//! failover.
+//!
 //! Exit status: 0 after a clean shutdown, 2 on bad arguments or a host that
 //! cannot start (the message says why), 3 when the Raft engine stopped on
 //! its own (the directory is intact; start the host again).
