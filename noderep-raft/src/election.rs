@@ -7,17 +7,20 @@
 //! timeout before the first vote is even asked for; a candidate whose
 //! election fails (a split vote, or a log shorter than a voter's) waits
 //! another random timeout, and one refused for its shorter log adds twice
-//! the maximum timeout more. That is how a leader's loss came to cost
-//! 1.5 s and more in some of the process-level campaigns, against a target
-//! of twice the election timeout. This module calls the elections itself
-//! (openraft's own timer stays as a backstop) and makes the first one count.
+//! the maximum timeout more. An election called blindly can also do harm:
+//! in a process-level campaign a follower that had not yet heard the
+//! just-elected leader called one in the next term, the new leader granted
+//! it and stepped down, the other voters refused it, and the leader's loss
+//! cost 1.5 s against a target of twice the election timeout. This module
+//! calls the elections itself (openraft's own timer stays as a backstop)
+//! and makes the first one count.
 //!
 //! # How it works
 //!
 //! * **Clock.** [`ElectionClock`] holds, per host, when a leader was last
 //!   heard from (an append or snapshot accepted, written by the server),
-//!   when this host last granted a vote (server), last pre-voted and last
-//!   campaigned (watchdog). Every field is a timing hint; none is needed
+//!   when this host last granted a vote (server) and last campaigned
+//!   (watchdog). Every field is a timing hint; none is needed
 //!   for safety.
 //! * **Deadline.** A voter that is a follower or a candidate may campaign
 //!   once no leader has been heard from for the lease (every voter refuses
@@ -46,7 +49,7 @@
 //!
 //! One more round trip (a pre-vote) per election, about a millisecond on
 //! one machine. The pre-vote compares log ids from the log store, which may
-//! run a moment behind the Raft engine's own view; a wrong answer only
+//! differ for a moment from the Raft engine's own view; a wrong answer only
 //! delays one attempt by a fifth of a heartbeat (or lets one real vote be
 //! refused), it never makes an election unsafe: calling an election is
 //! always safe in Raft, only its timing changes. A leader slower than the
@@ -58,15 +61,13 @@
 
 use crate::log_store::FileLogStore;
 use crate::network::Pool;
-use crate::types::{HostId, Request, Response};
+use crate::types::{HostId, Request, Response, TypeConfig};
 use openraft::{LogId, Raft, ServerState};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-
-use crate::types::TypeConfig;
 
 /// When things last happened on this host, in nanoseconds since `epoch`.
 /// Every field only grows (`fetch_max`); all are timing hints.

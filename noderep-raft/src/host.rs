@@ -41,7 +41,7 @@ use crate::election::{ElectionClock, Elector, Timing};
 use crate::error::HostError;
 use crate::log_store::FileLogStore;
 use crate::machine::{Machine, NrMachine, PlainKv, Replicated};
-use crate::network::{read_frame, write_frame, LinkCuts, NetFactory, Pool};
+use crate::network::{definitely_not_sent, read_frame, write_frame, LinkCuts, NetFactory, Pool};
 use crate::sm_store::SmStore;
 use crate::types::{
     Command, Envelope, HostId, HostStatus, ReadAnswer, ReadMode, Reply, Request, Response,
@@ -871,16 +871,6 @@ impl<M: Machine> Inner<M> {
             Request::Status => Response::Status(self.status()),
         }
     }
-}
-
-/// Whether a failed call certainly never reached the peer's handler.
-fn definitely_not_sent(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::ConnectionRefused
-            | std::io::ErrorKind::NotConnected
-            | std::io::ErrorKind::InvalidInput
-    )
 }
 
 async fn serve<M: Machine>(inner: Arc<Inner<M>>, listener: TcpListener) {

@@ -105,6 +105,36 @@ impl LinkCuts {
     }
 }
 
+/// Marks an error that happened before any byte of a request was written
+/// (the connection could not be made, or the link is cut), so that callers
+/// can tell it from a failure after a request was sent, whose effect is
+/// unknown. The error kind stays the original one.
+#[derive(Debug)]
+struct NotSent(std::io::Error);
+
+impl std::fmt::Display for NotSent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for NotSent {}
+
+fn not_connected(e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), NotSent(e))
+}
+
+/// Whether a failed call certainly never reached the peer: the connection
+/// was refused or could not be made (no route, network down), the link is
+/// cut, or the address was invalid.
+pub(crate) fn definitely_not_sent(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<NotSent>())
+        || matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::InvalidInput
+        )
+}
+
 /// Whether an idle connection is still open at the peer's end: nothing is
 /// due on it (answers come only after requests), so anything readable, an
 /// end of stream or an error means it is closed or out of step.
@@ -143,10 +173,10 @@ impl Pool {
         timeout: Option<Duration>,
     ) -> std::io::Result<Response> {
         if self.cuts.is_cut(to) {
-            return Err(std::io::Error::new(
+            return Err(not_connected(std::io::Error::new(
                 std::io::ErrorKind::NotConnected,
                 format!("link {} -> {to} is cut", self.me),
-            ));
+            )));
         }
         let addr: SocketAddr = addr.parse().map_err(|e| {
             std::io::Error::new(
@@ -183,7 +213,7 @@ impl Pool {
             let mut s = match idle {
                 Some(s) => s,
                 None => {
-                    let s = TcpStream::connect(addr).await?;
+                    let s = TcpStream::connect(addr).await.map_err(not_connected)?;
                     s.set_nodelay(true)?;
                     s
                 }

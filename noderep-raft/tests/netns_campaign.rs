@@ -783,13 +783,18 @@ async fn probe(
             call,
             returned: ret,
         });
-        let mut c = w.counts.lock().unwrap();
-        if acked {
-            c.acked += 1;
-            return Some(killed.elapsed().as_millis() as u64);
+        {
+            let mut c = w.counts.lock().unwrap();
+            if acked {
+                c.acked += 1;
+                return Some(killed.elapsed().as_millis() as u64);
+            }
+            c.indeterminate += 1;
         }
-        c.indeterminate += 1;
         generation += 1;
+        // Every such write stays open to the end of the history: do not
+        // pile them up if a host keeps failing fast.
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     None
 }
