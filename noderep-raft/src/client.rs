@@ -15,7 +15,7 @@
 //! picking another host is the caller's choice.
 
 use crate::error::HostError;
-use crate::network::{LinkCuts, Pool};
+use crate::network::{definitely_not_sent, LinkCuts, Pool};
 use crate::types::{Command, HostId, HostStatus, ReadAnswer, ReadMode, Reply, Request, Response};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -61,7 +61,8 @@ impl Client {
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 Err(HostError::Indeterminate(e.to_string()))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            // Never sent (refused, no route): it can have had no effect.
+            Err(e) if definitely_not_sent(&e) => {
                 Err(HostError::NoLeader(format!("host {host}: {e}")))
             }
             Err(e) => Err(HostError::Indeterminate(format!("host {host}: {e}"))),

@@ -37,10 +37,11 @@
 //! of the caller's own); the project tests on one machine, and a deployment
 //! would lift this check and add authentication.
 
+use crate::election::{ElectionClock, Elector, Timing};
 use crate::error::HostError;
 use crate::log_store::FileLogStore;
 use crate::machine::{Machine, NrMachine, PlainKv, Replicated};
-use crate::network::{read_frame, write_frame, LinkCuts, NetFactory, Pool};
+use crate::network::{definitely_not_sent, read_frame, write_frame, LinkCuts, NetFactory, Pool};
 use crate::sm_store::SmStore;
 use crate::types::{
     Command, Envelope, HostId, HostStatus, ReadAnswer, ReadMode, Reply, Request, Response,
@@ -223,9 +224,10 @@ struct Inner<M: Machine> {
     /// proven up to date; only grows (fetch_max).
     fresh_ns: AtomicU64,
     epoch: Instant,
-    /// Nanoseconds since `epoch` when a leader's append last succeeded here;
-    /// written by the server, read by the election watchdog.
-    leader_seen_ns: AtomicU64,
+    /// Decides when this host calls an election and answers pre-votes;
+    /// the server tells its clock when a leader was heard from and when a
+    /// vote was granted.
+    elector: Arc<Elector>,
     stop: watch::Sender<bool>,
     server: Mutex<Option<JoinHandle<()>>>,
 }
@@ -300,11 +302,22 @@ impl<M: Machine> Host<M> {
             cfg.id,
             Arc::new(raft_cfg),
             NetFactory(Arc::clone(&pool)),
-            log,
+            log.clone(),
             sm.clone(),
         )
         .await
         .map_err(raft_err)?;
+        let elector = Arc::new(Elector {
+            id: cfg.id,
+            raft: raft.clone(),
+            log,
+            pool: Arc::clone(&pool),
+            clock: Arc::new(ElectionClock::new()),
+            timing: Timing {
+                lease: cfg.election_timeout_max(),
+                heartbeat: Duration::from_millis(cfg.heartbeat_ms.max(1)),
+            },
+        });
         let inner = Arc::new(Inner {
             cfg,
             raft,
@@ -315,13 +328,13 @@ impl<M: Machine> Host<M> {
             gate: Mutex::new(Gate::default()),
             fresh_ns: AtomicU64::new(0),
             epoch: Instant::now(),
-            leader_seen_ns: AtomicU64::new(0),
+            elector: Arc::clone(&elector),
             stop: watch::channel(false).0,
             server: Mutex::new(None),
         });
         let server = tokio::spawn(serve(Arc::clone(&inner), listener));
         *inner.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(server);
-        tokio::spawn(watchdog(Arc::clone(&inner)));
+        tokio::spawn(Arc::clone(&inner.elector).run(inner.stop.subscribe()));
         let host = Self { inner };
         if !host.inner.cfg.members.is_empty()
             && !host.inner.raft.is_initialized().await.map_err(raft_err)?
@@ -869,14 +882,31 @@ impl<M: Machine> Inner<M> {
             Request::Append(r) => {
                 let resp = self.raft.append_entries(r).await;
                 if matches!(resp, Ok(ref a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
-                    // Relaxed: a timing hint for the watchdog only.
-                    self.leader_seen_ns
-                        .fetch_max(self.epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    self.elector.clock.heard_leader();
                 }
                 Response::Append(resp)
             }
-            Request::Vote(r) => Response::Vote(self.raft.vote(r).await),
-            Request::Snapshot(r) => Response::Snapshot(self.raft.install_snapshot(r).await),
+            Request::Vote(r) => {
+                let resp = self.raft.vote(r).await;
+                if matches!(resp, Ok(ref v) if v.vote_granted) {
+                    self.elector.clock.granted_vote();
+                }
+                Response::Vote(resp)
+            }
+            Request::Snapshot(r) => {
+                let resp = self.raft.install_snapshot(r).await;
+                if resp.is_ok() {
+                    self.elector.clock.heard_leader();
+                }
+                Response::Snapshot(resp)
+            }
+            Request::PreVote { last_log_id } => {
+                let (granted, last_log_id) = self.elector.answer_pre_vote(last_log_id);
+                Response::PreVote {
+                    granted,
+                    last_log_id,
+                }
+            }
             Request::Write(cmd) => {
                 if let Err(why) = self.machine.check_write(&cmd.op) {
                     return Response::Write(Err(WriteFailure {
@@ -904,64 +934,6 @@ impl<M: Machine> Inner<M> {
             Request::Status => Response::Status(self.status()),
         }
     }
-}
-
-/// Calls an election as soon as the leader's lease has surely expired.
-///
-/// openraft 0.9 has a follower that knows a leader wait for the lease (the
-/// maximum election timeout) *plus* a random election timeout before it
-/// campaigns, so a dead leader costs up to twice the maximum timeout. Voters
-/// refuse to vote while their own lease runs, so campaigning earlier than
-/// the lease would fail; this watchdog campaigns just after it (one
-/// heartbeat later, plus a per-host offset so that two followers rarely
-/// split the vote). Calling an election is always safe in Raft; only its
-/// timing changes.
-async fn watchdog<M: Machine>(inner: Arc<Inner<M>>) {
-    let hb = inner.cfg.heartbeat_ms.max(1);
-    let offset = (inner.cfg.id.wrapping_mul(37) % hb) * 1_000_000;
-    let patience = (inner.cfg.election_ms.1 + hb) * 1_000_000 + offset;
-    let mut stop = inner.stop.subscribe();
-    // Relaxed: timing hints only.
-    inner
-        .leader_seen_ns
-        .fetch_max(inner.epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            _ = tokio::time::sleep(Duration::from_millis(hb / 2 + 1)) => {}
-        }
-        let (follower, voter) = {
-            let m = inner.raft.metrics();
-            let m = m.borrow();
-            (
-                m.state == ServerState::Follower,
-                m.membership_config
-                    .membership()
-                    .voter_ids()
-                    .any(|v| v == inner.cfg.id),
-            )
-        };
-        let now = inner.epoch.elapsed().as_nanos() as u64;
-        // Relaxed: timing hints only (see `leader_seen_ns`); nothing is read
-        // through them.
-        let seen = inner.leader_seen_ns.load(Ordering::Relaxed);
-        if follower && voter && now.saturating_sub(seen) > patience {
-            inner.leader_seen_ns.fetch_max(now, Ordering::Relaxed);
-            if inner.raft.trigger().elect().await.is_err() {
-                return; // the engine stopped
-            }
-        }
-    }
-}
-
-/// Whether a failed call certainly never reached the peer's handler.
-fn definitely_not_sent(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::ConnectionRefused
-            | std::io::ErrorKind::NotConnected
-            | std::io::ErrorKind::InvalidInput
-    )
 }
 
 async fn serve<M: Machine>(inner: Arc<Inner<M>>, listener: TcpListener) {

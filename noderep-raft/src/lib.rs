@@ -19,6 +19,13 @@
 //! * Snapshots are one replica's state as JSON; a lagging or new host
 //!   installs one and rebuilds its replicas from it; the log is compacted
 //!   after each snapshot.
+//! * Elections are called by a watchdog of this crate rather than left to
+//!   openraft's timer alone: as soon as the leader's lease has expired, and
+//!   only after a pre-vote found a quorum that would vote for this host (so
+//!   a candidate with a short log never bumps the term, and a host cut off
+//!   from a live leader never deposes it). A killed leader is replaced
+//!   within about the lease (the maximum election timeout) plus a
+//!   heartbeat; see `election.rs`.
 //! * Hosts talk TCP on loopback ([`network`]), or on private IPv4 addresses
 //!   in network namespaces of the caller's own
 //!   ([`HostConfig::private_network`]).
@@ -31,6 +38,7 @@
 //! `Mutex<HashMap>` state machine, kept for comparison.
 
 mod client;
+mod election;
 mod error;
 mod host;
 mod log_store;

@@ -141,6 +141,18 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Res
 }
 
 impl FileLogStore {
+    /// The id of the last entry written (synced or not), or of the last
+    /// purged one when none is left.
+    pub(crate) fn last_log_id(&self) -> Option<LogId<HostId>> {
+        let inner = self.lock();
+        inner
+            .entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(inner.last_purged)
+    }
+
     /// Opens (or creates) the log directory of host `host` of `cluster`.
     ///
     /// # Errors
@@ -340,15 +352,9 @@ impl RaftLogStorage<TypeConfig> for FileLogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<HostId>> {
-        let inner = self.lock();
-        let last = inner
-            .entries
-            .values()
-            .next_back()
-            .map(|e| e.log_id)
-            .or(inner.last_purged);
+        let last = self.last_log_id();
         Ok(LogState {
-            last_purged_log_id: inner.last_purged,
+            last_purged_log_id: self.lock().last_purged,
             last_log_id: last,
         })
     }

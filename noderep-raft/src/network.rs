@@ -105,6 +105,44 @@ impl LinkCuts {
     }
 }
 
+/// Marks an error that happened before any byte of a request was written
+/// (the connection could not be made, or the link is cut), so that callers
+/// can tell it from a failure after a request was sent, whose effect is
+/// unknown. The error kind stays the original one.
+#[derive(Debug)]
+struct NotSent(std::io::Error);
+
+impl std::fmt::Display for NotSent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for NotSent {}
+
+fn not_connected(e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), NotSent(e))
+}
+
+/// Whether a failed call certainly never reached the peer: the connection
+/// was refused or could not be made (no route, network down), the link is
+/// cut, or the address was invalid.
+pub(crate) fn definitely_not_sent(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<NotSent>())
+        || matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::InvalidInput
+        )
+}
+
+/// Whether an idle connection is still open at the peer's end: nothing is
+/// due on it (answers come only after requests), so anything readable, an
+/// end of stream or an error means it is closed or out of step.
+fn still_open(s: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(s.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
 /// Connections from one host to its peers.
 pub(crate) struct Pool {
     pub(crate) cluster: String,
@@ -135,10 +173,10 @@ impl Pool {
         timeout: Option<Duration>,
     ) -> std::io::Result<Response> {
         if self.cuts.is_cut(to) {
-            return Err(std::io::Error::new(
+            return Err(not_connected(std::io::Error::new(
                 std::io::ErrorKind::NotConnected,
                 format!("link {} -> {to} is cut", self.me),
-            ));
+            )));
         }
         let addr: SocketAddr = addr.parse().map_err(|e| {
             std::io::Error::new(
@@ -155,16 +193,27 @@ impl Pool {
         let bytes = serde_json::to_vec(&env)?;
         let limit = timeout.unwrap_or(self.timeout);
         let work = async {
-            let idle = self
-                .idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_mut(&addr)
-                .and_then(Vec::pop);
+            // An idle connection the peer has closed meanwhile (it
+            // restarted, or was killed) is dropped here rather than used: a
+            // request written to it would fail after it was sent, and a
+            // write's outcome would then be unknown although the peer never
+            // saw it.
+            let idle = loop {
+                let s = self
+                    .idle
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_mut(&addr)
+                    .and_then(Vec::pop);
+                match s {
+                    Some(s) if !still_open(&s) => continue,
+                    s => break s,
+                }
+            };
             let mut s = match idle {
                 Some(s) => s,
                 None => {
-                    let s = TcpStream::connect(addr).await?;
+                    let s = TcpStream::connect(addr).await.map_err(not_connected)?;
                     s.set_nodelay(true)?;
                     s
                 }

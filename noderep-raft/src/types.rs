@@ -22,7 +22,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
+use openraft::{BasicNode, LogId};
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 
@@ -83,6 +83,11 @@ pub(crate) enum Request {
     },
     /// The receiving host's view of the cluster.
     Status,
+    /// Would the receiver vote for the sender, whose last log id this is?
+    /// (The pre-vote of `election.rs`; it changes no state.)
+    PreVote {
+        last_log_id: Option<LogId<HostId>>,
+    },
 }
 
 /// How a read is served.
@@ -149,6 +154,11 @@ pub(crate) enum Response {
     Read(Result<ReadAnswer, String>),
     Admin(Result<(), String>),
     Status(HostStatus),
+    /// The answer to a pre-vote, with the receiver's last log id.
+    PreVote {
+        granted: bool,
+        last_log_id: Option<LogId<HostId>>,
+    },
     /// The request was refused before it was handled (wrong cluster or
     /// host id, shutting down).
     Refused(String),

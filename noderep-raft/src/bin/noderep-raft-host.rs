@@ -14,6 +14,11 @@
 //! directory. `--private-network` lets the host use a private IPv4 address
 //! (see `HostConfig::private_network`).
 //!
+//! On standard error it logs, besides start and stop, every change of the
+//! host's role, term, vote or leader as `@<Unix time in ms> host <id>: ...`;
+//! the campaign lines these up with its own clock to explain a slow
+//! failover.
+//!
 //! Exit status: 0 after a clean shutdown, 2 on bad arguments or a host that
 //! cannot start (the message says why), 3 when the Raft engine stopped on
 //! its own (the directory is intact; start the host again).
@@ -150,6 +155,50 @@ fn main() -> ExitCode {
     code
 }
 
+/// Milliseconds since the Unix epoch: the one clock that the campaign and
+/// every host process share, so that their logs can be lined up.
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+/// Logs every change of the host's role, term, vote or leader as
+/// `@<unix ms> host <id>: ...`, so that a slow failover can be explained
+/// from the hosts' logs (the campaign prints these lines for slow ones).
+async fn log_roles(host: Host<NrMachine<KvMap>>) {
+    let id = host.id();
+    let mut rx = host.raft().metrics();
+    let mut last = String::new();
+    loop {
+        let line = {
+            let m = rx.borrow_and_update();
+            format!(
+                "{:?} term {} vote {} leader {:?} last_log {:?} applied {:?}",
+                m.state,
+                m.current_term,
+                m.vote,
+                m.current_leader,
+                m.last_log_index,
+                m.last_applied.map(|l| l.index),
+            )
+        };
+        // Only role changes: the indexes move with every write.
+        let role = line
+            .split(" last_log")
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        if role != last {
+            eprintln!("@{} host {id}: {line}", unix_ms());
+            last = role;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 async fn run(cfg: HostConfig) -> ExitCode {
     let start = Instant::now();
     let host = loop {
@@ -174,6 +223,7 @@ async fn run(cfg: HostConfig) -> ExitCode {
     };
     let id = host.id();
     eprintln!("noderep-raft-host: host {id} started");
+    tokio::spawn(log_roles(host.clone()));
     let mut eof = tokio::task::spawn_blocking(|| {
         let mut sink = Vec::new();
         let _ = std::io::stdin().read_to_end(&mut sink);
