@@ -14,6 +14,7 @@
 use crate::common::history::{Clock, StartLine, ThreadLog};
 use crate::common::lincheck::{check_with_budget, render, verify_linearization, Model, Verdict};
 use crate::models::chaos;
+use crate::noderep_runs::{scale, Watchdog};
 use noderep::nr::lanes::{Lane, LaneMap, LaneReplicated, LaneToken, LanesBuilder};
 use noderep::topology::Topology;
 use noderep::{Dispatch, ExecError, NrBuilder};
@@ -182,19 +183,11 @@ struct LanePlan {
     histories: usize,
 }
 
-fn scale() -> usize {
-    match std::env::var("NODEREP_LIN_SCALE") {
-        Ok(v) => v.parse().unwrap_or_else(|_| {
-            panic!("NODEREP_LIN_SCALE={v:?} is not a whole number; use e.g. NODEREP_LIN_SCALE=50")
-        }),
-        Err(_) => 1,
-    }
-}
-
 /// Records and checks `plan.histories` (times the scale) histories; returns
 /// how many were checked. Fails on a non-linearizable history, on replicas
 /// that disagree at quiescence, or on too many undecided histories.
 fn lane_campaign(name: &str, mut plan: LanePlan, base_seed: u64) -> usize {
+    let _watchdog = Watchdog::arm(name);
     plan.histories *= scale();
     let started = Instant::now();
     let busy = plan.replicas - plan.idle;

@@ -291,7 +291,7 @@ fn overlaps<O, R>(history: &[Operation<O, R>]) -> Vec<usize> {
 /// How many times more histories to run than the plans say: the
 /// `NODEREP_LIN_SCALE` environment variable (default 1), for soak runs such
 /// as `NODEREP_LIN_SCALE=50 cargo test --release --test linearizability`.
-fn scale() -> usize {
+pub(super) fn scale() -> usize {
     match std::env::var("NODEREP_LIN_SCALE") {
         Ok(v) => v.parse().unwrap_or_else(|_| {
             panic!("NODEREP_LIN_SCALE={v:?} is not a whole number; use e.g. NODEREP_LIN_SCALE=50")
@@ -381,12 +381,12 @@ fn campaign<S: Subject>(name: &str, mut plan: Plan, base_seed: u64) -> Tally {
 /// longer than `NODEREP_LIN_WATCHDOG_SECS` (default 600 s, times the scale):
 /// a hang (a lost wake-up, a writer that never finds room) must fail with
 /// the campaign's name instead of stalling CI.
-struct Watchdog {
+pub(super) struct Watchdog {
     done: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Watchdog {
-    fn arm(name: &str) -> Self {
+    pub(super) fn arm(name: &str) -> Self {
         let secs: u64 = std::env::var("NODEREP_LIN_WATCHDOG_SECS")
             .ok()
             .and_then(|v| v.parse().ok())
