@@ -291,17 +291,42 @@ mod tests {
             }
         }
         assert_eq!(pairs, 35, "pairs in the loom mutation table");
-        for (script, name) in [
-            ("scripts/lin_mutant.sh", "ctail_skipped"),
-            ("scripts/numa-vm-mutant.sh", "replicas_on_node0"),
-        ] {
-            let text = std::fs::read_to_string(root.join(script)).expect("script");
-            assert!(
-                text.contains(&std::format!("NODEREP_MUTANT={name}")),
-                "{script}"
-            );
-            assert!(known(name), "{name}");
+        // scripts/lin_mutant.sh: rows `mutant campaign scale` of its table.
+        let lin = std::fs::read_to_string(root.join("scripts/lin_mutant.sh")).expect("script");
+        let table = lin
+            .split_once("<<'TABLE'\n")
+            .and_then(|(_, rest)| rest.split_once("\nTABLE"))
+            .expect("the table of scripts/lin_mutant.sh")
+            .0;
+        let mut lin_mutants = Vec::new();
+        for line in table.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let [mutant, _campaign, _scale] = words[..] else {
+                panic!("lin_mutant.sh row {line:?} is not `mutant campaign scale`");
+            };
+            assert!(known(mutant), "lin_mutant.sh names {mutant}, not in NAMES");
+            lin_mutants.push(mutant);
         }
+        lin_mutants.dedup();
+        assert_eq!(
+            lin_mutants,
+            [
+                "ctail_skipped",
+                "lane_read_all_no_recheck",
+                "lane_read_all_lane_by_lane",
+                "lane_write_all_lane_by_lane",
+                "lane_barrier_keeps_ctail",
+            ],
+            "mutants of the lin_mutant.sh table"
+        );
+        let script = "scripts/numa-vm-mutant.sh";
+        let name = "replicas_on_node0";
+        let text = std::fs::read_to_string(root.join(script)).expect("script");
+        assert!(
+            text.contains(&std::format!("NODEREP_MUTANT={name}")),
+            "{script}"
+        );
+        assert!(known(name), "{name}");
     }
 
     #[test]
