@@ -6,8 +6,19 @@
 //! round and the ratios.
 //!
 //! ```text
-//! cargo run --release --example lanes_probe [random|partitioned] [rounds]
+//! cargo run --release --example lanes_probe [random|partitioned] [rounds] [lanes] [system]
 //! ```
+//!
+//! `lanes` (default 2) is the number of lanes, and of locks of the
+//! `spinlocks` row; `system` (`one-log`, `lanes`, `spinlocks` or
+//! `dashmap`) runs only that one, for profiling.
+//!
+//! The `spinlocks` row is the ceiling of any design that runs the user's
+//! sequential insert under one lock per lane: one test-and-test-and-set
+//! spinlock per lane over a plain `HashMap` shard, nothing else (no
+//! readers-writer lock, no slots, no poisoning). Lanes cannot beat it with
+//! the same number of lanes; `dashmap` hashes the key before it takes its
+//! shard lock and has 4 shards per CPU (8 here).
 //!
 //! With random keys the two writers meet on one lane's lock half of the
 //! time, and each lane's lock, shard and slots move between the two cores'
@@ -16,7 +27,9 @@
 //! stays with its thread. README ("Lanes") has the figures.
 use noderep::nr::lanes::{Lane, LaneMap, LanesBuilder};
 use noderep::{Dispatch, NrBuilder, ReplicaPolicy};
+use std::cell::UnsafeCell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
@@ -123,16 +136,58 @@ fn one_log(partitioned: bool) -> f64 {
     )
 }
 
-fn two_lanes(partitioned: bool) -> f64 {
+fn lanes(partitioned: bool, lanes: u64) -> f64 {
     let nr = LanesBuilder::new(NrBuilder::new().replicas(ReplicaPolicy::Fixed(1)))
-        .lanes(2)
-        .build(|_, lane| prefilled(2, lane as u64))
-        .expect("two lanes of one replica");
+        .lanes(lanes as usize)
+        .build(|_, lane| prefilled(lanes, lane as u64))
+        .expect("lanes of one replica");
     two_writers(
         partitioned,
         || nr.register().expect("a free slot"),
         |token, op| {
             nr.execute_mut(op, token).expect("not poisoned");
+        },
+    )
+}
+
+/// One shard of the `spinlocks` ceiling: a spinlock and the map it guards.
+struct Locked {
+    busy: AtomicBool,
+    map: UnsafeCell<M>,
+}
+
+// SAFETY: `map` is touched only by the thread that holds `busy`.
+unsafe impl Sync for Locked {}
+
+/// The ceiling (module docs): `lanes` spinlocks over `lanes` shards.
+fn spinlocks(partitioned: bool, lanes: u64) -> f64 {
+    let shards: Vec<Locked> = (0..lanes)
+        .map(|lane| Locked {
+            busy: AtomicBool::new(false),
+            map: UnsafeCell::new(prefilled(lanes, lane)),
+        })
+        .collect();
+    two_writers(
+        partitioned,
+        || (),
+        |_, (k, v)| {
+            let shard = &shards[(k % lanes) as usize];
+            // Acquire: pairs with the Release below; the previous holder's
+            // insert is visible to ours.
+            while shard
+                .busy
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+            {
+                // Relaxed: only a hint to try the CAS again.
+                while shard.busy.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            }
+            // SAFETY: we hold the shard's lock.
+            unsafe { (*shard.map.get()).0.insert(k, v) };
+            // Release: our insert happens before the next holder's.
+            shard.busy.store(false, Ordering::Release);
         },
     )
 }
@@ -151,8 +206,9 @@ fn dashmap(partitioned: bool) -> f64 {
 }
 
 fn main() {
-    // `lanes_probe [random|partitioned] [rounds]`: one key pattern only
-    // (for profiling); default both, 3 rounds.
+    // `lanes_probe [random|partitioned] [rounds] [lanes] [system]`: one key
+    // pattern only (for profiling); default both, 3 rounds, 2 lanes, every
+    // system.
     let args: Vec<String> = std::env::args().skip(1).collect();
     let patterns: &[bool] = match args.first().map(String::as_str) {
         Some("random") => &[false],
@@ -160,15 +216,31 @@ fn main() {
         _ => &[false, true],
     };
     let rounds: usize = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(3);
+    let lane_count: u64 = args.get(2).and_then(|l| l.parse().ok()).unwrap_or(2);
+    if !(1..=noderep::nr::lanes::MAX_LANES as u64).contains(&lane_count) {
+        eprintln!(
+            "lanes_probe: lanes must be between 1 and {} (got {lane_count})",
+            noderep::nr::lanes::MAX_LANES
+        );
+        std::process::exit(2);
+    }
+    let only = args.get(3).map(String::as_str);
+    let runs = |name: &str| only.is_none_or(|o| o == name);
+    let measure = |name: &str, f: &dyn Fn() -> f64| if runs(name) { f() } else { f64::NAN };
     for round in 0..rounds {
         for &partitioned in patterns {
-            let one = one_log(partitioned);
-            let lanes = two_lanes(partitioned);
-            let peer = dashmap(partitioned);
+            let one = measure("one-log", &|| one_log(partitioned));
+            let lanes = measure("lanes", &|| lanes(partitioned, lane_count));
+            let spin = measure("spinlocks", &|| spinlocks(partitioned, lane_count));
+            let peer = measure("dashmap", &|| dashmap(partitioned));
             println!(
-                "round {round} partitioned={partitioned}: noderep/1 {one:.1} Mop/s, lanes/1 {lanes:.1} Mop/s, dashmap {peer:.1} Mop/s; lanes/noderep/1 {:.2}, lanes/dashmap {:.2}",
+                "round {round} partitioned={partitioned} lanes={lane_count}: noderep/1 {one:.1} Mop/s, \
+                 lanes/1 {lanes:.1}, spinlocks {spin:.1}, dashmap {peer:.1}; \
+                 lanes/noderep/1 {:.2}, lanes/spinlocks {:.2}, lanes/dashmap {:.2}, spinlocks/dashmap {:.2}",
                 lanes / one,
-                lanes / peer
+                lanes / spin,
+                lanes / peer,
+                spin / peer
             );
         }
     }
