@@ -307,6 +307,11 @@ fn run_cell<S: Seq>(
             let sys = systems::OldNr::build(proto, topo.num_nodes());
             ctx.measure(&sys, streams, &ctx.places(&topo))
         }
+        Impl::LaneLocks => ctx.measure(
+            &systems::ByRef(systems::LaneLocks::build(proto, ctx.lanes)),
+            streams,
+            &host,
+        ),
         Impl::Mutex => ctx.measure(&systems::ByRef(Mutex::new(proto.clone())), streams, &host),
         Impl::Rwlock => ctx.measure(
             &systems::ByRef(std::sync::RwLock::new(proto.clone())),
@@ -664,6 +669,35 @@ fn targets(
             ratio(r0, 1, Impl::NoderepSingle, lanes),
             1.05,
             "x",
+        ),
+    ]);
+    // The ceiling of the first two lanes rows: one spinlock per lane over
+    // the same shards (`lane-locks`). No goal: they say how much of a write
+    // goal any per-lane-lock design could reach here, and how close lanes
+    // come to it.
+    let reference = |what: &str, (v, cpu, paired): Ratios, goal: &str| Target {
+        what: what.into(),
+        measured: v,
+        cpu,
+        paired,
+        goal: goal.into(),
+        met: None,
+    };
+    out.extend([
+        reference(
+            "write-only, 2 threads: lane-locks / dashmap",
+            ratio(w100, 2, Impl::LaneLocks, Impl::Dashmap),
+            "(ceiling of lanes/dashmap)",
+        ),
+        reference(
+            "write-only, 2 threads: lane-locks / noderep/1",
+            ratio(w100, 2, Impl::LaneLocks, Impl::NoderepSingle),
+            "(ceiling of lanes/noderep/1)",
+        ),
+        reference(
+            "write-only, 2 threads: noderep-lanes/1 / lane-locks",
+            ratio(w100, 2, lanes, Impl::LaneLocks),
+            "(lanes against the ceiling)",
         ),
     ]);
     // The largest of `ns(row)` over the latency-measured rows of the chosen

@@ -7,9 +7,12 @@
 //! monomorphised: the timed loop makes no virtual call.
 
 use crate::workload::{Op, ReadOp, Seq, Shape, WriteOp, NONE};
+use crossbeam_utils::CachePadded;
 use noderep::nr::lanes::{Lane, LaneMap, LaneReplicated, LaneToken, LanesBuilder};
 use noderep::topology::{Core, Topology};
 use noderep::{NodeReplicated, ReplicaPolicy, ThreadToken};
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
 
@@ -47,6 +50,10 @@ pub enum Impl {
     NoderepLanes,
     /// noderep lanes, one replica per simulated node.
     NoderepLanesSim,
+    /// One spinlock per lane over the same lane parts as noderep-lanes,
+    /// nothing else: the ceiling of any design that runs the sequential
+    /// operation under a per-lane lock.
+    LaneLocks,
     /// noderep, one replica per NUMA node, `read_mostly`: fence-free reads,
     /// one `membarrier` per write batch.
     NoderepReadMostly,
@@ -76,7 +83,7 @@ pub enum Impl {
 
 impl Impl {
     /// Every implementation, in table order.
-    pub const ALL: [Impl; 18] = [
+    pub const ALL: [Impl; 19] = [
         Impl::NoderepNode,
         Impl::NoderepReadMostly,
         Impl::NoderepCore,
@@ -84,6 +91,7 @@ impl Impl {
         Impl::NoderepSim,
         Impl::NoderepLanes,
         Impl::NoderepLanesSim,
+        Impl::LaneLocks,
         Impl::NodeReplication,
         Impl::NodeReplicationSim,
         Impl::Mutex,
@@ -107,6 +115,7 @@ impl Impl {
             Impl::NoderepSim4 => "noderep/sim4",
             Impl::NoderepLanes => "noderep-lanes/1",
             Impl::NoderepLanesSim => "noderep-lanes/sim",
+            Impl::LaneLocks => "lane-locks",
             Impl::NoderepReadMostly => "noderep/node-rm",
             Impl::NodeReplication => "node-replication",
             Impl::NodeReplicationSim => "node-replication/sim",
@@ -133,6 +142,10 @@ impl Impl {
             Impl::NoderepLanes | Impl::NoderepLanesSim => Some(
                 "noderep-lanes: nr::lanes with --lanes logs (key % lanes); len and range reads are all-lane, \
                  the stack uses one lane",
+            ),
+            Impl::LaneLocks => Some(
+                "lane-locks: one spinlock per lane over noderep-lanes' shards and nothing else, \
+                 the ceiling of a per-lane-lock design (all-lane reads lock every lane in order)",
             ),
             Impl::NoderepReadMostly => Some(
                 "noderep/node-rm: noderep/node built with read_mostly(true): reads take no fence, \
@@ -372,6 +385,95 @@ impl<S: Seq> Worker for LanesWorker<'_, S> {
                 .execute_mut(w, &self.token)
                 .expect("noderep-lanes write (instance poisoned?)"),
         }
+    }
+}
+
+// ------------------------------------------------------------ lane locks
+
+/// One lane of [`LaneLocks`]: a spinlock and the shard it guards.
+struct LockedShard<S> {
+    busy: AtomicBool,
+    shard: UnsafeCell<S>,
+}
+
+/// The per-lane-lock ceiling: the shards of noderep-lanes (`lane_part`),
+/// each behind a bare test-and-test-and-set spinlock, with the same lane
+/// map (key % lanes; the stack in lane 0; `len` and ranges over every
+/// lane). No readers-writer lock, no slots, no log, no poisoning: what is
+/// left is the cost of the operations and of the two threads meeting on a
+/// lane, which no lane design with the same number of lanes avoids.
+pub struct LaneLocks<S: Seq> {
+    lanes: Vec<CachePadded<LockedShard<S>>>,
+}
+
+// SAFETY: a shard is reached only through `with`, which holds its lock, so
+// it is used by one thread at a time (`S: Send` moves it between them).
+unsafe impl<S: Seq> Sync for LaneLocks<S> {}
+
+impl<S: Seq> LaneLocks<S> {
+    /// `proto` split over `lanes` shards, as noderep-lanes splits it.
+    pub fn build(proto: &S, lanes: usize) -> Self {
+        Self {
+            lanes: (0..lanes)
+                .map(|l| {
+                    CachePadded::new(LockedShard {
+                        busy: AtomicBool::new(false),
+                        shard: UnsafeCell::new(proto.lane_part(lanes, l)),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Runs `f` on lane `lane`'s shard under its lock.
+    #[inline]
+    fn with<R>(&self, lane: usize, f: impl FnOnce(&mut S) -> R) -> R {
+        let l = &self.lanes[lane];
+        // Acquire: pairs with the Release below; the previous holder's
+        // changes to the shard are visible to us.
+        while l
+            .busy
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            // Relaxed: only a hint to try the CAS again.
+            while l.busy.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        }
+        // SAFETY: we hold the lane's lock (see the `Sync` impl).
+        let out = f(unsafe { &mut *l.shard.get() });
+        // Release: our changes happen before the next holder's.
+        l.busy.store(false, Ordering::Release);
+        out
+    }
+
+    fn lane_of(&self, key: u64) -> usize {
+        (key % self.lanes.len() as u64) as usize
+    }
+}
+
+impl<S: Seq> Shared for LaneLocks<S> {
+    #[inline]
+    fn read(&self, op: ReadOp) -> u64 {
+        match op {
+            ReadOp::Get(k) => self.with(self.lane_of(k), |s| s.read(op)),
+            ReadOp::Peek => self.with(0, |s| s.read(op)),
+            // Every lane, one after the other, each under its lock (the
+            // ceiling's all-lane read is not atomic across lanes: it is an
+            // upper bound, not a peer).
+            ReadOp::Range(..) | ReadOp::Len => (0..self.lanes.len())
+                .map(|l| self.with(l, |s| s.read(op)))
+                .fold(0, u64::wrapping_add),
+        }
+    }
+    #[inline]
+    fn write(&self, op: WriteOp) -> u64 {
+        let lane = match op {
+            WriteOp::Put(k, _) => self.lane_of(k),
+            WriteOp::Push(_) | WriteOp::Pop => 0,
+        };
+        self.with(lane, |s| s.write(op))
     }
 }
 
