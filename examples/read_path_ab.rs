@@ -1,6 +1,8 @@
 //! The one-thread read path, measured so that a noisy machine hurts every
 //! contender alike: a bare `HashMap::get`, noderep (default and
-//! `read_mostly`) and node-replication 0.1.1 take turns in short runs on
+//! `read_mostly`), node-replication 0.1.1, noderep lanes (one replica, 1
+//! and 2 lanes) and the bare map split in two by key parity (the layout of
+//! the 2-lane shards, without noderep) take turns in short runs on
 //! one pinned thread, round after round, and the report gives each one's
 //! median and its cost relative to the bare map, both as a ratio of medians
 //! and as the median of the per-round ratios.
@@ -9,6 +11,7 @@
 //! (defaults: 15 rounds, 100,000 keys; about 10 s; `-- --help` for help).
 
 use clap::Parser;
+use noderep::nr::lanes::{Lane, LaneMap, LanesBuilder};
 use noderep::{Dispatch, NrBuilder};
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -26,6 +29,18 @@ impl Dispatch for Map {
     }
     fn dispatch_mut(&mut self, (k, v): (u64, u64)) -> Option<u64> {
         self.0.insert(k, v)
+    }
+}
+
+impl LaneMap for Map {
+    fn write_lane(op: &(u64, u64)) -> Lane {
+        Lane::One(op.0)
+    }
+    fn read_lane(k: &u64) -> Lane {
+        Lane::One(*k)
+    }
+    fn merge_responses(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+        a.or(b)
     }
 }
 
@@ -83,8 +98,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rm = NrBuilder::new()
         .read_mostly(true)
         .build(|_| proto.clone())?;
+    // The map split in two by key parity: the 2-lane shards, and the bare
+    // contender with their layout.
+    let halves: Vec<Map> = (0..2u64)
+        .map(|half| {
+            Map(proto
+                .0
+                .iter()
+                .filter(|(k, _)| *k % 2 == half)
+                .map(|(k, v)| (*k, *v))
+                .collect())
+        })
+        .collect();
+    let lanes1 = LanesBuilder::new(NrBuilder::new())
+        .lanes(1)
+        .build(|_, _| proto.clone())?;
+    let lanes2 = LanesBuilder::new(NrBuilder::new())
+        .lanes(2)
+        .build(|_, lane| halves[lane].clone())?;
     let plain_token = plain.register()?;
     let rm_token = rm.register()?;
+    let lanes1_token = lanes1.register()?;
+    let lanes2_token = lanes2.register()?;
     let log = std::sync::Arc::new(node_replication::Log::<(u64, u64)>::new(32 << 20));
     let old = node_replication::Replica::<OldMap>::with_data(&log, OldMap(proto.0.clone()));
     let old_token = old
@@ -101,6 +136,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "noderep read_mostly (unavailable: fenced)"
         },
         "node-replication 0.1.1",
+        "noderep lanes, 1 lane",
+        "noderep lanes, 2 lanes",
+        "bare, two maps by key parity",
     ];
     let mut mops: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     for _ in 0..rounds {
@@ -113,7 +151,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     0 => bare.0.get(&k).copied(),
                     1 => plain.execute(k, &plain_token)?,
                     2 => rm.execute(k, &rm_token)?,
-                    _ => old.execute(k, old_token),
+                    3 => old.execute(k, old_token),
+                    4 => lanes1.execute(k, &lanes1_token)?,
+                    5 => lanes2.execute(k, &lanes2_token)?,
+                    _ => halves[(k % 2) as usize].0.get(&k).copied(),
                 };
                 sum = sum.wrapping_add(got.unwrap_or(0));
             }

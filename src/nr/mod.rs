@@ -329,6 +329,14 @@ impl<D: Dispatch> ThreadToken<D> {
         unsafe { self.replica_ptr.get() }
     }
 
+    /// Whether the token's instance is poisoned (as
+    /// [`NodeReplicated::is_poisoned`], reached through the token).
+    #[inline(always)]
+    pub(crate) fn instance_poisoned(&self) -> bool {
+        // Acquire: pairs with the Release that poisons.
+        self.shared.poisoned.load(Ordering::Acquire)
+    }
+
     /// This slot's reader flag.
     #[inline]
     fn reader_flag(&self) -> &AtomicBool {
@@ -719,7 +727,23 @@ where
         D: 'r,
     {
         self.check(token)?;
-        let shared = &*self.shared;
+        Self::read_checked(op, token)
+    }
+
+    /// The body of [`execute`](Self::execute) once the token is known to be
+    /// this instance's and the instance not poisoned: it reaches the instance
+    /// through the token alone. A lane of a `LaneReplicated` calls it
+    /// directly after checking the token and the poison flags itself, which
+    /// saves a read the load of the lane's instance.
+    #[inline(always)]
+    pub(crate) fn read_checked<'r>(
+        op: D::ReadOperation<'r>,
+        token: &ThreadToken<D>,
+    ) -> Result<D::Response, ExecError>
+    where
+        D: 'r,
+    {
+        let shared = &*token.shared;
         let replica = token.replica_ref();
         // With one replica every completed write is already applied to it:
         // no commit point to wait for (see `Log::ctail`).

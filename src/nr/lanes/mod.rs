@@ -812,7 +812,7 @@ impl<D: LaneMap> LaneReplicated<D> {
     /// [`ExecError::WrongInstance`] if `token` belongs to another instance;
     /// [`ExecError::Poisoned`] once an operation has panicked (then every
     /// later call fails too: build a new instance).
-    #[inline]
+    #[inline(always)]
     pub fn execute<'r>(
         &self,
         op: D::ReadOperation<'r>,
@@ -829,9 +829,22 @@ impl<D: LaneMap> LaneReplicated<D> {
         }
         match D::read_lane(&op) {
             Lane::One(key) => {
-                let (nr, tok) = shared.lane(key, token);
-                // The lane checks that the token is this instance's.
-                settle(shared, nr.execute(op, tok))
+                // A token of this instance holds one token per lane of it,
+                // in lane order (`register`), so after this check the
+                // lane's token is that lane's and the lane need not check
+                // it again: the read goes through the token alone, without
+                // loading the lane's instance.
+                if !Arc::ptr_eq(&self.shared, &token.shared) {
+                    return Err(ExecError::WrongInstance);
+                }
+                let Some(tok) = token.tokens.get(shared.lane_of(key)) else {
+                    return Err(ExecError::WrongInstance);
+                };
+                if tok.instance_poisoned() {
+                    shared.poison();
+                    return Err(ExecError::Poisoned);
+                }
+                settle(shared, NodeReplicated::read_checked(op, tok))
             }
             Lane::All => self.read_all(op, token),
         }
@@ -851,7 +864,7 @@ impl<D: LaneMap> LaneReplicated<D> {
     /// [`ExecError::Poisoned`] once an operation has panicked, including an
     /// all-lane write of this call that panicked on several replicas (the
     /// instance is then poisoned for good).
-    #[inline]
+    #[inline(always)]
     pub fn execute_mut(
         &self,
         op: D::WriteOperation,
@@ -888,6 +901,8 @@ impl<D: LaneMap> LaneReplicated<D> {
     /// An all-lane write on the only replica: every combiner lock, then
     /// every write lock, in lane order; the operation runs on every shard
     /// while all are held.
+    #[cold]
+    #[inline(never)]
     fn write_all_direct(&self, op: D::WriteOperation) -> Result<D::Response, ExecError> {
         let shared = &*self.shared;
         let lanes = &shared.lanes;
@@ -947,6 +962,8 @@ impl<D: LaneMap> LaneReplicated<D> {
 
     /// An all-lane write with several replicas: leaves in every lane, then
     /// the caller's replica driven to them (module docs, `shard.rs`).
+    #[cold]
+    #[inline(never)]
     fn write_all_logged(
         &self,
         op: D::WriteOperation,
@@ -1008,6 +1025,8 @@ impl<D: LaneMap> LaneReplicated<D> {
     }
 
     /// An all-lane read (module docs).
+    #[cold]
+    #[inline(never)]
     fn read_all<'r>(
         &self,
         op: D::ReadOperation<'r>,

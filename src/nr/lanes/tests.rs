@@ -344,6 +344,19 @@ fn tokens_are_bound_to_their_instance() {
         assert_eq!(a.execute(R::Get(1), &tb), Err(ExecError::WrongInstance));
         assert_eq!(a.execute(R::Len, &tb), Err(ExecError::WrongInstance));
         assert_eq!(a.execute_mut(W::Bump, &tb), Err(ExecError::WrongInstance));
+        // Tokens of instances with fewer and with more lanes, on every
+        // lane: refused, never an out-of-bounds lane.
+        for other_lanes in [1, 3] {
+            let c = build(replicas, other_lanes, 2, 16);
+            let tc = c.register_on(0).unwrap();
+            for key in 0..4 {
+                assert_eq!(a.execute(R::Get(key), &tc), Err(ExecError::WrongInstance));
+                assert_eq!(
+                    a.execute_mut(W::Put(key, 1), &tc),
+                    Err(ExecError::WrongInstance)
+                );
+            }
+        }
         assert!(!a.is_poisoned());
         // A full replica frees the slots it took in the first lanes.
         let t1 = a.register_on(0).unwrap();
