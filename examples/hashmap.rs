@@ -169,7 +169,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 
 /// The same workload on a lane-partitioned map.
 fn run_lanes(threads: usize, ops_per_thread: u64) -> Result<(), Box<dyn std::error::Error>> {
-    let lanes = threads.clamp(2, noderep::nr::lanes::MAX_LANES);
+    // A few lanes per writing thread: two writers meet on a lane with
+    // probability 1/lanes (`LanesBuilder::lanes`).
+    let lanes = (4 * threads).clamp(2, noderep::nr::lanes::MAX_LANES);
     let map = LanesBuilder::new(NrBuilder::new())
         .lanes(lanes)
         .build(|_replica, _lane| Shard::default())?;
