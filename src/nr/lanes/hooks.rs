@@ -70,6 +70,15 @@ pub(super) fn lane_poisoned<D: Dispatch>(nr: &NodeReplicated<D>) -> bool {
     nr.shared.poisoned.load(Ordering::Acquire)
 }
 
+/// TEST ONLY: poisons the lane alone, as a combiner of the lane does when
+/// an operation panics, without raising the lanes' instance flag (the state
+/// between a lane's poisoning and the failing call's return).
+#[cfg(all(test, not(loom)))]
+pub(super) fn poison_lane_only<D: Dispatch>(nr: &NodeReplicated<D>) {
+    // Release: pairs with the Acquire loads of the lane's flag.
+    nr.shared.poisoned.store(true, Ordering::Release);
+}
+
 impl<D> NodeReplicated<D>
 where
     D: Dispatch + Send + Sync,

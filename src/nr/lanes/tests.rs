@@ -332,6 +332,34 @@ fn a_panicking_all_lane_write_poisons_the_instance() {
 }
 
 #[test]
+fn a_poisoned_lane_fails_its_calls_before_the_instance_flag_is_up() {
+    for replicas in [1, 2] {
+        for read_first in [true, false] {
+            let map = build(replicas, 2, 2, 16);
+            let t = map.register_on(0).unwrap();
+            // Key 1 is in lane 1, key 0 in lane 0.
+            assert_eq!(map.execute_mut(W::Put(1, 5), &t), Ok(vec![]));
+            assert_eq!(map.execute(R::Get(1), &t), Ok(vec![5]));
+            hooks::poison_lane_only(&map.shared.lanes[1]);
+            assert!(!map.shared.poisoned.load(Ordering::Acquire));
+            // Only the lane's own flag can report it: a single-lane call on
+            // that lane fails and raises the instance flag.
+            let first = if read_first {
+                map.execute(R::Get(1), &t)
+            } else {
+                map.execute_mut(W::Put(1, 6), &t)
+            };
+            assert_eq!(first, Err(ExecError::Poisoned));
+            assert!(map.is_poisoned());
+            // Then every call fails, on every lane.
+            assert_eq!(map.execute(R::Get(0), &t), Err(ExecError::Poisoned));
+            assert_eq!(map.execute_mut(W::Put(0, 1), &t), Err(ExecError::Poisoned));
+            assert_eq!(map.execute(R::Len, &t), Err(ExecError::Poisoned));
+        }
+    }
+}
+
+#[test]
 fn tokens_are_bound_to_their_instance() {
     for replicas in [1, 2] {
         let a = build(replicas, 2, 2, 16);
