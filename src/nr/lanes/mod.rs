@@ -473,25 +473,6 @@ impl<D: LaneMap> LanesShared<D> {
             None => (key % self.lanes.len() as u64) as usize,
         }
     }
-
-    /// The lane of `key` and the token's slot in it. The token may belong
-    /// to another instance (the lane's own check reports that), but every
-    /// token has one entry per lane of *some* instance; a token of an
-    /// instance with fewer lanes is caught here.
-    #[inline(always)]
-    fn lane<'a>(
-        &'a self,
-        key: u64,
-        token: &'a LaneToken<D>,
-    ) -> (&'a NodeReplicated<Shard<D>>, &'a ThreadToken<Shard<D>>) {
-        let lane = self.lane_of(key);
-        match (self.lanes.get(lane), token.tokens.get(lane)) {
-            (Some(nr), Some(tok)) => (nr, tok),
-            // A token with fewer lanes: use lane 0 of both, whose check
-            // then reports the wrong instance.
-            _ => (&self.lanes[0], &token.tokens[0]),
-        }
-    }
 }
 
 /// Poisons the instance if dropped while a panic unwinds through a call;
@@ -799,8 +780,24 @@ impl<D: LaneMap> LaneReplicated<D> {
         })
     }
 
-    /// The instance check of the all-lane paths (single-lane calls get it
-    /// from their lane).
+    /// The lane of `key` and the token's thread token for it, once the
+    /// token is known to be this instance's: it then holds one thread token
+    /// per lane of this instance, in lane order (`register`).
+    #[inline(always)]
+    fn lane_token<'a>(
+        &self,
+        key: u64,
+        token: &'a LaneToken<D>,
+    ) -> Result<(usize, &'a ThreadToken<Shard<D>>), ExecError> {
+        let lane = self.shared.lane_of(key);
+        match token.tokens.get(lane) {
+            Some(tok) if Arc::ptr_eq(&self.shared, &token.shared) => Ok((lane, tok)),
+            _ => Err(ExecError::WrongInstance),
+        }
+    }
+
+    /// The instance check of the all-lane paths (single-lane calls make it
+    /// in `lane_token`).
     fn check(&self, token: &LaneToken<D>) -> Result<(), ExecError> {
         if !Arc::ptr_eq(&self.shared, &token.shared) {
             return Err(ExecError::WrongInstance);
@@ -838,17 +835,10 @@ impl<D: LaneMap> LaneReplicated<D> {
         }
         match D::read_lane(&op) {
             Lane::One(key) => {
-                // A token of this instance holds one token per lane of it,
-                // in lane order (`register`), so after this check the
-                // lane's token is that lane's and the lane need not check
-                // it again: the read goes through the token alone, without
-                // loading the lane's instance.
-                if !Arc::ptr_eq(&self.shared, &token.shared) {
-                    return Err(ExecError::WrongInstance);
-                }
-                let Some(tok) = token.tokens.get(shared.lane_of(key)) else {
-                    return Err(ExecError::WrongInstance);
-                };
+                // The lane need not check the token again: the read goes
+                // through the token alone, without loading the lane's
+                // instance.
+                let (_, tok) = self.lane_token(key, token)?;
                 if tok.instance_poisoned() {
                     shared.poison();
                     return Err(ExecError::Poisoned);
@@ -886,7 +876,8 @@ impl<D: LaneMap> LaneReplicated<D> {
         }
         match D::write_lane(&op) {
             Lane::One(key) => {
-                let (nr, tok) = shared.lane(key, token);
+                let (lane, tok) = self.lane_token(key, token)?;
+                let nr = &shared.lanes[lane];
                 let unwind = PoisonOnUnwind(&shared.poisoned);
                 let out = nr.execute_mut(LaneOp::One(op), tok);
                 core::mem::forget(unwind);
