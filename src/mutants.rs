@@ -251,6 +251,19 @@ mod tests {
     /// Every listed mutant has a switch in the sources, and every mutant
     /// that a script or the loom table asks for is listed, so neither list
     /// rots.
+    /// The text of `script` between `open` and the next `close`: the table
+    /// a mutation script runs.
+    fn script_table(root: &std::path::Path, script: &str, open: &str, close: &str) -> String {
+        let text = std::fs::read_to_string(root.join(script)).expect("script");
+        let (_, rest) = text
+            .split_once(open)
+            .unwrap_or_else(|| panic!("no table in {script}"));
+        let (table, _) = rest
+            .split_once(close)
+            .unwrap_or_else(|| panic!("unterminated table in {script}"));
+        table.into()
+    }
+
     #[test]
     fn every_listed_mutant_has_a_switch_and_every_scripted_one_is_listed() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -273,12 +286,7 @@ mod tests {
             });
             assert!(switched, "mutant {name} is listed but no switch names it");
         }
-        let table = std::fs::read_to_string(root.join("scripts/loom-mutants.sh")).expect("script");
-        let table = table
-            .split_once("TABLE=\"")
-            .and_then(|(_, rest)| rest.split_once('"'))
-            .expect("the table of scripts/loom-mutants.sh")
-            .0;
+        let table = script_table(root, "scripts/loom-mutants.sh", "TABLE=\"", "\"");
         let mut pairs = 0;
         for line in table.lines() {
             let words: Vec<&str> = line.split_whitespace().collect();
@@ -292,12 +300,7 @@ mod tests {
         }
         assert_eq!(pairs, 35, "pairs in the loom mutation table");
         // scripts/lin_mutant.sh: rows `mutant campaign scale` of its table.
-        let lin = std::fs::read_to_string(root.join("scripts/lin_mutant.sh")).expect("script");
-        let table = lin
-            .split_once("<<'TABLE'\n")
-            .and_then(|(_, rest)| rest.split_once("\nTABLE"))
-            .expect("the table of scripts/lin_mutant.sh")
-            .0;
+        let table = script_table(root, "scripts/lin_mutant.sh", "<<'TABLE'\n", "\nTABLE");
         let mut lin_mutants = Vec::new();
         for line in table.lines() {
             let words: Vec<&str> = line.split_whitespace().collect();
