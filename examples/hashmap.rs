@@ -171,7 +171,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 fn run_lanes(threads: usize, ops_per_thread: u64) -> Result<(), Box<dyn std::error::Error>> {
     // A few lanes per writing thread: two writers meet on a lane with
     // probability 1/lanes (`LanesBuilder::lanes`).
-    let lanes = (4 * threads).clamp(2, noderep::nr::lanes::MAX_LANES);
+    let lanes = (4 * threads).clamp(2, LanesBuilder::<Shard>::MAX_LANES);
     let map = LanesBuilder::new(NrBuilder::new())
         .lanes(lanes)
         .build(|_replica, _lane| Shard::default())?;

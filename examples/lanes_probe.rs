@@ -217,10 +217,10 @@ fn main() {
     };
     let rounds: usize = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(3);
     let lane_count: u64 = args.get(2).and_then(|l| l.parse().ok()).unwrap_or(2);
-    if !(1..=noderep::nr::lanes::MAX_LANES as u64).contains(&lane_count) {
+    if !(1..=LanesBuilder::<M>::MAX_LANES as u64).contains(&lane_count) {
         eprintln!(
             "lanes_probe: lanes must be between 1 and {} (got {lane_count})",
-            noderep::nr::lanes::MAX_LANES
+            LanesBuilder::<M>::MAX_LANES
         );
         std::process::exit(2);
     }

@@ -34,7 +34,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use noderep::cost::{fit_amortised, AmortisedFit, CostMeter, PhaseTimes, WritePhase};
+use noderep::cost::{AmortisedFit, CostMeter, PhaseTimes, WritePhase};
 use noderep::mirror::{BlockDevice, Durability, FileDevice, Mirror, WarningSink};
 
 const BATCHES: [usize; 4] = [1, 4, 16, 64];
@@ -246,8 +246,8 @@ fn main() {
     let ((), crc_cost) = meter
         .measure(|| {
             for i in 0..crc_rounds {
-                acc ^= noderep::mirror::crc32c(std::hint::black_box(&block[..]))
-                    .wrapping_add(i as u32);
+                acc ^=
+                    crc_fast::crc32_iscsi(std::hint::black_box(&block[..])).wrapping_add(i as u32);
             }
         })
         .unwrap_or_else(|e| fail(e));
@@ -313,7 +313,7 @@ fn main() {
             .filter(|r| r.mode == mode)
             .map(|r| (r.batch as f64, r.cpu_ns))
             .collect();
-        fit_amortised(&pts).unwrap_or_else(|e| fail(e))
+        AmortisedFit::fit(&pts).unwrap_or_else(|e| fail(e))
     };
     let fits = [
         (Mode::Single, fit(Mode::Single)),

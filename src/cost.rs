@@ -28,7 +28,7 @@
 //!   (vDSO, tens of nanoseconds) where CPU clocks cost a system call. Phases
 //!   of a non-blocking write path run without sleeping, so their wall time is
 //!   CPU time; the report scales the phase split to the measured CPU total.
-//! * [`fit_amortised`] fits `y = b + a / batch` by ordinary least squares on
+//! * [`AmortisedFit::fit`] fits `y = b + a / batch` by ordinary least squares on
 //!   `x = 1 / batch` and returns `a`, `b`, R² and the RMS residual.
 //!
 //! # Trade-offs
@@ -571,64 +571,71 @@ pub struct AmortisedFit {
 }
 
 impl AmortisedFit {
+    /// Fits `y = b + a / batch` to `(batch, y)` points by least squares.
+    ///
+    /// Points with a non-positive or non-finite batch, or a non-finite `y`,
+    /// are left out.
+    ///
+    /// # Errors
+    ///
+    /// [`CostError::TooFewPoints`] unless at least two usable points with
+    /// distinct batch sizes remain.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use noderep::cost::AmortisedFit;
+    ///
+    /// // CPU ns per write measured at batch sizes 1, 4 and 16.
+    /// let fit = AmortisedFit::fit(&[(1.0, 3000.0), (4.0, 1500.0), (16.0, 1125.0)])?;
+    /// assert!((fit.b - 1000.0).abs() < 1e-6 && (fit.a - 2000.0).abs() < 1e-6);
+    /// assert!((fit.predict(64.0) - 1031.25).abs() < 1e-6);
+    /// # Ok::<(), noderep::cost::CostError>(())
+    /// ```
+    pub fn fit(points: &[(f64, f64)]) -> Result<Self, CostError> {
+        let usable: Vec<(f64, f64)> = points
+            .iter()
+            .filter(|(n, y)| *n > 0.0 && n.is_finite() && y.is_finite())
+            .map(|&(n, y)| (1.0 / n, y))
+            .collect();
+        let k = usable.len() as f64;
+        let mean_x = usable.iter().map(|p| p.0).sum::<f64>() / k;
+        let mean_y = usable.iter().map(|p| p.1).sum::<f64>() / k;
+        let sxx: f64 = usable.iter().map(|p| (p.0 - mean_x).powi(2)).sum();
+        if usable.len() < 2 || sxx <= f64::EPSILON * k {
+            return Err(CostError::TooFewPoints {
+                points: usable.len(),
+            });
+        }
+        let sxy: f64 = usable.iter().map(|p| (p.0 - mean_x) * (p.1 - mean_y)).sum();
+        let a = sxy / sxx;
+        let b = mean_y - a * mean_x;
+        let ss_res: f64 = usable.iter().map(|p| (p.1 - (b + a * p.0)).powi(2)).sum();
+        let ss_tot: f64 = usable.iter().map(|p| (p.1 - mean_y).powi(2)).sum();
+        let r_squared = if ss_tot == 0.0 {
+            1.0
+        } else {
+            1.0 - ss_res / ss_tot
+        };
+        Ok(AmortisedFit {
+            a,
+            b,
+            r_squared,
+            rms_residual: (ss_res / k).sqrt(),
+        })
+    }
+
     /// The model's prediction at `batch`.
     pub fn predict(&self, batch: f64) -> f64 {
         self.b + self.a / batch
     }
 }
 
-/// Fits `y = b + a / batch` to `(batch, y)` points by least squares.
-///
-/// Points with a non-positive or non-finite batch, or a non-finite `y`, are
-/// left out.
-///
-/// # Errors
-///
-/// [`CostError::TooFewPoints`] unless at least two usable points with
-/// distinct batch sizes remain.
-///
-/// # Examples
-///
-/// ```
-/// use noderep::cost::fit_amortised;
-///
-/// // CPU ns per write measured at batch sizes 1, 4 and 16.
-/// let fit = fit_amortised(&[(1.0, 3000.0), (4.0, 1500.0), (16.0, 1125.0)])?;
-/// assert!((fit.b - 1000.0).abs() < 1e-6 && (fit.a - 2000.0).abs() < 1e-6);
-/// assert!((fit.predict(64.0) - 1031.25).abs() < 1e-6);
-/// # Ok::<(), noderep::cost::CostError>(())
-/// ```
+/// The same as [`AmortisedFit::fit`], kept at this path for code written
+/// against it.
+#[doc(hidden)]
 pub fn fit_amortised(points: &[(f64, f64)]) -> Result<AmortisedFit, CostError> {
-    let usable: Vec<(f64, f64)> = points
-        .iter()
-        .filter(|(n, y)| *n > 0.0 && n.is_finite() && y.is_finite())
-        .map(|&(n, y)| (1.0 / n, y))
-        .collect();
-    let k = usable.len() as f64;
-    let mean_x = usable.iter().map(|p| p.0).sum::<f64>() / k;
-    let mean_y = usable.iter().map(|p| p.1).sum::<f64>() / k;
-    let sxx: f64 = usable.iter().map(|p| (p.0 - mean_x).powi(2)).sum();
-    if usable.len() < 2 || sxx <= f64::EPSILON * k {
-        return Err(CostError::TooFewPoints {
-            points: usable.len(),
-        });
-    }
-    let sxy: f64 = usable.iter().map(|p| (p.0 - mean_x) * (p.1 - mean_y)).sum();
-    let a = sxy / sxx;
-    let b = mean_y - a * mean_x;
-    let ss_res: f64 = usable.iter().map(|p| (p.1 - (b + a * p.0)).powi(2)).sum();
-    let ss_tot: f64 = usable.iter().map(|p| (p.1 - mean_y).powi(2)).sum();
-    let r_squared = if ss_tot == 0.0 {
-        1.0
-    } else {
-        1.0 - ss_res / ss_tot
-    };
-    Ok(AmortisedFit {
-        a,
-        b,
-        r_squared,
-        rms_residual: (ss_res / k).sqrt(),
-    })
+    AmortisedFit::fit(points)
 }
 
 #[cfg(test)]
@@ -731,23 +738,23 @@ mod tests {
             .iter()
             .map(|&n| (n, 300.0 + 2000.0 / n))
             .collect();
-        let fit = fit_amortised(&pts).expect("four distinct batch sizes");
+        let fit = AmortisedFit::fit(&pts).expect("four distinct batch sizes");
         assert!((fit.a - 2000.0).abs() < 1e-6, "{fit:?}");
         assert!((fit.b - 300.0).abs() < 1e-6, "{fit:?}");
         assert!((fit.r_squared - 1.0).abs() < 1e-12);
         assert!(fit.rms_residual < 1e-6);
         assert!((fit.predict(8.0) - 550.0).abs() < 1e-6);
         assert!(matches!(
-            fit_amortised(&[(4.0, 1.0), (4.0, 2.0)]),
+            AmortisedFit::fit(&[(4.0, 1.0), (4.0, 2.0)]),
             Err(CostError::TooFewPoints { .. })
         ));
         assert!(matches!(
-            fit_amortised(&[(0.0, 1.0), (4.0, 2.0)]),
+            AmortisedFit::fit(&[(0.0, 1.0), (4.0, 2.0)]),
             Err(CostError::TooFewPoints { points: 1 })
         ));
         // Noisy data gives R² < 1 and a positive residual.
         let noisy = [(1.0, 2400.0), (4.0, 760.0), (16.0, 420.0), (64.0, 335.0)];
-        let fit = fit_amortised(&noisy).expect("fit");
+        let fit = AmortisedFit::fit(&noisy).expect("fit");
         assert!(fit.r_squared < 1.0 && fit.r_squared > 0.9);
         assert!(fit.rms_residual > 0.0);
     }

@@ -32,8 +32,8 @@ use common::history::{Clock, StartLine, ThreadLog};
 use common::lincheck::{check_with_budget, render, verify_linearization, Verdict};
 use models::{NrMap, Subject};
 use noderep::topology::{
-    current_cpu, local_memory_node, move_to_node, node_of_address, nodes_of_pages, parse_cpulist,
-    pin_to_cpu, Topology, TopologySource,
+    current_cpu, local_memory_node, move_to_node, nodes_of_pages, pin_to_cpu, Topology,
+    TopologySource,
 };
 use noderep::{Dispatch, NrBuilder, ReplicaPolicy};
 use rand::rngs::StdRng;
@@ -71,7 +71,7 @@ impl Layout {
                     let cpus = if *cpus == "-" {
                         Vec::new()
                     } else {
-                        parse_cpulist(cpus).map_err(|_| format!("bad CPU list in {line:?}"))?
+                        Topology::parse_cpulist(cpus).map_err(|e| format!("bad CPU list in {line:?}: {e}"))?
                     };
                     nodes.insert(num(n)?, (cpus, *mem == "yes"));
                 }
@@ -96,7 +96,9 @@ impl Layout {
                 .map_err(|e| format!("cannot read {SYSFS}/{p}: {e}"))
         };
         let list = |p: &str| {
-            read(p).and_then(|t| parse_cpulist(&t).map_err(|_| format!("bad list in {p}")))
+            read(p).and_then(|t| {
+                Topology::parse_cpulist(&t).map_err(|e| format!("bad list in {p}: {e}"))
+            })
         };
         let online = list("online")?;
         let with_memory = list("has_memory")?;
@@ -373,9 +375,10 @@ fn first_touch_places_a_page_on_the_touching_threads_node() {
             // mapping, whose page at 512 KiB is untouched.
             let mut buf: Vec<u8> = Vec::with_capacity(64 << 20);
             let page = buf.as_ptr() as usize + (512 << 10);
-            let before = node_of_address(page);
+            let node_of = |addr: usize| nodes_of_pages(&[addr]).and_then(|n| n[0]);
+            let before = node_of(page);
             buf.resize((512 << 10) + 1, 1);
-            (before, node_of_address(page), local_memory_node())
+            (before, node_of(page), local_memory_node())
         })
         .join()
         .unwrap();

@@ -46,7 +46,7 @@ mod workload;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use noderep::topology::{format_cpulist, Core, Topology};
+use noderep::topology::{Core, Topology};
 use noderep::ReplicaPolicy;
 use report::Row;
 use runner::Settings;
@@ -835,7 +835,11 @@ fn machine(topo: &Topology) -> String {
         .iter()
         .map(|n| {
             let cpus: Vec<usize> = n.cores.iter().map(|c| c.os_cpu).collect();
-            format!("node {}: cpus {}", n.os_node, format_cpulist(&cpus))
+            format!(
+                "node {}: cpus {}",
+                n.os_node,
+                Topology::format_cpulist(&cpus)
+            )
         })
         .collect();
     format!(
@@ -901,11 +905,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(bad) = cli.len_pct.iter().find(|&&w| w > 100) {
         return Err(format!("--len-pct: {bad} is not a percentage (0..=100)").into());
     }
-    if cli.lanes == 0 || cli.lanes > noderep::nr::lanes::MAX_LANES {
+    if cli.lanes == 0
+        || cli.lanes > noderep::nr::lanes::LanesBuilder::<systems::NrD<HashSeq>>::MAX_LANES
+    {
         return Err(format!(
             "--lanes: {} is not between 1 and {}",
             cli.lanes,
-            noderep::nr::lanes::MAX_LANES
+            noderep::nr::lanes::LanesBuilder::<systems::NrD<HashSeq>>::MAX_LANES
         )
         .into());
     }

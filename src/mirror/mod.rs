@@ -140,7 +140,12 @@ mod writer;
 mod tests;
 
 pub use assemble::MirrorBuilder;
-pub use block::{crc32c, AlignedBuf, Corruption, HEADER_SIZE};
+pub use block::{AlignedBuf, Corruption};
+// Hidden: the block checksum is CRC-32C (`crc_fast::crc32_iscsi`, any
+// CRC-32C gives the same value) and the header size is `Mirror::HEADER_SIZE`;
+// these paths are kept for code written against them.
+#[doc(hidden)]
+pub use block::{crc32c, HEADER_SIZE};
 pub use device::{BlockDevice, BlockWrite, DeviceBuilder, DeviceStats, Durability, FileDevice};
 #[cfg(feature = "fault-injection")]
 pub use fault::{FaultControl, FaultyDevice};

@@ -416,6 +416,12 @@ impl Mirror {
         }
     }
 
+    /// Bytes of header at the start of every block (checksum, magic,
+    /// address, sequence number, length, format version; the layout is in
+    /// `docs/MIRROR-FORMAT.md`): a block of `bs` bytes carries `bs -
+    /// HEADER_SIZE` bytes of payload ([`payload_size`](Self::payload_size)).
+    pub const HEADER_SIZE: usize = block::HEADER_SIZE;
+
     /// Bytes per block on the devices.
     pub fn block_size(&self) -> usize {
         self.block_size

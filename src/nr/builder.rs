@@ -150,7 +150,7 @@ pub struct NrBuilder<D> {
     #[cfg(feature = "std")]
     topology: Option<crate::topology::Topology>,
     policy: ReplicaPolicy,
-    /// `None`: [`DEFAULT_LOG_CAPACITY`], raised to what the threads can have
+    /// `None`: [`DEFAULT_LOG_CAPACITY`](Self::DEFAULT_LOG_CAPACITY), raised to what the threads can have
     /// in flight.
     log_capacity: Option<usize>,
     threads_per_replica: usize,
@@ -240,9 +240,31 @@ impl<D> Default for NrBuilder<D> {
 }
 
 impl<D> NrBuilder<D> {
+    /// Default log capacity in entries, raised to one entry per thread slot
+    /// of every replica when that is more and rounded up to a power of two
+    /// ([`log_capacity`](Self::log_capacity) overrides it). Loom models use
+    /// 4.
+    pub const DEFAULT_LOG_CAPACITY: usize = DEFAULT_LOG_CAPACITY;
+    /// Default thread slots per replica
+    /// ([`max_threads_per_replica`](Self::max_threads_per_replica) overrides
+    /// it). Loom models use 2.
+    pub const DEFAULT_THREADS_PER_REPLICA: usize = DEFAULT_THREADS_PER_REPLICA;
+    /// Most thread slots per replica: the writer side of the readers-writer
+    /// lock scans one flag per slot, so a very large replica should be split
+    /// (more replicas) rather than grown. Above it `build` returns
+    /// [`NrError::TooLarge`].
+    pub const MAX_THREADS_PER_REPLICA: usize = MAX_THREADS_PER_REPLICA;
+    /// Largest log capacity accepted (2^28 entries: gigabytes of log, far
+    /// past any useful size). Above it `build` returns [`NrError::TooLarge`].
+    pub const MAX_LOG_CAPACITY: usize = MAX_LOG_CAPACITY;
+    /// Most replicas (or replica places) accepted. Above it `build` returns
+    /// [`NrError::TooLarge`].
+    pub const MAX_REPLICAS: usize = MAX_REPLICAS;
+
     /// Defaults: detected topology, one replica per node, a log of
-    /// [`DEFAULT_LOG_CAPACITY`] entries (or one operation per thread slot of
-    /// every replica, if that is more), [`DEFAULT_THREADS_PER_REPLICA`]
+    /// [`DEFAULT_LOG_CAPACITY`](Self::DEFAULT_LOG_CAPACITY) entries (or one
+    /// operation per thread slot of every replica, if that is more),
+    /// [`DEFAULT_THREADS_PER_REPLICA`](Self::DEFAULT_THREADS_PER_REPLICA)
     /// thread slots per replica.
     pub fn new() -> Self {
         Self {

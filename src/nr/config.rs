@@ -1,5 +1,11 @@
 //! Sizes and limits of node replication, shrunk under loom.
 //!
+//! Users read them as associated constants of the builder that applies them
+//! ([`NrBuilder::MAX_REPLICAS`](super::NrBuilder::MAX_REPLICAS) and its
+//! neighbours). This module stays reachable at its old path,
+//! `noderep::nr::config`, hidden from the docs, so that code written
+//! against it still compiles.
+//!
 //! Under `cfg(loom)` the defaults shrink (a log of 4 entries, 2 thread slots
 //! per replica) so the model checker can explore every interleaving; the
 //! logic that uses them is unchanged.

@@ -60,6 +60,9 @@
 
 mod builder;
 mod combine;
+// Hidden: the limits are `NrBuilder`'s associated constants; the module's
+// old public path is kept so that code written against it still compiles.
+#[doc(hidden)]
 pub mod config;
 mod context;
 mod dispatch;

@@ -54,6 +54,20 @@ impl Default for RunqBuilder {
 }
 
 impl RunqBuilder {
+    /// Most cores (queues) a scheduler can have: a task word names its
+    /// queue in 12 bits.
+    pub const MAX_QUEUES: usize = super::MAX_QUEUES;
+    /// Most backups a queue can have ([`backups`](Self::backups)).
+    pub const MAX_BACKUPS: usize = super::MAX_BACKUPS;
+    /// Longest lease, skew margin or asynchronous lag accepted: an hour. Far
+    /// beyond any scheduler's need, and small enough that `lease +
+    /// skew_margin` in nanoseconds never overflows a `u64`.
+    pub const MAX_DURATION: Duration = super::MAX_DURATION;
+    /// Largest replication ring: 2^24 slots (256 MiB per ring).
+    pub const MAX_RING_CAPACITY: usize = super::MAX_RING_CAPACITY;
+    /// Largest task table: 2^32 - 1 slots (task ids hold 32-bit slots).
+    pub const MAX_TASK_CAPACITY: usize = super::MAX_TASK_CAPACITY;
+
     /// A builder with the default configuration ([`Config::default`]) and no
     /// cores yet.
     pub fn new() -> Self {
@@ -100,14 +114,15 @@ impl RunqBuilder {
         self
     }
 
-    /// Backups per queue, `k` in `1..=`[`super::MAX_BACKUPS`] and below the
+    /// Backups per queue, `k` in `1..=`[`MAX_BACKUPS`](Self::MAX_BACKUPS) and below the
     /// number of cores (default 1).
     pub fn backups(mut self, k: usize) -> Self {
         self.config.backups = k;
         self
     }
 
-    /// Lease of an owner, in `(0, 1 h]` (default 20 ms).
+    /// Lease of an owner, in `(0, `[`MAX_DURATION`](Self::MAX_DURATION)`]`
+    /// (default 20 ms).
     pub fn lease(mut self, lease: Duration) -> Self {
         self.config.lease = lease;
         self
@@ -136,7 +151,7 @@ impl RunqBuilder {
     /// # Errors
     ///
     /// [`RunqError::BadConfig`] (saying what to change) when no cores were
-    /// given, fewer than 2 or more than [`super::MAX_QUEUES`], core ids that
+    /// given, fewer than 2 or more than [`MAX_QUEUES`](Self::MAX_QUEUES), core ids that
     /// are not `0..n` each once, a value out of its range, or rings and table
     /// that would need more than half of the machine's memory;
     /// [`RunqError::OutOfMemory`] when an allocation fails anyway.

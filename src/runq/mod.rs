@@ -104,7 +104,10 @@ pub use replica::{Replica, Replicated};
 #[cfg(any(feature = "fault-injection", loom))]
 pub use ring::Stamp;
 
-pub use task::{QueueId, TaskId, TaskPhase, TaskState, MAX_QUEUES};
+#[doc(hidden)]
+// Public as `RunqBuilder::MAX_QUEUES`; this path is kept for code written against it.
+pub use task::MAX_QUEUES;
+pub use task::{QueueId, TaskId, TaskPhase, TaskState};
 pub use worker::{CoreWorker, Step};
 
 use crate::mutants;
@@ -120,6 +123,7 @@ use ring::Ring;
 use task::TaskTable;
 
 /// Most backups a queue can have ([`RunqBuilder::backups`]).
+#[doc(hidden)] // Public as `RunqBuilder::MAX_BACKUPS`; this path is kept for code written against it.
 pub const MAX_BACKUPS: usize = 4;
 
 /// Everything that can go wrong in the run-queue module.
@@ -300,10 +304,13 @@ impl Default for Config {
 /// Longest lease, skew margin or async lag accepted: an hour. Far beyond any
 /// scheduler's need, and small enough that `lease + skew_margin` in
 /// nanoseconds never overflows a `u64`.
+#[doc(hidden)] // Public as `RunqBuilder::MAX_DURATION`; this path is kept for code written against it.
 pub const MAX_DURATION: Duration = Duration::from_secs(3600);
 /// Largest ring: 2^24 slots (256 MiB per ring).
+#[doc(hidden)] // Public as `RunqBuilder::MAX_RING_CAPACITY`; this path is kept for code written against it.
 pub const MAX_RING_CAPACITY: usize = 1 << 24;
 /// Largest task table: 2^32 - 1 slots (task ids hold 32-bit slots).
+#[doc(hidden)] // Public as `RunqBuilder::MAX_TASK_CAPACITY`; this path is kept for code written against it.
 pub const MAX_TASK_CAPACITY: usize = u32::MAX as usize;
 
 impl Config {

@@ -35,12 +35,18 @@ mod cpulist;
 mod hwloc;
 mod placement;
 
+// Hidden: `Topology::parse_cpulist` and `Topology::format_cpulist` are the
+// documented paths; these are kept for code written against them.
+#[doc(hidden)]
 pub use cpulist::{format_cpulist, parse_cpulist};
 pub(crate) use placement::release_free_heap_pages;
 pub use placement::{
-    current_cpu, local_memory_node, move_to_node, node_of_address, nodes_of_pages, pin_to_cpu,
-    CpuLocation,
+    current_cpu, local_memory_node, move_to_node, nodes_of_pages, pin_to_cpu, CpuLocation,
 };
+// Hidden: `nodes_of_pages(&[addr])` asks the same for one page; this path is
+// kept for code written against it.
+#[doc(hidden)]
+pub use placement::node_of_address;
 
 use std::path::Path;
 use std::string::String;
@@ -48,6 +54,7 @@ use std::vec::Vec;
 
 /// Environment variable that replaces detection with a simulated topology,
 /// written `NODESxCORES` (for example `2x1`).
+#[doc(hidden)] // Public as `Topology::ENV_VAR`; this path is kept for code written against it.
 pub const TOPOLOGY_ENV: &str = "NODEREP_TOPOLOGY";
 
 /// What can go wrong while building a topology.
@@ -155,6 +162,47 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// The environment variable that replaces detection with a simulated
+    /// topology, `NODEREP_TOPOLOGY`, written `NODESxCORES_PER_NODE` (for
+    /// example `2x4`); [`detect`](Self::detect) reads it first.
+    pub const ENV_VAR: &'static str = TOPOLOGY_ENV;
+
+    /// Parses a kernel CPU list such as `"0-3,8"` (the format of sysfs
+    /// `cpulist` files and of `taskset -c`) into ascending CPU numbers,
+    /// without duplicates. An empty (or all-whitespace) list is a node
+    /// without CPUs and yields `[]`.
+    ///
+    /// # Errors
+    ///
+    /// [`TopologyError::BadCpuList`] when a part is not a number or a range
+    /// `lo-hi` with `lo <= hi`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use noderep::topology::Topology;
+    ///
+    /// assert_eq!(Topology::parse_cpulist("0-3,8")?, [0, 1, 2, 3, 8]);
+    /// assert_eq!(Topology::parse_cpulist(" \n")?, Vec::<usize>::new());
+    /// assert!(Topology::parse_cpulist("3-1").is_err());
+    /// assert_eq!(Topology::format_cpulist(&[0, 1, 2, 5]), "0-2,5");
+    /// # Ok::<(), noderep::topology::TopologyError>(())
+    /// ```
+    pub fn parse_cpulist(text: &str) -> Result<Vec<usize>, TopologyError> {
+        cpulist::parse_cpulist(text).map_err(|_| TopologyError::BadCpuList {
+            text: text.into(),
+            source_name: "the text given to Topology::parse_cpulist".into(),
+        })
+    }
+
+    /// Writes CPU numbers in the kernel's CPU list format, ranges for runs
+    /// of consecutive numbers: `[0, 1, 2, 5]` becomes `"0-2,5"` (the
+    /// inverse of [`parse_cpulist`](Self::parse_cpulist) for ascending
+    /// lists).
+    pub fn format_cpulist(cpus: &[usize]) -> String {
+        cpulist::format_cpulist(cpus)
+    }
+
     /// The machine's topology: `NODEREP_TOPOLOGY` if set, else hwloc (with the
     /// `hwloc` feature), else sysfs, else one node of every online CPU.
     ///
@@ -245,7 +293,7 @@ impl Topology {
             let Ok(text) = std::fs::read_to_string(&path) else {
                 continue;
             };
-            let cpus = parse_cpulist(&text).map_err(|_| TopologyError::BadCpuList {
+            let cpus = cpulist::parse_cpulist(&text).map_err(|_| TopologyError::BadCpuList {
                 text: text.trim().into(),
                 source_name: path.display().to_string(),
             })?;

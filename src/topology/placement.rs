@@ -74,25 +74,25 @@ pub fn pin_to_cpu(os_cpu: usize) -> Result<(), TopologyError> {
     }
 }
 
-/// The NUMA node holding the page at address `addr` (pass `ptr as usize`),
-/// or `None` where the kernel does not say: no NUMA support, an unmapped
-/// address, or a page never touched (see [`nodes_of_pages`], which this
-/// asks for one page).
+/// The NUMA node holding the page at address `addr`: `nodes_of_pages(&[addr])`
+/// for one page, kept at this path for code written against it.
+#[doc(hidden)]
+pub fn node_of_address(addr: usize) -> Option<usize> {
+    nodes_of_pages(&[addr]).and_then(|n| n[0])
+}
+
+/// The NUMA node of each page holding the given addresses (pass `ptr as
+/// usize`), as the kernel reports it without touching them (move_pages(2)
+/// with no target nodes): `Some(node)` for a page in memory, `None` for a
+/// page never touched (or not mapped). Returns `None` altogether where the
+/// kernel does not answer (no NUMA support, or a seccomp filter). For one
+/// address: `nodes_of_pages(&[addr]).and_then(|n| n[0])`.
 ///
 /// It does not use get_mempolicy(2) with `MPOL_F_NODE | MPOL_F_ADDR`: for a
 /// page never touched, Linux 6.1 answers with a node anyway (node 0 in the
 /// emulated 2-node guest of `scripts/numa-vm.sh`, while move_pages said the
 /// page was not in memory), so a placement check could pass without the
 /// page existing.
-pub fn node_of_address(addr: usize) -> Option<usize> {
-    nodes_of_pages(&[addr]).and_then(|n| n[0])
-}
-
-/// The NUMA node of each page holding the given addresses, as the kernel
-/// reports it without touching them (move_pages(2) with no target nodes):
-/// `Some(node)` for a page in memory, `None` for a page never touched (or
-/// not mapped). Returns `None` altogether where the kernel does not answer
-/// (no NUMA support, or a seccomp filter).
 pub fn nodes_of_pages(addrs: &[usize]) -> Option<std::vec::Vec<Option<usize>>> {
     let pages: std::vec::Vec<usize> = addrs.to_vec();
     let status = move_pages(&pages, None)?;

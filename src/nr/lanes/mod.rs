@@ -167,6 +167,7 @@ const LANE_COMBINER_SPIN: u32 = 64;
 
 /// The most lanes an instance may have (the all-lane paths keep one guard
 /// per lane on the stack).
+#[doc(hidden)] // Public as `LanesBuilder::MAX_LANES`; this path is kept for code written against it.
 pub const MAX_LANES: usize = 32;
 
 /// Which lane an operation belongs to.
@@ -354,13 +355,18 @@ pub struct LanesBuilder<D> {
 }
 
 impl<D> LanesBuilder<D> {
+    /// The most lanes an instance may have (the all-lane paths keep one
+    /// guard per lane on the stack). Above it `build` returns
+    /// [`LanesError::TooManyLanes`].
+    pub const MAX_LANES: usize = MAX_LANES;
+
     /// Two lanes, each configured by `nr` (its log capacity is per lane).
     /// `max_replicas` is not supported (see [`LanesError::SpareReplicas`]).
     pub fn new(nr: NrBuilder<D>) -> Self {
         Self { nr, lanes: 2 }
     }
 
-    /// Number of lanes (1..=[`MAX_LANES`]).
+    /// Number of lanes (1..=[`MAX_LANES`](Self::MAX_LANES)).
     ///
     /// Two writers whose keys are unrelated meet on one lane, and one
     /// waits, with probability 1/`lanes`; a few lanes per thread that
