@@ -252,7 +252,7 @@ impl<D> NrBuilder<D> {
     /// Most thread slots per replica: the writer side of the readers-writer
     /// lock scans one flag per slot, so a very large replica should be split
     /// (more replicas) rather than grown. Above it `build` returns
-    /// [`NrError::TooLarge`].
+    /// [`NrError::TooManySlots`].
     pub const MAX_THREADS_PER_REPLICA: usize = MAX_THREADS_PER_REPLICA;
     /// Largest log capacity accepted (2^28 entries: gigabytes of log, far
     /// past any useful size). Above it `build` returns [`NrError::TooLarge`].
