@@ -27,6 +27,29 @@ pub const CLIENT_ID: HostId = 0;
 
 /// A TCP client of a cluster. Each call goes to the host named; that host
 /// forwards writes to the leader and serves reads itself.
+///
+/// # Examples
+///
+/// [`Host`](crate::Host)'s example runs a host and reads from it through a
+/// client. A call to a host the client does not know is refused before
+/// anything is sent:
+///
+/// ```
+/// use noderep_raft::{Client, HostError};
+/// use std::collections::BTreeMap;
+/// use std::time::Duration;
+///
+/// let hosts = BTreeMap::from([(1, "127.0.0.1:7101".parse()?), (2, "127.0.0.1:7102".parse()?)]);
+/// let client = Client::new("orders", hosts, Duration::from_secs(1));
+/// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+/// match rt.block_on(client.status(9)) {
+///     Err(HostError::UnknownHost { id, members }) => {
+///         assert_eq!((id, members), (9, vec![1, 2]));
+///     }
+///     other => panic!("host 9 is not a member: {other:?}"),
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Client {
     pool: Pool,
     hosts: BTreeMap<HostId, SocketAddr>,

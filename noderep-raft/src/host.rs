@@ -60,7 +60,29 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 
-/// How one host is set up.
+/// How one host is set up: a builder of settings, checked by
+/// [`Host::start`].
+///
+/// # Examples
+///
+/// ```
+/// use noderep_raft::HostConfig;
+/// use std::collections::BTreeMap;
+/// use std::time::Duration;
+///
+/// let members = BTreeMap::from([
+///     (1, "127.0.0.1:7101".parse()?),
+///     (2, "127.0.0.1:7102".parse()?),
+///     (3, "127.0.0.1:7103".parse()?),
+/// ]);
+/// let config = HostConfig::new("orders", 2, members[&2], "/var/lib/orders/host-2")
+///     .members(members)
+///     .election_timeout_ms(150, 300)
+///     .heartbeat_ms(50)
+///     .op_timeout(Duration::from_secs(2));
+/// assert_eq!(config.election_timeout_max(), Duration::from_millis(300));
+/// # Ok::<(), std::net::AddrParseError>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct HostConfig {
     cluster: String,
@@ -234,6 +256,51 @@ struct Inner<M: Machine> {
 
 /// One host of a cluster, running state machine `M` (usually an
 /// [`NrMachine`]). Cheap to clone.
+///
+/// # Examples
+///
+/// A cluster of one host on loopback: it elects itself, commits a write,
+/// answers a linearizable read from its own NUMA replica, and serves a
+/// [`Client`](crate::Client) over TCP.
+///
+/// ```
+/// use noderep::{NrBuilder, ReplicaPolicy};
+/// use noderep_raft::{Client, Host, HostConfig, HostError, KvMap, KvWrite, NrMachine, ReadMode};
+/// use std::collections::BTreeMap;
+/// use std::time::Duration;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rt = tokio::runtime::Builder::new_multi_thread()
+///     .worker_threads(2)
+///     .enable_all()
+///     .build()?;
+/// rt.block_on(async {
+///     let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+///     let dir = std::env::temp_dir().join(format!("noderep-raft-doc-{}", std::process::id()));
+///     let config = HostConfig::new("doc", 1, addr, &dir).members(BTreeMap::from([(1, addr)]));
+///     let machine = NrMachine::<KvMap>::new(NrBuilder::new().replicas(ReplicaPolicy::Fixed(2)))?;
+///     let host = Host::start(config, machine).await?;
+///
+///     // Until the host has elected itself, a write is refused unproposed.
+///     let mut previous = host.write(KvWrite::Put { key: 7, value: 70 }).await;
+///     while let Err(HostError::NoLeader(_)) = previous {
+///         tokio::time::sleep(Duration::from_millis(20)).await;
+///         previous = host.write(KvWrite::Put { key: 7, value: 70 }).await;
+///     }
+///     assert_eq!(previous?, None); // a put returns the value it replaced
+///     assert_eq!(host.read(7).await?, Some(70));
+///
+///     // The same host through TCP, as another process would reach it.
+///     let client = Client::new("doc", BTreeMap::from([(1, addr)]), Duration::from_secs(5));
+///     let answer = client.query_json(1, "7", ReadMode::Linearizable).await?;
+///     assert_eq!(answer.value, "70");
+///
+///     host.shutdown().await;
+///     std::fs::remove_dir_all(&dir)?;
+///     Ok::<(), Box<dyn std::error::Error>>(())
+/// })
+/// # }
+/// ```
 pub struct Host<M: Machine> {
     inner: Arc<Inner<M>>,
 }

@@ -122,6 +122,29 @@ thread_local! {
 }
 
 /// A `NodeReplicated<D>` as a Raft state machine.
+///
+/// # Examples
+///
+/// The host drives it with committed entries as JSON ([`Machine::apply`]);
+/// every NUMA replica applies them, and reads run on the caller's replica.
+///
+/// ```
+/// use noderep::{NrBuilder, ReplicaPolicy};
+/// use noderep_raft::{KvMap, KvWrite, Machine, NrMachine};
+///
+/// let machine = NrMachine::<KvMap>::new(NrBuilder::new().replicas(ReplicaPolicy::Fixed(2)))?;
+/// assert_eq!(machine.replicas(), 2);
+/// let put = serde_json::to_string(&KvWrite::Put { key: 1, value: 10 })?;
+/// assert_eq!(machine.apply(&put)?, "null"); // the value it replaced
+/// assert_eq!(machine.read_local(1)?, Some(10));
+/// assert_eq!(machine.query("1")?, "10");
+/// // Garbage is refused before it could be proposed.
+/// assert!(machine.check_write("{\"Put\": 3}").is_err());
+/// // Both replicas hold the same map.
+/// let maps = machine.inspect(|_replica, map| map.clone())?;
+/// assert_eq!(maps[0], maps[1]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct NrMachine<D: Replicated> {
     /// Written by `restore` (write lock), read by every operation.
     current: RwLock<Arc<Generation<D>>>,
@@ -315,6 +338,18 @@ impl Replicated for KvMap {
 /// The usual hand-written Raft state machine: a `HashMap` under a `Mutex`,
 /// with the same operations as [`KvMap`]. Kept as the baseline the
 /// benchmarks compare [`NrMachine`] with.
+///
+/// # Examples
+///
+/// ```
+/// use noderep_raft::{Machine, PlainKv};
+///
+/// let kv = PlainKv::default();
+/// assert_eq!(kv.apply(r#"{"Put":{"key":1,"value":10}}"#)?, "null");
+/// assert_eq!(kv.get(1), Some(10));
+/// assert_eq!(kv.query("1")?, "10");
+/// # Ok::<(), String>(())
+/// ```
 #[derive(Debug, Default)]
 pub struct PlainKv {
     map: Mutex<HashMap<u64, u64>>,

@@ -50,7 +50,47 @@ pub enum FaultAction {
     Stall(Duration),
 }
 
-/// Per-core armed faults.
+/// Per-core armed faults, reached through [`RunQueues::faults`](super::RunQueues::faults).
+///
+/// # Examples
+///
+/// Core 0 crashes inside an operation, after the operation reached its
+/// backup; the backup takes the queue over once the lease has run out, and
+/// the task is still there. Times are passed explicitly, as a scheduler's
+/// tick would (ns since the scheduler was built).
+///
+/// ```
+/// use noderep::runq::fault::{catch_crash, FaultAction, FaultPoint};
+/// use noderep::runq::{BackupEvent, Exit, Pick, RunQueues};
+///
+/// const MS: u64 = 1_000_000;
+/// let rq = RunQueues::builder().cores(2).build()?; // lease 20 ms, margin 5 ms
+/// // One thread plays both cores here, so a crash unwinds at once instead
+/// // of parking the thread for good as a dead core would.
+/// rq.faults().set_park_on_crash(false);
+/// let task = rq.spawner(1)?.spawn(0)?;
+/// let mut owner = rq.owner(0)?;
+/// owner.tick(0)?;
+/// let mut backups = Vec::new();
+/// rq.attach_backups(1, &mut backups)?; // core 1 backs queue 0 up
+/// backups[0].poll(0)?;
+///
+/// rq.faults().arm(0, FaultPoint::AfterCommit, 1, FaultAction::Crash);
+/// assert!(catch_crash(|| owner.pick()).is_err());
+/// assert!(rq.faults().has_crashed(0));
+///
+/// // Before lease + margin the backup waits; after it, it takes over.
+/// assert!(!matches!(backups[0].poll(10 * MS)?, BackupEvent::TookOver { .. }));
+/// let BackupEvent::TookOver { owner: mut adopted, report } = backups[0].poll(26 * MS)? else {
+///     panic!("the lease expired: core 1 must take queue 0 over");
+/// };
+/// assert_eq!(report.by, 1);
+/// // The task core 0 was picking when it died runs again, once.
+/// assert_eq!(adopted.pick()?, Pick::Task(task));
+/// adopted.complete(task, Exit::Done)?;
+/// assert_eq!(adopted.pick()?, Pick::Empty);
+/// # Ok::<(), noderep::runq::RunqError>(())
+/// ```
 pub struct FaultTable {
     /// Per core: `point:8 | countdown:24 | action:32` (action 0 = crash, else
     /// stall milliseconds); 0 = nothing armed.
@@ -297,6 +337,37 @@ pub enum FreezeError {
 }
 
 /// A registered thread that can be frozen and thawed.
+///
+/// # Examples
+///
+/// ```
+/// use noderep::runq::fault::Freezer;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::{mpsc, Arc};
+/// use std::time::Duration;
+///
+/// let count = Arc::new(AtomicU64::new(0));
+/// let (tx, rx) = mpsc::channel();
+/// let counter = Arc::clone(&count);
+/// let worker = std::thread::spawn(move || {
+///     tx.send(Freezer::register_current()).unwrap();
+///     while counter.load(Ordering::Relaxed) < u64::MAX / 2 {
+///         counter.fetch_add(1, Ordering::Relaxed);
+///     }
+/// });
+/// let freezer = rx.recv()??;
+/// freezer.freeze()?; // returns once the thread is parked in its handler
+/// let frozen_at = count.load(Ordering::Relaxed);
+/// std::thread::sleep(Duration::from_millis(20));
+/// assert_eq!(count.load(Ordering::Relaxed), frozen_at, "a frozen thread does nothing");
+/// freezer.thaw()?;
+/// while count.load(Ordering::Relaxed) == frozen_at {
+///     std::thread::yield_now();
+/// }
+/// count.store(u64::MAX / 2, Ordering::Relaxed); // let the worker end
+/// worker.join().unwrap();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct Freezer {
     thread: libc::pthread_t,
