@@ -557,7 +557,21 @@ impl PhaseClock {
     }
 }
 
-/// The least-squares fit of `cpu_per_write = b + a / batch`.
+/// The least-squares fit of `cpu_per_write = b + a / batch`, made by
+/// [`AmortisedFit::fit`].
+///
+/// # Examples
+///
+/// ```
+/// use noderep::cost::AmortisedFit;
+///
+/// // CPU ns per write measured at batch sizes 1, 4 and 16.
+/// let fit = AmortisedFit::fit(&[(1.0, 3000.0), (4.0, 1500.0), (16.0, 1125.0)])?;
+/// assert!((fit.b - 1000.0).abs() < 1e-6 && (fit.a - 2000.0).abs() < 1e-6);
+/// assert!((fit.predict(64.0) - 1031.25).abs() < 1e-6);
+/// assert!(fit.r_squared > 0.999);
+/// # Ok::<(), noderep::cost::CostError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AmortisedFit {
     /// Per-batch cost, amortised over the batch (same unit as the input).
@@ -580,18 +594,6 @@ impl AmortisedFit {
     ///
     /// [`CostError::TooFewPoints`] unless at least two usable points with
     /// distinct batch sizes remain.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use noderep::cost::AmortisedFit;
-    ///
-    /// // CPU ns per write measured at batch sizes 1, 4 and 16.
-    /// let fit = AmortisedFit::fit(&[(1.0, 3000.0), (4.0, 1500.0), (16.0, 1125.0)])?;
-    /// assert!((fit.b - 1000.0).abs() < 1e-6 && (fit.a - 2000.0).abs() < 1e-6);
-    /// assert!((fit.predict(64.0) - 1031.25).abs() < 1e-6);
-    /// # Ok::<(), noderep::cost::CostError>(())
-    /// ```
     pub fn fit(points: &[(f64, f64)]) -> Result<Self, CostError> {
         let usable: Vec<(f64, f64)> = points
             .iter()

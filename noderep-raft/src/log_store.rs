@@ -77,6 +77,30 @@ struct Shared {
 }
 
 /// The log store of one host (cheap to clone: a shared handle).
+/// [`Host::start`](crate::Host::start) opens it; it is public so that a
+/// tool can check a directory before a host is started on it.
+///
+/// # Examples
+///
+/// A directory belongs to one host of one cluster; any other is refused.
+///
+/// ```
+/// use noderep_raft::{FileLogStore, HostError};
+///
+/// let dir = std::env::temp_dir().join(format!("noderep-raft-log-doc-{}", std::process::id()));
+/// drop(FileLogStore::open(&dir, "orders", 1)?); // creates the directory
+/// FileLogStore::open(&dir, "orders", 1)?; // and opens it again
+/// assert!(matches!(
+///     FileLogStore::open(&dir, "orders", 2),
+///     Err(HostError::ForeignData { .. })
+/// ));
+/// assert!(matches!(
+///     FileLogStore::open(&dir, "billing", 1),
+///     Err(HostError::ForeignData { .. })
+/// ));
+/// std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone)]
 pub struct FileLogStore {
     shared: Arc<Shared>,

@@ -78,7 +78,20 @@ pub(crate) async fn write_frame(s: &mut TcpStream, bytes: &[u8]) -> std::io::Res
     s.write_all(&out).await
 }
 
-/// Links this host refuses to use, in both directions (partition tests).
+/// Links this host refuses to use, in both directions (partition tests);
+/// each host has one, [`Host::links`](crate::Host::links).
+///
+/// # Examples
+///
+/// ```
+/// use noderep_raft::network::LinkCuts;
+///
+/// let links = LinkCuts::default();
+/// links.cut(2); // a partition between this host and host 2
+/// assert!(links.is_cut(2) && !links.is_cut(3));
+/// links.heal();
+/// assert!(!links.is_cut(2));
+/// ```
 #[derive(Debug, Default)]
 pub struct LinkCuts {
     cut: RwLock<HashSet<HostId>>,
