@@ -5,6 +5,10 @@ use std::format;
 use std::string::{String, ToString};
 use std::vec::Vec;
 
+/// CPU numbers a list may name: 0 to 65535, eight times Linux's largest
+/// `NR_CPUS` (8192).
+pub const MAX_CPUS: usize = 1 << 16;
+
 /// Why a CPU list did not parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CpuListError;
@@ -16,30 +20,41 @@ pub struct CpuListError;
 /// # Errors
 ///
 /// `CpuListError` when a part is not a number or a range `lo-hi` with
-/// `lo <= hi`.
+/// `lo <= hi`, or names a CPU at or above [`MAX_CPUS`].
 pub fn parse_cpulist(text: &str) -> Result<Vec<usize>, CpuListError> {
-    let mut cpus = Vec::new();
+    // One flag per CPU number seen: however many (overlapping) ranges the
+    // text holds, the work and the memory stay bounded by MAX_CPUS.
+    let mut seen: Vec<bool> = Vec::new();
+    let number = |s: &str| match s.trim().parse::<usize>() {
+        Ok(n) if n < MAX_CPUS => Ok(n),
+        _ => Err(CpuListError),
+    };
     for part in text
         .trim()
         .split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
     {
-        match part.split_once('-') {
-            Some((lo, hi)) => {
-                let lo: usize = lo.trim().parse().map_err(|_| CpuListError)?;
-                let hi: usize = hi.trim().parse().map_err(|_| CpuListError)?;
-                if hi < lo {
-                    return Err(CpuListError);
-                }
-                cpus.extend(lo..=hi);
+        let (lo, hi) = match part.split_once('-') {
+            Some((lo, hi)) => (number(lo)?, number(hi)?),
+            None => {
+                let n = number(part)?;
+                (n, n)
             }
-            None => cpus.push(part.parse().map_err(|_| CpuListError)?),
+        };
+        if hi < lo {
+            return Err(CpuListError);
         }
+        if seen.len() <= hi {
+            seen.resize(hi + 1, false);
+        }
+        seen[lo..=hi].fill(true);
     }
-    cpus.sort_unstable();
-    cpus.dedup();
-    Ok(cpus)
+    Ok(seen
+        .iter()
+        .enumerate()
+        .filter_map(|(cpu, &on)| on.then_some(cpu))
+        .collect())
 }
 
 /// Writes CPU numbers in the kernel's CPU list format, ranges for runs of

@@ -76,13 +76,25 @@ pub enum TopologyError {
     },
     /// A sysfs cpulist could not be parsed.
     #[error(
-        "cannot parse the CPU list {text:?} from {source_name}: expected ranges such as \"0-3,8\""
+        "cannot parse the CPU list {text:?} from {source_name}: expected ranges of CPU numbers below 65536, such as \"0-3,8\""
     )]
     BadCpuList {
         /// The text that failed.
         text: String,
         /// Where it came from.
         source_name: String,
+    },
+    /// A simulated topology larger than supported was asked for.
+    #[error("a simulated topology of {nodes} nodes of {cores_per_node} cores is too large: use at most {max_nodes} nodes and {max_cores} cores in all (Linux itself stops at 1024 nodes and 8192 CPUs)")]
+    TooLarge {
+        /// Nodes asked for.
+        nodes: usize,
+        /// Cores per node asked for.
+        cores_per_node: usize,
+        /// [`Topology::MAX_NODES`].
+        max_nodes: usize,
+        /// [`Topology::MAX_CORES`].
+        max_cores: usize,
     },
     /// hwloc could not be used.
     #[error("hwloc failed: {0}; build without the `hwloc` feature to read sysfs instead")]
@@ -166,6 +178,13 @@ impl Topology {
     /// topology, `NODEREP_TOPOLOGY`, written `NODESxCORES_PER_NODE` (for
     /// example `2x4`); [`detect`](Self::detect) reads it first.
     pub const ENV_VAR: &'static str = TOPOLOGY_ENV;
+    /// Most nodes of a simulated topology: Linux's own limit
+    /// (`MAX_NUMNODES` with `NODES_SHIFT` = 10).
+    pub const MAX_NODES: usize = 1024;
+    /// Most cores of a simulated topology, all nodes together; also the
+    /// bound on CPU numbers in a CPU list (eight times Linux's largest
+    /// `NR_CPUS`, 8192).
+    pub const MAX_CORES: usize = cpulist::MAX_CPUS;
 
     /// Parses a kernel CPU list such as `"0-3,8"` (the format of sysfs
     /// `cpulist` files and of `taskset -c`) into ascending CPU numbers,
@@ -175,7 +194,8 @@ impl Topology {
     /// # Errors
     ///
     /// [`TopologyError::BadCpuList`] when a part is not a number or a range
-    /// `lo-hi` with `lo <= hi`.
+    /// `lo-hi` with `lo <= hi`, or names a CPU at or above
+    /// [`MAX_CORES`](Self::MAX_CORES).
     ///
     /// # Examples
     ///
@@ -230,7 +250,8 @@ impl Topology {
     /// # Errors
     ///
     /// [`TopologyError::BadSpec`] if `spec` is not two numbers around an
-    /// `x`; [`TopologyError::Empty`] if either is 0.
+    /// `x`; [`TopologyError::Empty`] if either is 0;
+    /// [`TopologyError::TooLarge`] as for [`simulated`](Self::simulated).
     pub fn parse_simulated(spec: &str) -> Result<Self, TopologyError> {
         let bad = || TopologyError::BadSpec { given: spec.into() };
         let (n, c) = spec.trim().split_once(['x', 'X']).ok_or_else(bad)?;
@@ -244,12 +265,26 @@ impl Topology {
     ///
     /// # Errors
     ///
-    /// [`TopologyError::Empty`] if `nodes` or `cores_per_node` is 0.
+    /// [`TopologyError::Empty`] if `nodes` or `cores_per_node` is 0;
+    /// [`TopologyError::TooLarge`] above [`MAX_NODES`](Self::MAX_NODES)
+    /// nodes or [`MAX_CORES`](Self::MAX_CORES) cores in all.
     pub fn simulated(nodes: usize, cores_per_node: usize) -> Result<Self, TopologyError> {
         if nodes == 0 || cores_per_node == 0 {
             return Err(TopologyError::Empty {
                 nodes,
                 cores_per_node,
+            });
+        }
+        let too_large = nodes > Self::MAX_NODES
+            || nodes
+                .checked_mul(cores_per_node)
+                .is_none_or(|cores| cores > Self::MAX_CORES);
+        if too_large {
+            return Err(TopologyError::TooLarge {
+                nodes,
+                cores_per_node,
+                max_nodes: Self::MAX_NODES,
+                max_cores: Self::MAX_CORES,
             });
         }
         let real = online_cpus();

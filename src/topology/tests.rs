@@ -13,6 +13,57 @@ fn cpulist_parses_ranges_singles_and_blanks() {
 }
 
 #[test]
+fn cpulists_are_bounded_by_max_cpus_however_they_are_written() {
+    // A CPU number past the bound is refused before anything is allocated
+    // for it (this used to ask for 800 GB and abort).
+    assert!(parse_cpulist("0-99999999999").is_err());
+    assert!(parse_cpulist(&cpulist::MAX_CPUS.to_string()).is_err());
+    assert!(parse_cpulist("18446744073709551615").is_err());
+    assert!(parse_cpulist("0-18446744073709551616").is_err());
+    let top = cpulist::MAX_CPUS - 1;
+    assert_eq!(parse_cpulist(&format!("{top}")).unwrap(), [top]);
+    assert_eq!(
+        parse_cpulist(&format!("0-{top}")).unwrap().len(),
+        cpulist::MAX_CPUS
+    );
+    // Many overlapping ranges cost one flag per CPU, not one entry per
+    // range member; duplicates and order are folded.
+    let many = vec![format!("0-{top}"); 500].join(",");
+    assert_eq!(parse_cpulist(&many).unwrap().len(), cpulist::MAX_CPUS);
+    assert_eq!(parse_cpulist("8,0-3,2,8").unwrap(), [0, 1, 2, 3, 8]);
+}
+
+#[test]
+fn simulated_topologies_past_the_limits_are_refused_with_them() {
+    for (nodes, cores) in [
+        (Topology::MAX_NODES + 1, 1),
+        (2, Topology::MAX_CORES),
+        (100_000, 100_000),
+        (usize::MAX, usize::MAX),
+    ] {
+        let err = Topology::simulated(nodes, cores).unwrap_err();
+        assert_eq!(
+            err,
+            TopologyError::TooLarge {
+                nodes,
+                cores_per_node: cores,
+                max_nodes: Topology::MAX_NODES,
+                max_cores: Topology::MAX_CORES
+            }
+        );
+        assert!(err.to_string().contains("at most 1024 nodes"), "{err}");
+    }
+    let err = Topology::parse_simulated("100000x100000").unwrap_err();
+    assert!(matches!(err, TopologyError::TooLarge { .. }), "{err}");
+    let edge = Topology::simulated(
+        Topology::MAX_NODES,
+        Topology::MAX_CORES / Topology::MAX_NODES,
+    )
+    .expect("exactly at both limits");
+    assert_eq!(edge.num_cores(), Topology::MAX_CORES);
+}
+
+#[test]
 fn cpulists_are_written_with_ranges_and_read_back() {
     assert_eq!(format_cpulist(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");
     assert_eq!(format_cpulist(&[3]), "3");
