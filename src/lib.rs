@@ -12,6 +12,7 @@
 //! [architecture]: https://docs.rs/crate/noderep/latest/source/docs/ARCHITECTURE.md
 //! [results]: https://docs.rs/crate/noderep/latest/source/docs/RESULTS.md
 //! [migration]: https://docs.rs/crate/noderep/latest/source/docs/MIGRATION.md
+//! [changelog]: https://docs.rs/crate/noderep/latest/source/CHANGELOG.md
 #![doc = include_str!("../README.md")]
 #![cfg_attr(not(any(feature = "std", loom)), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]

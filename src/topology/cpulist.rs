@@ -20,7 +20,7 @@ pub struct CpuListError;
 /// # Errors
 ///
 /// `CpuListError` when a part is not a number or a range `lo-hi` with
-/// `lo <= hi`, or names a CPU at or above [`MAX_CPUS`].
+/// `lo <= hi`, or names a CPU at or above `MAX_CPUS`.
 pub fn parse_cpulist(text: &str) -> Result<Vec<usize>, CpuListError> {
     // One flag per CPU number seen: however many (overlapping) ranges the
     // text holds, the work and the memory stay bounded by MAX_CPUS.
