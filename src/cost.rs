@@ -73,6 +73,10 @@ pub enum CostError {
         /// The operating system's error.
         source: io::Error,
     },
+    /// The fit's arithmetic left the range of `f64` (values near
+    /// `f64::MAX`).
+    #[error("the points are too large for the fit's arithmetic (a square or sum overflowed f64); scale them (for example to nanoseconds per write) and fit again")]
+    OutOfRange,
     /// A fit needs at least two distinct batch sizes.
     #[error("a fit of cpu = b + a/batch needs at least two distinct batch sizes with positive batch, got {points} usable point(s); measure more batch sizes")]
     TooFewPoints {
@@ -593,18 +597,28 @@ impl AmortisedFit {
     /// # Errors
     ///
     /// [`CostError::TooFewPoints`] unless at least two usable points with
-    /// distinct batch sizes remain.
+    /// distinct batch sizes remain; [`CostError::OutOfRange`] if the
+    /// arithmetic overflows.
     pub fn fit(points: &[(f64, f64)]) -> Result<Self, CostError> {
+        // x = 1/batch must be a normal number (a subnormal batch makes it
+        // infinite); the means are running means, so that large y values
+        // do not overflow a sum.
         let usable: Vec<(f64, f64)> = points
             .iter()
-            .filter(|(n, y)| *n > 0.0 && n.is_finite() && y.is_finite())
+            .filter(|(n, y)| *n > 0.0 && (1.0 / n).is_normal() && y.is_finite())
             .map(|&(n, y)| (1.0 / n, y))
             .collect();
         let k = usable.len() as f64;
-        let mean_x = usable.iter().map(|p| p.0).sum::<f64>() / k;
-        let mean_y = usable.iter().map(|p| p.1).sum::<f64>() / k;
+        let (mut mean_x, mut mean_y) = (0.0, 0.0);
+        for (i, p) in usable.iter().enumerate() {
+            let n = (i + 1) as f64;
+            mean_x += (p.0 - mean_x) / n;
+            mean_y += (p.1 - mean_y) / n;
+        }
         let sxx: f64 = usable.iter().map(|p| (p.0 - mean_x).powi(2)).sum();
-        if usable.len() < 2 || sxx <= f64::EPSILON * k {
+        // Distinct batch sizes spread x by far more than rounding does,
+        // whatever the scale of x: the test is relative to the mean.
+        if usable.len() < 2 || sxx <= f64::EPSILON * k * mean_x * mean_x {
             return Err(CostError::TooFewPoints {
                 points: usable.len(),
             });
@@ -619,12 +633,20 @@ impl AmortisedFit {
         } else {
             1.0 - ss_res / ss_tot
         };
-        Ok(AmortisedFit {
+        let fit = AmortisedFit {
             a,
             b,
             r_squared,
             rms_residual: (ss_res / k).sqrt(),
-        })
+        };
+        if [fit.a, fit.b, fit.r_squared, fit.rms_residual]
+            .iter()
+            .all(|v| v.is_finite())
+        {
+            Ok(fit)
+        } else {
+            Err(CostError::OutOfRange)
+        }
     }
 
     /// The model's prediction at `batch`.
@@ -759,6 +781,27 @@ mod tests {
         let fit = AmortisedFit::fit(&noisy).expect("fit");
         assert!(fit.r_squared < 1.0 && fit.r_squared > 0.9);
         assert!(fit.rms_residual > 0.0);
+    }
+
+    #[test]
+    fn fit_never_returns_a_non_finite_model() {
+        // A subnormal batch makes 1/batch infinite: the point is left out.
+        assert!(matches!(
+            AmortisedFit::fit(&[(1e-310, 1.0), (2.0, 1.0)]),
+            Err(CostError::TooFewPoints { points: 1 })
+        ));
+        // Values near f64::MAX: the running means do not overflow, and a
+        // constant y fits exactly.
+        let flat = AmortisedFit::fit(&[(1.0, f64::MAX), (2.0, f64::MAX)]).expect("flat fit");
+        assert_eq!((flat.a, flat.b), (0.0, f64::MAX));
+        // Where the squares do overflow, the error says so.
+        assert!(matches!(
+            AmortisedFit::fit(&[(1.0, f64::MAX), (2.0, -f64::MAX)]),
+            Err(CostError::OutOfRange)
+        ));
+        // Huge batch sizes are distinct however small 1/batch is.
+        let big = AmortisedFit::fit(&[(1e9, 100.0), (2e9, 50.0)]).expect("distinct batches");
+        assert!((big.predict(4e9) - 25.0).abs() < 1e-6, "{big:?}");
     }
 
     #[test]

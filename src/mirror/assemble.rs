@@ -41,8 +41,8 @@ use super::block::{AlignedBuf, BlockState, Corruption};
 use super::device::{BlockDevice, BlockWrite, DeviceStats};
 use super::scrub::{read_chunk, AssemblyReport, ScrubAction, ScrubFinding, StaleMember};
 use super::superblock::{
-    check_meta, newest, table_entry, Layout, SbProblem, Superblock, BITMAP_MAGIC, META_HEADER,
-    TABLE_MAGIC,
+    check_meta, newest, table_entry, Layout, SbProblem, Superblock, BITMAP_MAGIC, MAX_CAPACITY,
+    MEMORY_PER_BLOCK, META_HEADER, SB_MAGIC, TABLE_MAGIC,
 };
 use super::writer::{state_leaf, Member, MemberState, Meta, Mirror, Problem, WarningSink};
 use super::{DeviceId, MirrorError};
@@ -141,8 +141,17 @@ impl MirrorBuilder {
         self
     }
 
-    /// Data blocks of a new mirror (at creation only). Without it every
-    /// device must have the same size and the mirror uses all of it.
+    /// Most data blocks a mirror may have: 2^40. The in-memory state
+    /// (about 56 bytes per block while the mirror is built) is the
+    /// practical bound: `create` and `assemble` return
+    /// [`MirrorError::OutOfMemory`] before touching a device if it cannot be
+    /// allocated.
+    pub const MAX_CAPACITY: u64 = MAX_CAPACITY;
+
+    /// Data blocks of a new mirror (at creation only), 1 to
+    /// [`MAX_CAPACITY`](Self::MAX_CAPACITY). Without it every device must
+    /// have the same size and the mirror uses all of it (up to
+    /// [`MAX_CAPACITY`](Self::MAX_CAPACITY) blocks).
     pub fn capacity(mut self, blocks: u64) -> Self {
         self.opts.capacity = Some(blocks);
         self
@@ -193,10 +202,13 @@ impl MirrorBuilder {
     ///
     /// # Errors
     ///
-    /// [`MirrorError::BadBlockSize`], [`MirrorError::BadRegionSize`].
+    /// [`MirrorError::BadBlockSize`], [`MirrorError::BadRegionSize`],
+    /// [`MirrorError::BadCapacity`] (0 or above
+    /// [`MAX_CAPACITY`](Self::MAX_CAPACITY)).
     pub fn device_blocks(&self, capacity: u64, block_size: usize) -> Result<u64, MirrorError> {
         super::device::check_block_size(block_size)?;
         self.check_region()?;
+        check_capacity(capacity)?;
         Ok(Layout::new(block_size, capacity, self.opts.region_blocks).device_blocks())
     }
 
@@ -227,17 +239,24 @@ impl MirrorBuilder {
         let bs = common_block_size(&devices, 2)?;
         check_identities(&devices)?;
         for d in devices.iter_mut() {
-            if let Ok((sb, _)) = read_superblock(&mut **d, bs) {
-                return Err(MirrorError::AlreadyMember {
-                    name: d.name().to_string(),
-                    array: sb.array,
-                    role: sb.role as usize,
-                });
+            match read_superblock(&mut **d, bs) {
+                Ok((sb, _)) => {
+                    return Err(MirrorError::AlreadyMember {
+                        name: d.name().to_string(),
+                        array: sb.array,
+                        role: sb.role as usize,
+                    })
+                }
+                Err(e @ MirrorError::OtherBlockSize { .. }) => return Err(e),
+                Err(_) => {}
             }
         }
         let region = self.opts.region_blocks;
         let layout = match self.opts.capacity {
-            Some(cap) => Layout::new(bs, cap.max(1), region),
+            Some(cap) => {
+                check_capacity(cap)?;
+                Layout::new(bs, cap, region)
+            }
             None => {
                 let sizes: Vec<u64> = devices.iter().map(|d| d.blocks()).collect();
                 if sizes.iter().any(|&s| s != sizes[0]) {
@@ -265,6 +284,7 @@ impl MirrorBuilder {
                 });
             }
         }
+        check_memory(layout.capacity)?;
         let array = Uuid::new_v4();
         let mut members = Vec::with_capacity(devices.len());
         for mut dev in devices {
@@ -451,6 +471,7 @@ impl MirrorBuilder {
                 }
             }
         }
+        check_memory(layout.capacity)?;
         let mut m = Mirror::skeleton(members, layout, reference.array, &self.opts);
         m.events = reference.events;
         m.seq_limit = reference.seq_limit;
@@ -521,6 +542,33 @@ fn common_block_size(devices: &[Box<dyn BlockDevice>], min: usize) -> Result<usi
     Ok(bs)
 }
 
+/// Refuses a capacity of 0 or above [`MAX_CAPACITY`].
+fn check_capacity(capacity: u64) -> Result<(), MirrorError> {
+    if capacity == 0 || capacity > MAX_CAPACITY {
+        return Err(MirrorError::BadCapacity {
+            capacity,
+            max: MAX_CAPACITY,
+        });
+    }
+    Ok(())
+}
+
+/// Checks that the in-memory state of a mirror of `capacity` data blocks
+/// can be allocated, before any device is written: the allocation is tried
+/// (and given back) so that a mirror too large for the machine is an error
+/// rather than an abort halfway through `create`.
+fn check_memory(capacity: u64) -> Result<(), MirrorError> {
+    let bytes = capacity.saturating_mul(MEMORY_PER_BLOCK);
+    let fits = usize::try_from(bytes)
+        .ok()
+        .is_some_and(|n| Vec::<u8>::new().try_reserve_exact(n).is_ok());
+    if fits {
+        Ok(())
+    } else {
+        Err(MirrorError::OutOfMemory { capacity, bytes })
+    }
+}
+
 /// Refuses the same file or block device twice (by `(st_dev, st_ino)`).
 pub(crate) fn check_identities(devices: &[Box<dyn BlockDevice>]) -> Result<(), MirrorError> {
     for i in 0..devices.len() {
@@ -545,7 +593,7 @@ pub(crate) fn check_identities(devices: &[Box<dyn BlockDevice>]) -> Result<(), M
 }
 
 /// Reads a device's newest valid superblock (and its copies' raw blocks).
-fn read_superblock(
+pub(crate) fn read_superblock(
     dev: &mut dyn BlockDevice,
     bs: usize,
 ) -> Result<(Superblock, AlignedBuf), MirrorError> {
@@ -565,8 +613,21 @@ fn read_superblock(
             name: name.clone(),
             found: std::format!("its superblocks could not be read ({e})"),
         })?;
+    // A superblock written with another block size fails its checksum at
+    // this one, but its magic and recorded size sit in the first 16 bytes
+    // of block 0 whatever the size: name the size rather than call the
+    // device blank or damaged (whose advice would lose its data).
+    let recorded = le_u32_at(&buf, 12) as usize;
+    let other_size = buf[4..8] == SB_MAGIC
+        && recorded != bs
+        && super::device::check_block_size(recorded).is_ok();
     match newest(&buf[..bs], &buf[bs..]) {
         Ok(sb) => Ok((sb, buf)),
+        Err(_) if other_size => Err(MirrorError::OtherBlockSize {
+            name,
+            recorded,
+            opened: bs,
+        }),
         Err((SbProblem::Version(v), _)) | Err((_, SbProblem::Version(v))) => {
             Err(MirrorError::UnsupportedFormat { name, version: v })
         }
@@ -583,6 +644,11 @@ fn read_superblock(
             ),
         }),
     }
+}
+
+/// The little-endian `u32` at `at` of `b`.
+fn le_u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 fn describe(p: &SbProblem) -> String {

@@ -416,6 +416,34 @@ pub enum MirrorError {
         /// Its generation.
         b_events: u64,
     },
+    /// A data capacity of zero blocks or above the supported maximum.
+    #[error("a capacity of {capacity} data blocks is not supported: use 1 to {max} blocks (MirrorBuilder::capacity)")]
+    BadCapacity {
+        /// The capacity asked for.
+        capacity: u64,
+        /// [`MirrorBuilder::MAX_CAPACITY`].
+        max: u64,
+    },
+    /// The mirror's in-memory state could not be allocated; nothing was
+    /// written to any device.
+    #[error("a mirror of {capacity} data blocks needs about {bytes} bytes of memory for its expected state (56 bytes per block while it is built), which could not be allocated; nothing was written — use MirrorBuilder::capacity to mirror part of the devices, or larger blocks")]
+    OutOfMemory {
+        /// Data blocks of the mirror.
+        capacity: u64,
+        /// Bytes of memory asked for.
+        bytes: u64,
+    },
+    /// A device holds a mirror superblock written with another block size
+    /// than the one it was opened with.
+    #[error("{name} holds a mirror superblock written with {recorded}-byte blocks but was opened with {opened}-byte blocks; open it with the same block size (FileDevice::builder().block_size({recorded})) — do not create a mirror on it, that would erase the one it holds")]
+    OtherBlockSize {
+        /// The device.
+        name: String,
+        /// The block size the superblock records.
+        recorded: usize,
+        /// The block size the device was opened with.
+        opened: usize,
+    },
     /// Every device is older than the generation the caller expects.
     #[error("the newest superblock is generation {events}, older than the generation {min} expected: every device was rolled back to an older image (or these are the wrong devices); restore the current images")]
     OlderThanExpected {

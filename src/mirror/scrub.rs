@@ -350,15 +350,23 @@ impl Mirror {
     ///
     /// As [`Mirror::readd`], and [`MirrorError::BlockSizeMismatch`],
     /// [`MirrorError::ReplacementTooSmall`], [`MirrorError::SameDeviceTwice`]
-    /// (`new` is another member's file or device).
+    /// (`new` is another member's file or device),
+    /// [`MirrorError::AlreadyMember`] (`new` belongs to another mirror),
+    /// [`MirrorError::OtherBlockSize`]. Every error leaves the mirror as it
+    /// was: `device` keeps its old device.
     pub fn replace(
         &mut self,
         device: DeviceId,
-        new: Box<dyn BlockDevice>,
+        mut new: Box<dyn BlockDevice>,
     ) -> Result<ResyncReport, MirrorError> {
         self.check_device(device)?;
         if self.members[device].state == MemberState::InSync {
             return Err(MirrorError::AlreadyInSync { device });
+        }
+        // Without a device in sync there is nothing to copy from: refuse
+        // before the role changes hands.
+        if self.in_sync().is_empty() {
+            return Err(self.no_healthy());
         }
         if new.block_size() != self.block_size {
             return Err(MirrorError::BlockSizeMismatch {
@@ -389,6 +397,20 @@ impl Mirror {
                     how: "the replacement is the same file or device as a member".to_string(),
                 });
             }
+        }
+        // A device that holds another mirror is not overwritten (as
+        // `create` refuses it); one that held this mirror's role before
+        // (the same device, back) or nothing may be.
+        match super::assemble::read_superblock(&mut *new, self.block_size) {
+            Ok((sb, _)) if sb.array != self.array => {
+                return Err(MirrorError::AlreadyMember {
+                    name: new.name().to_string(),
+                    array: sb.array,
+                    role: sb.role as usize,
+                });
+            }
+            Err(e @ MirrorError::OtherBlockSize { .. }) => return Err(e),
+            _ => {}
         }
         let reason = std::format!("replaced by {}", new.name());
         self.members[device] = Member {

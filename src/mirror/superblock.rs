@@ -59,6 +59,18 @@ pub(crate) const META_HEADER: usize = 48;
 pub(crate) const TABLE_ENTRY: usize = 16;
 /// Physical block of superblock copy A (copy B follows it).
 pub(crate) const SB_COPY_A: u64 = 0;
+/// Most data blocks a mirror may have: 2^40 (4 PiB of 4 KiB blocks). Far
+/// past what its in-memory state (about 56 bytes per block at its peak)
+/// lets a machine hold, and small enough that no layout arithmetic can
+/// overflow a `u64`.
+pub(crate) const MAX_CAPACITY: u64 = 1 << 40;
+/// Event counts and sequence limits at or above this are refused as damage
+/// (at a billion updates a second they take 146 years to reach), so that
+/// the `+ 1` and `+ n` of later updates never overflow.
+pub(crate) const MAX_COUNTER: u64 = 1 << 62;
+/// Peak bytes of memory per data block while a mirror is built: its
+/// expected state (16), the Merkle leaves (8) and up to 32 for the tree.
+pub(crate) const MEMORY_PER_BLOCK: u64 = 56;
 
 /// Where each kind of block lives on a member device. All members of an
 /// array share one layout (it is a function of block size, capacity and
@@ -103,17 +115,33 @@ impl Layout {
         }
     }
 
-    /// The largest layout that fits in `device_blocks` blocks (None if not
-    /// even one data block fits).
+    /// The largest layout of at most [`MAX_CAPACITY`] data blocks that fits
+    /// in `device_blocks` blocks (None if not even one data block fits).
     pub(crate) fn fit(block_size: usize, device_blocks: u64, region_blocks: u64) -> Option<Self> {
-        // The metadata of `device_blocks` data blocks is an upper bound of
-        // the metadata needed; grow the capacity while the next one fits.
-        let over = Self::new(block_size, device_blocks, region_blocks);
-        let mut cap = device_blocks.checked_sub(over.data_start)?;
-        while Self::new(block_size, cap + 1, region_blocks).device_blocks() <= device_blocks {
-            cap += 1;
+        // The blocks a layout needs grow with its capacity, so the largest
+        // capacity that fits is found by bisection: `lo` always fits (or is
+        // 0), `hi + 1` never does. The metadata of `device_blocks` data
+        // blocks bounds the metadata needed from above, so `lo` starts
+        // close to the answer.
+        let fits =
+            |cap: u64| Self::new(block_size, cap, region_blocks).device_blocks() <= device_blocks;
+        let over = Self::new(block_size, device_blocks.min(MAX_CAPACITY), region_blocks);
+        let mut lo = device_blocks
+            .checked_sub(over.data_start)?
+            .min(MAX_CAPACITY);
+        let mut hi = device_blocks.min(MAX_CAPACITY);
+        if !fits(lo) {
+            lo = 0;
         }
-        (cap > 0).then(|| Self::new(block_size, cap, region_blocks))
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        (lo > 0).then(|| Self::new(block_size, lo, region_blocks))
     }
 
     /// Blocks a device needs for this layout.
@@ -276,8 +304,13 @@ impl Superblock {
         }
         let capacity = le_u64(&block[56..64]);
         let region_blocks = le_u64(&block[120..128]);
-        if capacity == 0 || !region_blocks.is_power_of_two() {
+        if capacity == 0 || capacity > MAX_CAPACITY || !region_blocks.is_power_of_two() {
             return bad("capacity or region size invalid");
+        }
+        let events = le_u64(&block[72..80]);
+        let seq_limit = le_u64(&block[80..88]);
+        if events >= MAX_COUNTER || seq_limit >= MAX_COUNTER {
+            return bad("event count or sequence limit out of range");
         }
         let layout = Layout::new(block_size, capacity, region_blocks);
         if le_u64(&block[64..72]) != layout.data_start
@@ -303,8 +336,8 @@ impl Superblock {
             device: uuid_at(&block[32..]),
             role,
             layout,
-            events: le_u64(&block[72..80]),
-            seq_limit: le_u64(&block[80..88]),
+            events,
+            seq_limit,
             members,
         })
     }
