@@ -183,11 +183,15 @@ impl BackupHandle {
     ///
     /// # Errors
     ///
-    /// [`RunqError::EpochExhausted`] if the queue cannot be taken over again.
+    /// [`RunqError::EpochExhausted`] if the queue cannot be taken over again;
+    /// [`RunqError::BadTime`] for a `now` more than an hour ahead of
+    /// [`RunQueues::now`](super::RunQueues::now) (an earlier `now` than
+    /// before restarts the wait for the lease to expire).
     pub fn poll(&mut self, now: u64) -> Result<BackupEvent, RunqError> {
         if self.detached {
             return Ok(BackupEvent::Detached);
         }
+        self.sh.check_now(now)?;
         let mut n = 0usize;
         let replica = &mut self.replica;
         let state = self.ring.drain(|r| {

@@ -225,6 +225,13 @@ impl LeaseWatch {
     pub(crate) fn observe(&mut self, lease: &Lease, now: u64, expiry_ns: u64) -> Watch {
         let w = lease.load();
         match self.seen {
+            // A clock that went back (a caller's bad `now` earlier) moves
+            // the sighting back with it: otherwise one time far in the
+            // future would keep this watcher from ever seeing an expiry.
+            Some((old, since)) if old == w && now < since => {
+                self.seen = Some((w, now));
+                Watch::Live
+            }
             Some((old, since)) if old == w => {
                 if now.saturating_sub(since) >= expiry_ns {
                     Watch::Expired { word: w, since }

@@ -207,6 +207,15 @@ pub enum RunqError {
         /// Where it is instead.
         phase: TaskPhase,
     },
+    /// A time passed to `tick`, `poll`, `step` or `housekeep` is more than
+    /// an hour ahead of the scheduler's clock.
+    #[error("time {now} ns is more than an hour ahead of the scheduler's clock ({clock} ns): pass RunQueues::now() (nanoseconds since the scheduler was built), not another clock or unit")]
+    BadTime {
+        /// The time given.
+        now: u64,
+        /// [`RunQueues::now`] when it was refused.
+        clock: u64,
+    },
 }
 
 /// How operations reach the backups.
@@ -542,6 +551,17 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Refuses a caller's time more than [`MAX_DURATION`] ahead of the
+    /// scheduler's clock: a time that far ahead is a bug (a wrong clock or
+    /// unit), and acted upon it would take over live owners at once.
+    pub(crate) fn check_now(&self, now: u64) -> Result<(), RunqError> {
+        let clock = self.now();
+        if now > clock.saturating_add(MAX_DURATION.as_nanos() as u64) {
+            return Err(RunqError::BadTime { now, clock });
+        }
+        Ok(())
+    }
+
     /// Nanoseconds since creation (0 under loom, where models pass times).
     pub(crate) fn now(&self) -> u64 {
         #[cfg(not(loom))]
@@ -804,6 +824,10 @@ impl RunQueues {
     /// Nanoseconds since creation (the clock handles are ticked with).
     pub fn now(&self) -> u64 {
         self.sh.now()
+    }
+
+    pub(crate) fn check_now(&self, now: u64) -> Result<(), RunqError> {
+        self.sh.check_now(now)
     }
 
     fn check_queue(&self, q: usize) -> Result<(), RunqError> {

@@ -829,7 +829,10 @@ impl OwnerHandle {
     /// # Errors
     ///
     /// [`RunqError::Fenced`] once the queue was taken over;
-    /// [`RunqError::EpochExhausted`] if a re-backup cannot raise the epoch.
+    /// [`RunqError::EpochExhausted`] if a re-backup cannot raise the epoch;
+    /// [`RunqError::BadTime`] for a `now` more than an hour ahead of
+    /// [`RunQueues::now`](super::RunQueues::now). A `now` earlier than the
+    /// last one renews the lease again.
     pub fn tick(&mut self, now: u64) -> Result<Tick, RunqError> {
         self.refuse_if_fenced("tick")?;
         if let Replication::Async { max_lag, .. } = self.sh.config.replication {
@@ -839,8 +842,13 @@ impl OwnerHandle {
                 }
             }
         }
+        self.sh.check_now(now)?;
         let quarter = self.sh.config.lease.as_nanos() as u64 / 4;
-        if self.last_renew != 0 && now.saturating_sub(self.last_renew) < quarter {
+        // A `now` before the last renewal (the clock went back) renews
+        // again: one bad time must not stop renewals until the clock
+        // catches up with it, which would let a backup take over a live
+        // owner.
+        if self.last_renew != 0 && now >= self.last_renew && now - self.last_renew < quarter {
             return Ok(Tick::Idle);
         }
         self.sh.fault(self.core, FaultPoint::Tick);

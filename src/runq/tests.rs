@@ -153,6 +153,54 @@ fn renewals_keep_the_neighbour_out() {
 }
 
 #[test]
+fn a_time_far_ahead_is_refused_and_a_clock_that_went_back_recovers() {
+    let rq = sched(2, Replication::Sync);
+    let mut o = rq.owner(0).unwrap();
+    let mut b = backup_of(&rq, 1, 0);
+    let t = spawner_of(&rq).spawn(0).unwrap();
+    o.tick(0).unwrap();
+    b.poll(0).unwrap();
+    // A time hours ahead (a wrong clock or unit) is refused by every entry
+    // point instead of taking over a live owner at once or stopping
+    // renewals until the clock catches up.
+    let far = rq.now() + 2 * 3600 * 1_000_000_000;
+    for bad in [far, u64::MAX] {
+        assert!(matches!(o.tick(bad), Err(RunqError::BadTime { now, .. }) if now == bad));
+        assert!(matches!(b.poll(bad), Err(RunqError::BadTime { .. })));
+    }
+    // A time ahead but within the bound, then the real clock again: the
+    // owner renews at the earlier time (it would otherwise wait for the
+    // clock to catch up), and the backup's wait restarts rather than
+    // measuring from the future.
+    o.tick(30 * 60 * 1_000_000_000).unwrap();
+    b.poll(30 * 60 * 1_000_000_000).unwrap();
+    assert_ne!(
+        o.tick(10 * MS).unwrap(),
+        Tick::Idle,
+        "a clock that went back renews"
+    );
+    for step in 1..20u64 {
+        let now = step * 10 * MS;
+        o.tick(now).unwrap();
+        assert!(
+            !matches!(b.poll(now).unwrap(), BackupEvent::TookOver { .. }),
+            "a ticking owner is never taken over"
+        );
+    }
+    // And once the owner stops, the backup does take over, from the
+    // earlier clock: the far time left nothing behind.
+    let mut adopted = None;
+    for step in 20..40u64 {
+        if let BackupEvent::TookOver { owner, .. } = b.poll(step * 10 * MS).unwrap() {
+            adopted = Some(owner);
+            break;
+        }
+    }
+    let mut adopted = adopted.expect("a silent owner is taken over within a few leases");
+    assert_eq!(pick(&mut adopted), t, "the task survives, once");
+}
+
+#[test]
 fn takeover_adopts_queued_and_running_tasks_and_fences_the_zombie() {
     let rq = sched(3, Replication::Sync);
     let sp = spawner_of(&rq);

@@ -132,8 +132,15 @@ impl CoreWorker {
     /// # Errors
     ///
     /// [`RunqError::EpochExhausted`] from a takeover or re-backup (fencing
-    /// and stalls are handled here, not returned).
+    /// and stalls are handled here, not returned); [`RunqError::BadTime`]
+    /// for a `now` more than an hour ahead of
+    /// [`RunQueues::now`](super::RunQueues::now).
     pub fn housekeep(&mut self, now: u64) -> Result<usize, RunqError> {
+        self.rq.check_now(now)?;
+        if self.last_attach.is_some_and(|t| now < t) {
+            // The clock went back: attach again from here.
+            self.last_attach = None;
+        }
         for o in &mut self.owners {
             match o.tick(now) {
                 Ok(_) | Err(RunqError::Fenced { .. }) | Err(RunqError::BackupStalled { .. }) => {}
