@@ -125,6 +125,16 @@ impl core::fmt::Debug for BackupHandle {
 }
 
 impl BackupHandle {
+    /// The core this handle was attached for.
+    pub(crate) fn owner_core(&self) -> usize {
+        self.core
+    }
+
+    /// Whether this handle is `core`'s for the scheduler behind `sh`.
+    pub(crate) fn belongs_to(&self, sh: &Arc<Shared>, core: usize) -> bool {
+        Arc::ptr_eq(&self.sh, sh) && self.core == core
+    }
+
     pub(crate) fn new(
         sh: Arc<Shared>,
         q: QueueId,

@@ -878,13 +878,23 @@ impl RunQueues {
     ///
     /// # Errors
     ///
-    /// [`RunqError::NoSuchQueue`] for a core that does not exist.
+    /// [`RunqError::NoSuchQueue`] for a core that does not exist;
+    /// [`RunqError::BadConfig`] if `backups` holds a handle of another core
+    /// or scheduler.
     pub fn attach_backups(
         &self,
         core: usize,
         backups: &mut Vec<BackupHandle>,
     ) -> Result<usize, RunqError> {
         self.check_queue(core)?;
+        // Handles of another core or scheduler would hide the queues this
+        // core must follow (their rings would never be drained).
+        if let Some(other) = backups.iter().find(|b| !b.belongs_to(&self.sh, core)) {
+            return Err(RunqError::BadConfig(std::format!(
+                "attach_backups({core}, ..) was given a handle of core {} or of another scheduler; keep one Vec of backup handles per core and scheduler",
+                other.owner_core()
+            )));
+        }
         backups.retain(|b| b.is_current());
         let mut added = 0;
         for q in 0..self.sh.queues.len() {
@@ -1116,7 +1126,9 @@ impl Spawner {
     }
 
     /// As [`Spawner::spawn`], calling `before_delivery` with the new id before
-    /// the task can reach any core (to register it in a ledger).
+    /// the task can reach any core (to register it in a ledger). If
+    /// `before_delivery` panics, the task is not spawned (its slot is free
+    /// again) and the panic continues in the caller.
     ///
     /// The spawn runs in three steps: take a slot in phase `Spawning` (stamped
     /// with this spawner's core), deliver the id to `q`'s inbox (its owner
@@ -1163,7 +1175,16 @@ impl Spawner {
             return Err(RunqError::SpawnerFenced { core: self.core });
         }
         sh.fault(self.core, fault_points::FaultPoint::SpawnAllocated);
-        before_delivery(t);
+        // The caller's callback may panic: nobody has been told of the task
+        // yet, so the slot goes back (as a dead spawner's would) and the
+        // panic goes on; otherwise it would stay `Spawning` for as long as
+        // this core lives.
+        if let Err(panic) =
+            std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| before_delivery(t)))
+        {
+            let _ = sh.tasks.reclaim_spawning(t, spawning);
+            std::panic::resume_unwind(panic);
+        }
         let inbox = &sh.queues[q as usize].inbox;
         let tag = inbox.push(t);
         sh.fault(self.core, fault_points::FaultPoint::SpawnDelivered);

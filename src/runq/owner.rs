@@ -591,7 +591,9 @@ impl OwnerHandle {
 
     /// As [`OwnerHandle::complete`], calling `on_commit` right after the
     /// completion became final and before anything can fail (so a ledger
-    /// stays exact even if the core crashes just after).
+    /// stays exact even if the core crashes just after). If `on_commit`
+    /// panics, the completion stands (a yielded task is queued again) and
+    /// the panic continues in the caller.
     ///
     /// # Errors
     ///
@@ -629,12 +631,15 @@ impl OwnerHandle {
         };
         match self.transition(t, from, intent, kind, to, "complete") {
             Ok(st) => {
-                on_commit();
+                // The handle's own bookkeeping first (it cannot fail): a
+                // panicking `on_commit` must not leave a yielded task out of
+                // the local queue, where no pick would find it again.
                 self.running.remove(&t);
                 if exit == Exit::Yield {
                     self.local.push_back((t, st));
                     self.publish_len();
                 }
+                on_commit();
                 Ok(())
             }
             Err(Fail::Moved(_)) => {

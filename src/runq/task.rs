@@ -89,9 +89,10 @@ impl TaskId {
         self.0
     }
 
-    /// Inverse of [`TaskId::to_raw`].
+    /// Inverse of [`TaskId::to_raw`]. Bits above the slot and the 24-bit
+    /// generation are dropped, so that one task never has two ids.
     pub fn from_raw(raw: u64) -> Self {
-        Self(raw)
+        Self(raw & (MASK24 << 32 | u64::from(u32::MAX)))
     }
 }
 

@@ -201,6 +201,84 @@ fn a_time_far_ahead_is_refused_and_a_clock_that_went_back_recovers() {
 }
 
 #[test]
+fn a_panicking_spawn_callback_gives_its_slot_back() {
+    let rq = RunQueues::builder()
+        .cores(2)
+        .task_capacity(1)
+        .build()
+        .unwrap();
+    let sp = rq.spawner(0).unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        sp.spawn_with(1, |_| panic!("ledger full"))
+    }));
+    assert!(r.is_err(), "the callback's panic reaches the caller");
+    assert!(rq.live_tasks().is_empty(), "{:?}", rq.live_tasks());
+    // The one slot is free again: a spawn succeeds and the task runs.
+    let t = sp.spawn(1).expect("the slot was given back");
+    let mut o = rq.owner(1).unwrap();
+    assert_eq!(pick(&mut o), t);
+}
+
+#[test]
+fn a_panicking_commit_callback_loses_no_yielded_task() {
+    let rq = sched(2, Replication::Sync);
+    let t = spawner_of(&rq).spawn(0).unwrap();
+    let mut o = rq.owner(0).unwrap();
+    assert_eq!(pick(&mut o), t);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        o.complete_then(t, Exit::Yield, || panic!("ledger full"))
+    }));
+    assert!(r.is_err(), "the callback's panic reaches the caller");
+    // The yield stands: the task is queued again and picked once more.
+    assert_eq!(pick(&mut o), t);
+    o.complete(t, Exit::Done).unwrap();
+    assert_eq!(o.pick().unwrap(), Pick::Empty);
+}
+
+#[test]
+fn backup_handles_of_another_core_or_scheduler_are_refused() {
+    let rq = sched(3, Replication::Sync);
+    let mut mine = Vec::new();
+    rq.attach_backups(1, &mut mine).unwrap();
+    assert!(matches!(
+        rq.attach_backups(2, &mut mine),
+        Err(RunqError::BadConfig(why)) if why.contains("one Vec")
+    ));
+    let other = sched(3, Replication::Sync);
+    let mut theirs = Vec::new();
+    other.attach_backups(1, &mut theirs).unwrap();
+    assert!(matches!(
+        rq.attach_backups(1, &mut theirs),
+        Err(RunqError::BadConfig(_))
+    ));
+    // The right Vec still works, and adds nothing twice.
+    assert_eq!(rq.attach_backups(1, &mut mine).unwrap(), 0);
+}
+
+#[test]
+fn raw_ids_with_stray_high_bits_name_the_same_task() {
+    let rq = sched(2, Replication::Sync);
+    let t = spawner_of(&rq).spawn(0).unwrap();
+    let forged = TaskId::from_raw(t.to_raw() | 1 << 63 | 1 << 58);
+    assert_eq!(forged, t);
+    assert_eq!(TaskId::from_raw(u64::MAX).to_raw() >> 56, 0);
+}
+
+#[test]
+fn a_worker_finishing_on_a_queue_that_does_not_exist_says_so() {
+    let rq = sched(2, Replication::Sync);
+    let mut w = CoreWorker::new(&rq, 0).unwrap();
+    let t = spawner_of(&rq).spawn(0).unwrap();
+    assert!(matches!(
+        w.finish(99, t, Exit::Done, || {}),
+        Err(RunqError::NoSuchQueue {
+            queue: 99,
+            queues: 2
+        })
+    ));
+}
+
+#[test]
 fn takeover_adopts_queued_and_running_tasks_and_fences_the_zombie() {
     let rq = sched(3, Replication::Sync);
     let sp = spawner_of(&rq);

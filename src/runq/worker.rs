@@ -229,7 +229,8 @@ impl CoreWorker {
     ///
     /// # Errors
     ///
-    /// [`RunqError::Fenced`] if this core no longer owns `queue`;
+    /// [`RunqError::NoSuchQueue`] for a queue that does not exist;
+    /// [`RunqError::Fenced`] if this core does not own `queue` (any more);
     /// [`RunqError::BackupStalled`] if a backup's ring stayed full for twice
     /// lease + margin (the task is still running here: call again); else as
     /// [`OwnerHandle::complete`].
@@ -240,6 +241,12 @@ impl CoreWorker {
         exit: Exit,
         on_commit: impl FnOnce(),
     ) -> Result<(), RunqError> {
+        if queue as usize >= self.rq.queues() {
+            return Err(RunqError::NoSuchQueue {
+                queue: queue as usize,
+                queues: self.rq.queues(),
+            });
+        }
         let mut on_commit = Some(on_commit);
         let mut backoff = crate::sync::Backoff::new();
         // A dead backup is replaced within about lease + margin (its own
