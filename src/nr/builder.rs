@@ -387,6 +387,16 @@ impl<D> NrBuilder<D> {
         }
         let mut homes = self.homes()?;
         let serving = homes.len();
+        // PerCore (or PerNode) on a large topology: one replica, and one
+        // building thread, per core is bounded like Fixed(n).
+        if serving > MAX_REPLICAS {
+            return Err(NrError::TooLarge {
+                what: "replicas that the topology and ReplicaPolicy ask for",
+                asked: serving,
+                max: MAX_REPLICAS,
+                hint: "use ReplicaPolicy::PerNode, or ReplicaPolicy::Fixed with fewer replicas",
+            });
+        }
         if let Some(max) = self.max_replicas {
             if max < serving {
                 return Err(NrError::TooFewPlaces {

@@ -492,46 +492,51 @@ where
         if shared.log.is_single() {
             return Err(NrError::LastReplica { replica: r });
         }
-        let guard = lock_combiner(shared, rep).ok_or(NrError::Poisoned)?;
-        // Relaxed: written only under this lock, which we hold.
-        if rep.removed.load(Ordering::Relaxed) {
-            return Err(NrError::ReplicaRemoved { replica: r });
+        if self.is_poisoned() {
+            return Err(NrError::Poisoned);
         }
-        // Acquire: pairs with the Release stores of `removed` in
-        // `remove_replica` and `add_replica`.
-        let others_active = shared
-            .replicas
-            .iter()
-            .enumerate()
-            .any(|(q, other)| q != r && !other.removed.load(Ordering::Acquire));
-        if !others_active {
-            return Err(NrError::LastReplica { replica: r });
-        }
-        if shared.log.ltail(r) != PARKED {
-            // The last live replica cannot park; bring another back first
-            // (Acquire on `removed`: as above).
-            while !shared.park(r, &guard) {
-                let Some(q) = (0..replicas)
-                    .find(|&q| q != r && !shared.replicas[q].removed.load(Ordering::Acquire))
-                else {
-                    return Err(NrError::LastReplica { replica: r });
-                };
-                let other = &shared.replicas[q];
-                let Some(g) = other.try_combine() else {
-                    if self.is_poisoned() {
-                        return Err(NrError::Poisoned);
-                    }
-                    continue;
-                };
-                if shared.log.ltail(q) == PARKED {
-                    shared.wake(q, &g).map_err(|_| NrError::Poisoned)?;
+        let mut backoff = Backoff::new();
+        loop {
+            let guard = lock_combiner(shared, rep).ok_or(NrError::Poisoned)?;
+            // Relaxed: written only under this lock, which we hold.
+            if rep.removed.load(Ordering::Relaxed) {
+                return Err(NrError::ReplicaRemoved { replica: r });
+            }
+            // Acquire: pairs with the Release stores of `removed` in
+            // `remove_replica` and `add_replica`.
+            let Some(q) = (0..replicas)
+                .find(|&q| q != r && !shared.replicas[q].removed.load(Ordering::Acquire))
+            else {
+                return Err(NrError::LastReplica { replica: r });
+            };
+            if shared.log.ltail(r) == PARKED || shared.park(r, &guard) {
+                // Release: pairs with the Acquire loads in `wake` and
+                // `is_replica_active`, after the replica is parked (under
+                // its lock, which we hold).
+                rep.removed.store(true, Ordering::Release);
+                return Ok(());
+            }
+            // `r` is the last live replica: bring `q` back first. `wake`
+            // copies from a live replica under that replica's lock, and the
+            // only live one is `r`, so ours is released before: holding it
+            // here would leave `wake` spinning on it for ever. The checks
+            // above are made again under the lock on the next round.
+            drop(guard);
+            let other = &shared.replicas[q];
+            let Some(g) = other.try_combine() else {
+                if self.is_poisoned() {
+                    return Err(NrError::Poisoned);
+                }
+                backoff.snooze();
+                continue;
+            };
+            if shared.log.ltail(q) == PARKED {
+                match shared.wake(q, &g) {
+                    Ok(()) | Err(combine::Stop::Removed) => {}
+                    Err(combine::Stop::Poisoned) => return Err(NrError::Poisoned),
                 }
             }
         }
-        // Release: pairs with the Acquire loads in `wake` and
-        // `is_replica_active`, after the replica is parked.
-        rep.removed.store(true, Ordering::Release);
-        Ok(())
     }
 
     /// Brings a removed replica place back into service at run time, rebuilt
@@ -903,7 +908,10 @@ where
     /// Brings every replica in service up to date with the log (rebuilding
     /// parked ones) and runs `f` on each, in replica order, while holding it
     /// exclusively (for checks at quiescence, such as "all replicas are
-    /// equal"). Removed replicas are skipped.
+    /// equal"). Removed replicas are skipped. Like `dispatch`, `f` must not
+    /// call back into this instance (`execute`, `execute_mut`,
+    /// `remove_replica`, ...): it runs under the replica's locks, so such a
+    /// call waits for itself for ever.
     ///
     /// # Errors
     ///

@@ -134,6 +134,50 @@ fn an_idle_replica_is_parked_writes_go_log_free_and_it_comes_back_current() {
 }
 
 #[test]
+fn the_only_live_replica_can_be_removed_while_the_others_are_parked() {
+    let nr = std::sync::Arc::new(build::<CopyMap>(2, 16));
+    let t0 = nr.register_on(0).unwrap();
+    for i in 0..100u64 {
+        nr.execute_mut(Put(i, i), &t0).unwrap();
+    }
+    assert_eq!(nr.live_replicas(), 1, "replica 1 parked");
+    // Removing the busy replica must bring the parked one back first. It
+    // used to spin for ever: it held replica 0's lock while the wake of
+    // replica 1 waited for a live replica's lock, and replica 0's was the
+    // only one. Run on another thread so that a regression fails here
+    // instead of hanging the suite.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let remover = std::sync::Arc::clone(&nr);
+    std::thread::spawn(move || {
+        let _ = tx.send(remover.remove_replica(0));
+    });
+    let removed = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("remove_replica(0) returned (it hung before the fix)");
+    assert_eq!(removed, Ok(()));
+    assert!(!nr.is_replica_active(0) && nr.is_replica_active(1));
+    assert_eq!(nr.live_replicas(), 1);
+    // Replica 0's thread is told to move; on replica 1 every write is there.
+    assert!(matches!(
+        nr.execute(5, &t0),
+        Err(ExecError::ReplicaRemoved { .. })
+    ));
+    let t1 = nr.register().unwrap();
+    for i in 0..100u64 {
+        assert_eq!(nr.execute(i, &t1).unwrap(), Some(i));
+    }
+}
+
+#[test]
+fn remove_replica_refuses_a_poisoned_instance() {
+    let nr = build::<CopyMap>(2, 16);
+    // What a panicking write leaves behind (tests.rs shows the panic path).
+    nr.shared.poisoned.store(true, Ordering::Release);
+    assert_eq!(nr.remove_replica(1), Err(NrError::Poisoned));
+    assert!(nr.is_replica_active(1), "nothing was removed");
+}
+
+#[test]
 fn a_write_of_a_parked_replica_rebuilds_it_before_applying() {
     let nr = build::<CopyMap>(3, 8);
     let t0 = nr.register_on(0).unwrap();
@@ -341,6 +385,19 @@ fn sizes_beyond_what_can_be_allocated_are_errors() {
     assert!(too_large(sim().log_capacity(usize::MAX)));
     assert!(too_large(sim().replicas(ReplicaPolicy::Fixed(usize::MAX))));
     assert!(too_large(sim().max_replicas(usize::MAX)));
+    // One replica per core of a topology larger than the limit: refused
+    // before a replica (or a building thread) exists.
+    let huge = crate::topology::Topology::simulated(1, NrBuilder::<PlainMap>::MAX_REPLICAS + 1)
+        .expect("within the topology's own limits");
+    let err = NrBuilder::new()
+        .topology(huge)
+        .replicas(ReplicaPolicy::PerCore)
+        .build(|_| map())
+        .unwrap_err();
+    assert!(
+        matches!(err, NrError::TooLarge { asked, max: 4096, .. } if asked == 4097),
+        "{err}"
+    );
     let err = sim().log_capacity(usize::MAX).build(|_| map()).unwrap_err();
     assert!(err.to_string().contains("log_capacity"), "{err}");
     assert_eq!(

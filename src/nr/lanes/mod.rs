@@ -1126,7 +1126,9 @@ impl<D: LaneMap> LaneReplicated<D> {
 
     /// Brings every replica of every lane up to date and runs `f(replica,
     /// lane, shard)` on each shard while holding it exclusively (for checks
-    /// at quiescence); results in lane-major order.
+    /// at quiescence); results in lane-major order. `f` must not call back
+    /// into this instance: it runs under the shard's locks, so such a call
+    /// waits for itself for ever.
     ///
     /// # Errors
     ///
