@@ -198,7 +198,7 @@ pub enum MirrorError {
         have: u64,
     },
     /// A mirror needs at least two devices.
-    #[error("a mirror needs at least 2 devices, got {given}; add another device")]
+    #[error("a mirror needs at least 2 devices, got {given}; add another device (to assemble a degraded mirror from fewer members, use MirrorBuilder::allow_missing(true), which still needs 1)")]
     TooFewDevices {
         /// Devices given.
         given: usize,
@@ -269,7 +269,7 @@ pub enum MirrorError {
         device: DeviceId,
     },
     /// Every device has failed.
-    #[error("no healthy device is left in the mirror (all {devices} failed; last error: {last}); nothing was acknowledged — bring the devices back and assemble them again (Mirror::into_devices, then Mirror::builder().assemble), which recovers every acknowledged write they hold")]
+    #[error("no healthy device is left in the mirror (all {devices} failed; last error: {last}); this call did not complete (a write was not acknowledged) — bring the devices back and assemble them again (Mirror::into_devices, then Mirror::builder().assemble), which recovers every acknowledged write they hold")]
     NoHealthyDevice {
         /// Devices in the mirror.
         devices: usize,

@@ -56,7 +56,7 @@ pub enum NrError {
     #[error("topology: {0}")]
     Topology(alloc::string::String),
     /// The instance is poisoned: an operation panicked.
-    #[error("the instance is poisoned: a write operation panicked inside dispatch_mut, so the replicas may be inconsistent; build a new instance")]
+    #[error("the instance is poisoned: a write panicked inside dispatch_mut (or merge_responses), or Dispatch::snapshot panicked or returned None while a replica was rebuilt, so the replicas may be inconsistent; build a new instance")]
     Poisoned,
     /// The replica is out of service (removed, or a spare place never added).
     #[error("replica {replica} is not in service (removed, or a spare place from max_replicas); register with NodeReplicated::register, or bring a place back with add_replica")]
@@ -115,10 +115,10 @@ pub enum NrError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ExecError {
     /// The instance is poisoned: an earlier write operation panicked.
-    #[error("the instance is poisoned: a write operation panicked inside dispatch_mut, so the replicas may be inconsistent; build a new instance")]
+    #[error("the instance is poisoned: a write panicked inside dispatch_mut (or merge_responses), or Dispatch::snapshot panicked or returned None while a replica was rebuilt, so the replicas may be inconsistent; build a new instance")]
     Poisoned,
     /// The token was registered with a different instance.
-    #[error("this ThreadToken belongs to another NodeReplicated instance; register the thread with this instance and use that token")]
+    #[error("this token belongs to another instance (a ThreadToken of another NodeReplicated, or a LaneToken of another LaneReplicated); register the thread with this instance and use that token")]
     WrongInstance,
     /// The token's replica was taken out of service with `remove_replica`;
     /// the operation was not applied.

@@ -207,6 +207,12 @@ pub enum RunqError {
         /// Where it is instead.
         phase: TaskPhase,
     },
+    /// A task was to be migrated to, or stolen from, the handle's own queue.
+    #[error("queue {queue} is this handle's own queue: migrate to, or steal from, another queue")]
+    OwnQueue {
+        /// The queue.
+        queue: QueueId,
+    },
     /// A time passed to `tick`, `poll`, `step` or `housekeep` is more than
     /// an hour ahead of the scheduler's clock.
     #[error("time {now} ns is more than an hour ahead of the scheduler's clock ({clock} ns): pass RunQueues::now() (nanoseconds since the scheduler was built), not another clock or unit")]

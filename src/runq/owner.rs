@@ -707,11 +707,15 @@ impl OwnerHandle {
     ///
     /// # Errors
     ///
-    /// [`RunqError::NoSuchQueue`] for a bad target (or this queue itself);
-    /// else as [`OwnerHandle::remove`].
+    /// [`RunqError::NoSuchQueue`] for a bad target,
+    /// [`RunqError::OwnQueue`] for this queue itself; else as
+    /// [`OwnerHandle::remove`].
     pub fn migrate(&mut self, t: TaskId, to: QueueId) -> Result<(), RunqError> {
         self.refuse_if_fenced("migrate")?;
-        if to as usize >= self.sh.queues.len() || to == self.q {
+        if to == self.q {
+            return Err(RunqError::OwnQueue { queue: to });
+        }
+        if to as usize >= self.sh.queues.len() {
             return Err(RunqError::NoSuchQueue {
                 queue: to as usize,
                 queues: self.sh.queues.len(),
@@ -772,9 +776,13 @@ impl OwnerHandle {
     ///
     /// # Errors
     ///
-    /// [`RunqError::NoSuchQueue`] for a bad victim (or this queue itself).
+    /// [`RunqError::NoSuchQueue`] for a bad victim, [`RunqError::OwnQueue`]
+    /// for this queue itself.
     pub fn request_steal(&self, victim: QueueId) -> Result<bool, RunqError> {
-        if victim as usize >= self.sh.queues.len() || victim == self.q {
+        if victim == self.q {
+            return Err(RunqError::OwnQueue { queue: victim });
+        }
+        if victim as usize >= self.sh.queues.len() {
             return Err(RunqError::NoSuchQueue {
                 queue: victim as usize,
                 queues: self.sh.queues.len(),

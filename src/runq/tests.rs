@@ -265,6 +265,22 @@ fn raw_ids_with_stray_high_bits_name_the_same_task() {
 }
 
 #[test]
+fn migrating_or_stealing_to_the_own_queue_says_so() {
+    let rq = sched(3, Replication::Sync);
+    let t = spawner_of(&rq).spawn(0).unwrap();
+    let mut o = rq.owner(0).unwrap();
+    o.accept().unwrap();
+    assert_eq!(o.migrate(t, 0), Err(RunqError::OwnQueue { queue: 0 }));
+    assert_eq!(o.request_steal(0), Err(RunqError::OwnQueue { queue: 0 }));
+    assert!(matches!(
+        o.migrate(t, 7),
+        Err(RunqError::NoSuchQueue { queue: 7, .. })
+    ));
+    // The refused migrations left the task where it was.
+    assert_eq!(pick(&mut o), t);
+}
+
+#[test]
 fn a_worker_finishing_on_a_queue_that_does_not_exist_says_so() {
     let rq = sched(2, Replication::Sync);
     let mut w = CoreWorker::new(&rq, 0).unwrap();
