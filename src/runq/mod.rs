@@ -954,8 +954,12 @@ impl RunQueues {
         })
     }
 
-    /// The state of a task (`None` once its slot was reused).
+    /// The state of a task: `None` once its slot was reused, and for an id
+    /// no spawn ever returned (generation 0: generations start at 1).
     pub fn task_state(&self, t: TaskId) -> Option<TaskState> {
+        if t.generation() == 0 {
+            return None;
+        }
         self.sh.tasks.state(t)
     }
 

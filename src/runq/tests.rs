@@ -262,6 +262,9 @@ fn raw_ids_with_stray_high_bits_name_the_same_task() {
     let forged = TaskId::from_raw(t.to_raw() | 1 << 63 | 1 << 58);
     assert_eq!(forged, t);
     assert_eq!(TaskId::from_raw(u64::MAX).to_raw() >> 56, 0);
+    // An id of a slot never used names no task.
+    assert_eq!(rq.task_state(TaskId::new(5, 0)), None);
+    assert!(rq.task_state(t).is_some());
 }
 
 #[test]
