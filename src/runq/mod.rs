@@ -63,7 +63,9 @@
 //! stops draining; asynchronous replication acknowledges at once and ships
 //! in batches, losing about λ·L operations per failure (λ the write rate, L
 //! the replication lag) — but no task: the takeover's table scan finds every
-//! task whose word names the queue. With `k = 1`, a failure of the adopter
+//! task whose word names the queue. It buffers at most four rings' worth of
+//! unshipped records; past that, a backup that stopped draining stalls the
+//! owner as in synchronous mode. With `k = 1`, a failure of the adopter
 //! inside its takeover (or of a core and its only backup together) is not
 //! survived; `k = 2` survives it.
 //!

@@ -355,11 +355,27 @@ impl OwnerHandle {
                 if !self.rings_open() {
                     return Err(self.fence("commit"));
                 }
+                // Backpressure: a backup that stopped draining would
+                // otherwise let the buffer grow without bound. Past
+                // ASYNC_BACKLOG rings' worth, try to ship, and if that finds
+                // no room, refuse the operation as synchronous mode does
+                // (its intent is undone; the caller drains its own backups
+                // and retries, and a dead backup is replaced).
+                let limit = ASYNC_BACKLOG * self.sh.config.ring_capacity;
+                if self.batch.len() >= limit {
+                    self.ship()?;
+                    if self.batch.len() >= limit {
+                        return Err(RunqError::BackupStalled { queue: self.q });
+                    }
+                }
                 self.batch.push(rec);
                 self.batch_at.push(self.sh.now());
                 self.batch_ends.push([0; MAX_BACKUPS]);
                 // Relaxed: statistics.
-                stats.acked.fetch_add(1, Ordering::Relaxed);
+                self.sh.queues[self.q as usize]
+                    .stats
+                    .acked
+                    .fetch_add(1, Ordering::Relaxed);
                 if self.batch.len() >= batch {
                     // A failed shipment only means we will learn of the fence
                     // at the next operation; this one was validated already.
@@ -895,10 +911,17 @@ impl OwnerHandle {
     ///
     /// # Errors
     ///
-    /// [`RunqError::Fenced`] once the queue was taken over.
+    /// [`RunqError::Fenced`] once the queue was taken over;
+    /// [`RunqError::BackupStalled`] if a backup's ring had no room for all
+    /// of it (what did not fit stays buffered for the next shipment).
     pub fn flush(&mut self) -> Result<(), RunqError> {
         self.refuse_if_fenced("flush")?;
-        self.ship()
+        self.ship()?;
+        if self.batch.is_empty() {
+            Ok(())
+        } else {
+            Err(RunqError::BackupStalled { queue: self.q })
+        }
     }
 
     /// Sends a `Collect` record for the tombstones every backup has drained.
@@ -1080,6 +1103,11 @@ impl OwnerHandle {
         n
     }
 }
+
+/// Asynchronous mode buffers at most this many rings' worth of records
+/// that have not reached every backup; past it, operations wait for the
+/// backups as in synchronous mode (`BackupStalled`).
+const ASYNC_BACKLOG: usize = 4;
 
 /// Longest a synchronous commit waits for ring space before it reports
 /// `BackupStalled` (a few scheduler quanta of the backup's thread).

@@ -570,6 +570,55 @@ fn async_mode_ships_in_batches() {
 }
 
 #[test]
+fn async_mode_buffers_a_bounded_backlog_for_a_backup_that_stopped_draining() {
+    let cfg = Config {
+        replication: Replication::Async {
+            batch: 4,
+            max_lag: Duration::from_millis(2),
+        },
+        ring_capacity: 8,
+        task_capacity: 1024,
+        ..Config::default()
+    };
+    let rq = RunQueues::with_cores(2, cfg).unwrap();
+    let sp = spawner_of(&rq);
+    let mut o = rq.owner(0).unwrap();
+    let mut b = backup_of(&rq, 1, 0); // attached, but not polled: stalled
+    let t = sp.spawn(0).unwrap();
+    o.accept().unwrap();
+    assert_eq!(pick(&mut o), t);
+    // Yield the task over and over: each yield is a record. The ring holds
+    // 8 and the backlog 4 rings' worth; past that the owner refuses, as in
+    // synchronous mode, instead of buffering without bound.
+    let mut acked = 0u64;
+    let stalled = loop {
+        match o.complete(t, Exit::Yield) {
+            Ok(()) => {
+                acked += 1;
+                assert_eq!(pick(&mut o), t);
+            }
+            Err(e) => break e,
+        }
+        assert!(acked < 1000, "the backlog must be bounded");
+    };
+    assert_eq!(stalled, RunqError::BackupStalled { queue: 0 });
+    assert!(acked <= 2 + 5 * 8, "{acked} operations buffered");
+    // The refused yield left the task running here; flush says what is
+    // still unshipped.
+    assert_eq!(o.flush(), Err(RunqError::BackupStalled { queue: 0 }));
+    // Once the backup drains, everything ships and work goes on.
+    while o.flush().is_err() {
+        b.poll(0).unwrap();
+    }
+    b.poll(0).unwrap();
+    o.complete(t, Exit::Done).unwrap();
+    o.flush().unwrap();
+    b.poll(0).unwrap();
+    let st = rq.replication_stats();
+    assert_eq!(st.acked, st.shipped, "{st:?}");
+}
+
+#[test]
 fn a_crash_inside_an_operation_is_recovered_without_loss_or_duplicate() {
     for point in [
         FaultPoint::AfterIntent,
