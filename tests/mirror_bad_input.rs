@@ -291,3 +291,35 @@ fn forged_counters_and_capacities_are_damage_not_panics() {
         }
     }
 }
+
+#[test]
+fn device_files_that_cannot_be_made_say_why_and_leave_nothing_behind() {
+    let s = Scratch::new("device-files");
+    // A size no file system holds: refused with advice, and the file this
+    // call created is removed again.
+    let huge = s.path("huge");
+    match FileDevice::builder().blocks(1 << 50).open(&huge) {
+        Err(e @ MirrorError::Open { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("fewer blocks"), "{msg}");
+        }
+        other => panic!("2^50 blocks: {:?}", other.err()),
+    }
+    assert!(!huge.exists(), "no empty file left behind");
+    // Zero blocks: refused, nothing created.
+    let zero = s.path("zero");
+    assert!(FileDevice::builder().blocks(0).open(&zero).is_err());
+    assert!(!zero.exists());
+    // An existing empty file opened without a size: the error says how to
+    // give one, and the file (the caller's) stays.
+    let empty = s.path("empty");
+    std::fs::write(&empty, b"").expect("create an empty file");
+    match FileDevice::builder().open(&empty) {
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.contains("DeviceBuilder::blocks"), "{msg}");
+        }
+        Ok(_) => panic!("an empty file is not a device"),
+    }
+    assert!(empty.exists());
+}

@@ -359,7 +359,9 @@ impl FileDevice {
         if config.durability == Durability::Direct {
             flags |= libc::O_DIRECT | libc::O_DSYNC;
         }
-        let is_block = std::fs::metadata(path)
+        let existing = std::fs::metadata(path);
+        let existed = existing.is_ok();
+        let is_block = existing
             .map(|m| m.file_type().is_block_device())
             .unwrap_or(false);
         let file = OpenOptions::new()
@@ -410,7 +412,19 @@ impl FileDevice {
                         have: len / bs,
                     })?;
                     if len < bytes {
-                        preallocate(&file, bytes).map_err(open_err)?;
+                        if let Err(e) = preallocate(&file, bytes) {
+                            // A file this call created is not left behind,
+                            // empty, by a size the file system refused.
+                            if !existed {
+                                let _ = std::fs::remove_file(path);
+                            }
+                            return Err(open_err(io::Error::new(
+                                e.kind(),
+                                std::format!(
+                                    "cannot make it {want} blocks ({bytes} bytes): {e}; ask for fewer blocks or use a file system with room for them"
+                                ),
+                            )));
+                        }
                     }
                     want
                 }
@@ -418,6 +432,17 @@ impl FileDevice {
             }
         };
         if blocks == 0 {
+            if !existed {
+                let _ = std::fs::remove_file(path);
+            }
+            if !is_block && config.blocks.is_none() {
+                return Err(open_err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    std::format!(
+                        "it holds less than one {bs}-byte block; to create a device file, give its size with DeviceBuilder::blocks (MirrorBuilder::device_blocks says how many)"
+                    ),
+                )));
+            }
             return Err(MirrorError::TooSmall {
                 path: PathBuf::from(path),
                 want: 1,
