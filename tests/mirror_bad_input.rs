@@ -8,7 +8,7 @@
 use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -20,30 +20,9 @@ use noderep::mirror::{
 const BS: usize = 4096;
 const BLOCKS: u64 = 32;
 
-/// A directory under the system temp dir, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!(
-            "noderep-mirror-bad-input-{tag}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("temp dir");
-        Self(p)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+#[path = "support/scratch.rs"]
+mod scratch;
+use scratch::Scratch;
 
 fn quiet() -> MirrorBuilder {
     Mirror::builder().warnings(WarningSink::Silent)
@@ -85,7 +64,7 @@ fn read_back(a: &Path, b: &Path) -> Vec<u8> {
 
 #[test]
 fn a_mirror_opened_with_another_block_size_is_named_and_never_erased() {
-    let s = Scratch::new("block-size");
+    let s = Scratch::new("mirror-bad-input", "block-size");
     let (a, b) = (s.path("a"), s.path("b"));
     make_mirror(&a, &b, b"ACKED");
     for other in [512, 1024, 8192] {
@@ -113,7 +92,7 @@ fn a_mirror_opened_with_another_block_size_is_named_and_never_erased() {
 
 #[test]
 fn a_replacement_holding_another_mirror_is_refused_and_both_survive() {
-    let s = Scratch::new("foreign");
+    let s = Scratch::new("mirror-bad-input", "foreign");
     let (x, y) = (s.path("x"), s.path("y"));
     make_mirror(&x, &y, b"OTHER");
     let (a, b) = (s.path("a"), s.path("b"));
@@ -136,7 +115,7 @@ fn a_replacement_holding_another_mirror_is_refused_and_both_survive() {
 
 #[test]
 fn a_replacement_with_nothing_to_copy_from_leaves_the_mirror_as_it_was() {
-    let s = Scratch::new("no-source");
+    let s = Scratch::new("mirror-bad-input", "no-source");
     let (a, b) = (s.path("a"), s.path("b"));
     let mut m = quiet().create(vec![fresh(&a), fresh(&b)]).expect("create");
     m.write(3, b"keep").expect("write");
@@ -234,7 +213,7 @@ fn capacities_out_of_range_are_errors_not_overflows() {
         }
     }
     assert!(b.device_blocks(MirrorBuilder::MAX_CAPACITY, BS).is_ok());
-    let s = Scratch::new("capacity");
+    let s = Scratch::new("mirror-bad-input", "capacity");
     for capacity in [0, u64::MAX] {
         match quiet()
             .capacity(capacity)
@@ -274,7 +253,7 @@ fn forged_counters_and_capacities_are_damage_not_panics() {
         ("seq_limit", 80, u64::MAX - 10),
         ("capacity", 56, u64::MAX - 5),
     ] {
-        let s = Scratch::new(&format!("forged-{field}-{value}"));
+        let s = Scratch::new("mirror-bad-input", &format!("forged-{field}-{value}"));
         let (a, b) = (s.path("a"), s.path("b"));
         make_mirror(&a, &b, b"data");
         forge_superblocks(&a, at, value);
@@ -294,7 +273,7 @@ fn forged_counters_and_capacities_are_damage_not_panics() {
 
 #[test]
 fn device_files_that_cannot_be_made_say_why_and_leave_nothing_behind() {
-    let s = Scratch::new("device-files");
+    let s = Scratch::new("mirror-bad-input", "device-files");
     // A size no file system holds: refused with advice, and the file this
     // call created is removed again.
     let huge = s.path("huge");

@@ -19,26 +19,9 @@ use rand::{Rng, SeedableRng};
 
 const BS: usize = 4096;
 
-/// A directory under the system temp dir, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!(
-            "noderep-mirror-faults-{tag}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("temp dir");
-        Self(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+#[path = "support/scratch.rs"]
+mod scratch;
+use scratch::Scratch;
 
 /// A mirror of N fault-injecting file devices with `blocks` data blocks.
 struct Rig {
@@ -55,7 +38,7 @@ impl Rig {
         let mut devs: Vec<Box<dyn BlockDevice>> = Vec::new();
         let size = quiet().device_blocks(blocks, BS).expect("size");
         for i in 0..n {
-            let p = s.0.join(format!("dev{i}"));
+            let p = s.path(&format!("dev{i}"));
             let f = FileDevice::builder().blocks(size).open(&p).expect("open");
             let (d, c) = FaultyDevice::new(f);
             devs.push(Box::new(d));
@@ -132,7 +115,7 @@ fn check_all(m: &mut Mirror, model: &HashMap<u64, Vec<u8>>, capacity: u64, n: us
 
 #[test]
 fn write_error_degrades_with_warning_and_readd_resyncs_only_missed_blocks() {
-    let s = Scratch::new("werr");
+    let s = Scratch::new("mirror-faults", "werr");
     let (rig, mut m) = Rig::new(&s, 2, 64);
     let mut model = HashMap::new();
     for lba in 0..64 {
@@ -193,7 +176,7 @@ fn write_error_degrades_with_warning_and_readd_resyncs_only_missed_blocks() {
 
 #[test]
 fn torn_write_between_devices_converges_after_crash() {
-    let s = Scratch::new("torn");
+    let s = Scratch::new("mirror-faults", "torn");
     let (rig, mut m) = Rig::new(&s, 2, 32);
     let mut model = HashMap::new();
     for lba in 0..32 {
@@ -252,7 +235,7 @@ fn torn_write_between_devices_converges_after_crash() {
 
 #[test]
 fn bit_flips_on_one_copy_are_repaired_by_reads_and_scrub() {
-    let s = Scratch::new("flip");
+    let s = Scratch::new("mirror-faults", "flip");
     let (rig, mut m) = Rig::new(&s, 2, 128);
     let mut model = HashMap::new();
     for lba in 0..100 {
@@ -309,7 +292,7 @@ fn bit_flips_on_one_copy_are_repaired_by_reads_and_scrub() {
 
 #[test]
 fn both_copies_bad_is_a_clear_error_never_bad_data() {
-    let s = Scratch::new("both");
+    let s = Scratch::new("mirror-faults", "both");
     let (rig, mut m) = Rig::new(&s, 2, 16);
     m.write(7, &data(7, 1)).expect("write");
     m.write(8, &data(8, 1)).expect("write");
@@ -352,7 +335,7 @@ fn both_copies_bad_is_a_clear_error_never_bad_data() {
 
 #[test]
 fn lost_writes_and_bad_sectors_are_caught_and_repaired() {
-    let s = Scratch::new("lost");
+    let s = Scratch::new("mirror-faults", "lost");
     let (rig, mut m) = Rig::new(&s, 2, 16);
     m.write(2, &data(2, 1)).expect("write");
     // Device 1 acknowledges the next write of block 2 but drops it: its
@@ -387,7 +370,7 @@ fn lost_writes_and_bad_sectors_are_caught_and_repaired() {
 
 #[test]
 fn a_vanished_device_is_survived_and_every_device_gone_is_an_error() {
-    let s = Scratch::new("gone");
+    let s = Scratch::new("mirror-faults", "gone");
     let (rig, mut m) = Rig::new(&s, 3, 32);
     let mut model = HashMap::new();
     for lba in 0..32 {
@@ -451,7 +434,7 @@ fn a_vanished_device_is_survived_and_every_device_gone_is_an_error() {
 /// loss by definition and are tested above as clear errors).
 #[test]
 fn random_faults_never_lose_an_acknowledged_write() {
-    let s = Scratch::new("random");
+    let s = Scratch::new("mirror-faults", "random");
     const BLOCKS: u64 = 64;
     let (rig, mut m) = Rig::new(&s, 2, BLOCKS);
     let mut rng = StdRng::seed_from_u64(0x6d69_7272);

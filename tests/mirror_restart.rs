@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use noderep::mirror::{
     BlockDevice, FaultControl, FaultyDevice, FileDevice, Health, Mirror, MirrorBuilder,
@@ -17,24 +17,12 @@ use noderep::mirror::{
 const BS: usize = 4096;
 const BLOCKS: u64 = 64;
 
-/// A directory under the system temp dir, removed on drop.
-struct Scratch(PathBuf);
+#[path = "support/scratch.rs"]
+mod scratch;
+use scratch::Scratch;
 
+/// This file's own uses of its scratch directory.
 impl Scratch {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!(
-            "noderep-mirror-restart-{tag}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("temp dir");
-        Self(p)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
     /// Opens `name`, sized for `blocks` data blocks (None: its current size).
     fn open(&self, name: &str, blocks: Option<u64>) -> Box<dyn BlockDevice> {
         let mut cfg = FileDevice::builder();
@@ -59,12 +47,6 @@ impl Scratch {
             model.insert(lba, data(lba, 1));
         }
         (m, model)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -116,7 +98,7 @@ fn check(m: &mut Mirror, model: &HashMap<u64, Vec<u8>>) {
 
 #[test]
 fn a_block_zeroed_on_both_copies_is_an_error_not_an_empty_read() {
-    let s = Scratch::new("zero");
+    let s = Scratch::new("mirror-restart", "zero");
     // After a clean shutdown.
     let (m, model) = s.mirror(&["a", "b"]);
     let ds = m.data_start();
@@ -176,7 +158,7 @@ fn a_block_zeroed_on_both_copies_is_an_error_not_an_empty_read() {
 
 #[test]
 fn an_old_image_replayed_on_both_copies_is_an_error_after_reassembly() {
-    let s = Scratch::new("replay");
+    let s = Scratch::new("mirror-restart", "replay");
     let (mut m, mut model) = s.mirror(&["a", "b"]);
     let ds = m.data_start();
     m.checkpoint();
@@ -210,7 +192,7 @@ fn an_old_image_replayed_on_both_copies_is_an_error_after_reassembly() {
 
 #[test]
 fn a_truncated_device_reopened_without_a_size_is_refused_and_can_be_replaced() {
-    let s = Scratch::new("trunc");
+    let s = Scratch::new("mirror-restart", "trunc");
     let (m, model) = s.mirror(&["a", "b"]);
     let need = quiet().device_blocks(BLOCKS, BS).expect("size");
     drop(m.close().expect("close"));
@@ -266,7 +248,7 @@ fn a_truncated_device_reopened_without_a_size_is_refused_and_can_be_replaced() {
 
 #[test]
 fn the_same_device_twice_is_refused_by_inode_and_by_uuid() {
-    let s = Scratch::new("twice");
+    let s = Scratch::new("mirror-restart", "twice");
     let devs = vec![s.open("a", Some(BLOCKS)), s.open("a", Some(BLOCKS))];
     let err = quiet().create(devs).expect_err("same file");
     let msg = err.to_string();
@@ -295,7 +277,7 @@ fn the_same_device_twice_is_refused_by_inode_and_by_uuid() {
 
 #[test]
 fn devices_of_different_sizes_need_an_explicit_capacity() {
-    let s = Scratch::new("sizes");
+    let s = Scratch::new("mirror-restart", "sizes");
     let devs = vec![s.open("a", Some(BLOCKS)), s.open("b", Some(2 * BLOCKS))];
     let err = quiet().create(devs).expect_err("sizes differ");
     let msg = err.to_string();
@@ -323,7 +305,7 @@ fn devices_of_different_sizes_need_an_explicit_capacity() {
 
 #[test]
 fn foreign_missing_replaced_and_split_brain_devices_are_refused() {
-    let s = Scratch::new("foreign");
+    let s = Scratch::new("mirror-restart", "foreign");
     let (m1, _) = s.mirror(&["a", "b"]);
     let (m2, _) = s.mirror(&["c", "d"]);
     let array1 = m1.array_uuid();
@@ -363,7 +345,7 @@ fn foreign_missing_replaced_and_split_brain_devices_are_refused() {
 
 #[test]
 fn a_stale_member_is_named_and_resynced_never_trusted() {
-    let s = Scratch::new("stale");
+    let s = Scratch::new("mirror-restart", "stale");
     let (mut m, mut model) = s.mirror(&["a", "b"]);
     m.fail_device(1, "maintenance").expect("fail");
     let events_failed = m.events();
@@ -404,7 +386,7 @@ fn a_stale_member_is_named_and_resynced_never_trusted() {
 
 #[test]
 fn a_clean_bitmap_means_assembly_reads_no_data_and_a_crash_only_dirty_regions() {
-    let s = Scratch::new("bitmap");
+    let s = Scratch::new("mirror-restart", "bitmap");
     let builder = quiet().region_blocks(8).clean_interval(4);
     let size = builder.device_blocks(BLOCKS, BS).expect("size");
     let cfg = FileDevice::builder().blocks(size);
@@ -457,7 +439,7 @@ fn a_clean_bitmap_means_assembly_reads_no_data_and_a_crash_only_dirty_regions() 
 /// after every byte of the block (4097 points; minutes in debug builds).
 #[test]
 fn a_superblock_update_torn_at_every_point_never_loses_the_array() {
-    let s = Scratch::new("tornsb");
+    let s = Scratch::new("mirror-restart", "tornsb");
     let points: Vec<usize> = if std::env::var_os("NODEREP_TORN_SB_ALL").is_some() {
         (0..=BS).collect()
     } else {
