@@ -41,8 +41,8 @@ use super::block::{AlignedBuf, BlockState, Corruption};
 use super::device::{BlockDevice, BlockWrite, DeviceStats};
 use super::scrub::{read_chunk, AssemblyReport, ScrubAction, ScrubFinding, StaleMember};
 use super::superblock::{
-    check_meta, newest, table_entry, Layout, SbProblem, Superblock, BITMAP_MAGIC, MAX_CAPACITY,
-    MEMORY_PER_BLOCK, META_HEADER, SB_MAGIC, TABLE_MAGIC,
+    check_meta, le_u32, newest, table_entry, Layout, SbProblem, Superblock, BITMAP_MAGIC,
+    MAX_CAPACITY, MEMORY_PER_BLOCK, META_HEADER, SB_MAGIC, TABLE_MAGIC,
 };
 use super::writer::{state_leaf, Member, MemberState, Meta, Mirror, Problem, WarningSink};
 use super::{DeviceId, MirrorError};
@@ -617,7 +617,7 @@ pub(crate) fn read_superblock(
     // this one, but its magic and recorded size sit in the first 16 bytes
     // of block 0 whatever the size: name the size rather than call the
     // device blank or damaged (whose advice would lose its data).
-    let recorded = le_u32_at(&buf, 12) as usize;
+    let recorded = le_u32(&buf[12..16]) as usize;
     let other_size = buf[4..8] == SB_MAGIC
         && recorded != bs
         && super::device::check_block_size(recorded).is_ok();
@@ -644,11 +644,6 @@ pub(crate) fn read_superblock(
             ),
         }),
     }
-}
-
-/// The little-endian `u32` at `at` of `b`.
-fn le_u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 fn describe(p: &SbProblem) -> String {
