@@ -282,8 +282,10 @@ struct Inner<M: Machine> {
 ///     let host = Host::start(config, machine).await?;
 ///
 ///     // Until the host has elected itself, a write is refused unproposed.
+///     let deadline = std::time::Instant::now() + Duration::from_secs(30);
 ///     let mut previous = host.write(KvWrite::Put { key: 7, value: 70 }).await;
 ///     while let Err(HostError::NoLeader(_)) = previous {
+///         assert!(std::time::Instant::now() < deadline, "a one-host cluster elects itself");
 ///         tokio::time::sleep(Duration::from_millis(20)).await;
 ///         previous = host.write(KvWrite::Put { key: 7, value: 70 }).await;
 ///     }

@@ -361,7 +361,9 @@ pub enum FreezeError {
 /// std::thread::sleep(Duration::from_millis(20));
 /// assert_eq!(count.load(Ordering::Relaxed), frozen_at, "a frozen thread does nothing");
 /// freezer.thaw()?;
+/// let deadline = std::time::Instant::now() + Duration::from_secs(10);
 /// while count.load(Ordering::Relaxed) == frozen_at {
+///     assert!(std::time::Instant::now() < deadline, "a thawed thread runs again");
 ///     std::thread::yield_now();
 /// }
 /// count.store(u64::MAX / 2, Ordering::Relaxed); // let the worker end
